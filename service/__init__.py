@@ -1,0 +1,1 @@
+"""sharpmix service: HTTP API, job store and command line."""

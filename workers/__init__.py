@@ -1,0 +1,1 @@
+"""sharpmix workers: the compute core (curvature, data) and the sweep worker around it."""
