@@ -1,0 +1,1 @@
+"""Alembic migrations of sharpmix's own tables (see service/db/migrate.py)."""

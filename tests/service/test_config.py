@@ -1,0 +1,43 @@
+"""Settings: environment parsing and the refusal of unsafe production defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_embedded_default_lives_under_home(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'sharpmix.db'}"
+    assert settings.is_embedded
+    assert settings.roots == (tmp_path,)
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SHARPMIX_HOME", str(tmp_path))
+    monkeypatch.setenv("SHARPMIX_ALLOWED_ROOTS", f"{tmp_path}/models:{tmp_path}/data")
+    monkeypatch.setenv("SHARPMIX_OFFLINE", "1")
+    monkeypatch.setenv("SHARPMIX_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    settings = Settings()
+    assert settings.roots == (tmp_path / "models", tmp_path / "data")
+    assert settings.offline
+    assert not settings.is_embedded
+
+
+def test_production_refuses_sqlite(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="SHARPMIX_DATABASE_URL"):
+        Settings(environment="production", home=tmp_path, allowed_roots=[tmp_path])
+
+
+def test_production_refuses_unrestricted_roots(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="SHARPMIX_ALLOWED_ROOTS"):
+        Settings(environment="production", home=tmp_path, database_url="postgresql+psycopg://h/d")
+
+
+def test_heartbeat_must_fit_in_the_lease(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="HEARTBEAT"):
+        Settings(home=tmp_path, lease_seconds=10, heartbeat_seconds=6)
