@@ -315,6 +315,6 @@ class Recommendation(BaseModel):
     ranking: list[RatioRank] = Field(default_factory=list)
     pareto_ratios: list[float] = Field(
         default_factory=list,
-        description="Ratios on the front of (fine-tuning loss decrease, pre-training loss increase).",
+        description="Ratios on the front of (fine-tuning loss decrease, pre-training loss rise).",
     )
     warnings: list[str] = Field(default_factory=list)
