@@ -81,7 +81,7 @@ def head_revision() -> str:
     return head
 
 
-def _run(step: Callable[[], None], url: str) -> None:
+def _run(step: Callable[[], object], url: str) -> None:
     try:
         step()
     except OperationalError as exc:
