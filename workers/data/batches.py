@@ -1,0 +1,123 @@
+"""Per-domain token batches for a sweep: load, tokenise once (cached), pack, sample.
+
+Method.md §3 mixes domains in gradient space (``g(w) = sum_k w_k g_k``), so a sweep needs only
+batches *per domain*; mixture weights never touch the data. Direction and evaluation batches of a
+domain come from one seeded row order: take the direction batches with ``first_batch=0`` and the
+evaluation batches with ``first_batch=<number of direction batches>`` and the same ``seed``, and
+no packed sequence appears in both.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from workers.data.cache import (
+    TokenStream,
+    cache_key,
+    read_stream,
+    tokenizer_identity,
+    write_stream,
+)
+from workers.data.errors import DataError
+from workers.data.packing import pack_rows, sample_batches, tokenize_documents
+from workers.data.policy import LoadPolicy
+from workers.data.sources import DataSource, data_fingerprint, load_texts
+
+
+def token_stream(
+    src: DataSource,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: LoadPolicy,
+    *,
+    field: str | None = None,
+) -> TokenStream:
+    """A domain's documents as one token stream, tokenised at most once per cache.
+
+    Args:
+        src: The domain.
+        tokenizer: The model's tokenizer.
+        policy: The operator's loading policy; the cache lives under ``policy.cache_dir``.
+        field: Error field prefix; defaults to ``src.name``.
+
+    Returns:
+        The stream and whether it came from the cache.
+
+    Raises:
+        DataError: From loading the domain (see :func:`workers.data.sources.load_texts`).
+    """
+    prefix = field or src.name
+    if tokenizer.eos_token_id is None:
+        raise DataError("model.path", "the tokenizer has no EOS token; save it with eos_token set")
+    key = cache_key(data_fingerprint(src, policy, field=prefix), tokenizer_identity(tokenizer))
+    cached = read_stream(policy.cache_dir, key)
+    if cached is not None:
+        return cached
+    texts = load_texts(src, policy, tokenizer=tokenizer, field=prefix)
+    tokens = tokenize_documents(texts["text"], tokenizer)
+    meta: dict[str, object] = {
+        "source": {"path": src.path, "hub_id": src.hub_id, "config": src.config},
+        "tokenizer": tokenizer.name_or_path,
+        "documents": len(texts),
+    }
+    path = write_stream(policy.cache_dir, key, tokens, meta)
+    return TokenStream(tokens, path, cache_hit=False)
+
+
+def token_batches(
+    src: DataSource,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: LoadPolicy,
+    *,
+    seq_len: int,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    field: str | None = None,
+    first_batch: int = 0,
+) -> torch.Tensor:
+    """Packed, seeded batches of one domain.
+
+    Args:
+        src: The domain.
+        tokenizer: The model's tokenizer (check it with ``check_model_fits`` first).
+        policy: The operator's loading policy.
+        seq_len: Tokens per sequence (T).
+        batch_size: Sequences per batch (B).
+        num_batches: Batches to return.
+        seed: Seed of the row order; same seed, same batches.
+        field: Error field prefix for this domain; defaults to ``src.name``.
+        first_batch: Skip this many batches of the seeded order, for disjoint evaluation
+            batches (see the module docstring).
+
+    Returns:
+        ``(num_batches, batch_size, seq_len)`` int64 token ids, documents separated by EOS.
+
+    Raises:
+        DataError: Non-positive sizes, a bad domain, or fewer tokens than the batches need.
+    """
+    prefix = field or src.name
+    for name, value, least in (
+        ("seq_len", seq_len, 2),
+        ("batch_size", batch_size, 1),
+        ("num_batches", num_batches, 1),
+    ):
+        if value < least:
+            raise DataError(name, f"{name} is {value}; it must be at least {least}")
+    if first_batch < 0:
+        raise DataError("first_batch", f"first_batch is {first_batch}; it must be at least 0")
+    stream = token_stream(src, tokenizer, policy, field=prefix)
+    rows = pack_rows(stream.tokens, seq_len)
+    needed_rows = (first_batch + num_batches) * batch_size
+    if len(rows) < needed_rows:
+        needed = needed_rows * seq_len
+        skipped = f" after skipping {first_batch} batches" if first_batch else ""
+        raise DataError(
+            prefix,
+            f"'{src.path or src.hub_id}' has {len(stream.tokens):,} tokens, but {num_batches} "
+            f"batches x {batch_size} sequences x {seq_len} tokens{skipped} need {needed:,}; "
+            "lower num_batches, batch_size or seq_len, or add data to this domain",
+        )
+    return sample_batches(
+        rows, batch_size=batch_size, num_batches=num_batches, seed=seed, first_batch=first_batch
+    )
