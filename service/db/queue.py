@@ -1,0 +1,381 @@
+"""The job queue: workers claim sweep tasks, heartbeat, and complete, hand back or fail them.
+
+Every function opens and commits its own short transaction: no transaction is held while a worker
+computes. A task is claimed in one statement: the oldest queued task of a live sweep, or a running
+task whose heartbeat is older than the lease (its worker died), on PostgreSQL with
+``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait for or take the same row; on SQLite
+every transaction starts with ``BEGIN IMMEDIATE`` (see ``engine.py``), which serialises claims.
+
+A task's results are written only while the writer still owns it (``state = running`` and its
+``worker_id``), and the measurements are unique per (task, evaluation set): a worker that lost its
+lease cannot count a task twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, case, select, update
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
+from service.errors import DatabaseError
+from service.spec import Recommendation, SweepSpec
+
+LIVE_SWEEP_STATES = (SweepState.queued, SweepState.running)
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task a worker now owns, with what it needs to run it."""
+
+    task_id: int
+    sweep_id: str
+    slot: int
+    ratio: float | None
+    attempts: int
+    optuna_trial_number: int | None
+    study_name: str
+    spec: SweepSpec
+
+
+@dataclass(frozen=True)
+class MeasurementResult:
+    """One (ratio, evaluation set) summary, as the worker computed it."""
+
+    eval_set: str
+    role: str
+    status: str
+    eta_c: float | None
+    eta_c_low: float | None
+    eta_c_high: float | None
+    sharpness: float | None
+    spread: float | None
+    loss: float
+    loss_change: float | None
+    forwards: int
+    batches: int
+    per_batch: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Everything a finished task writes."""
+
+    ratio: float
+    measurements: list[MeasurementResult]
+    forwards: int
+    backwards: int
+    seconds: float
+    optuna_trial_number: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Heartbeat(enum.StrEnum):
+    """What a heartbeat learned."""
+
+    ok = "ok"
+    lost = "lost"  # another worker owns the task now (our lease ran out)
+    cancel = "cancel"  # the user asked to cancel the sweep
+
+
+Finalizer = Callable[[SweepSpec, list[Measurement]], Recommendation]
+
+
+def claim_task(
+    sessions: sessionmaker[Session], worker_id: str, *, lease_seconds: float
+) -> ClaimedTask | None:
+    """Claim the next task: a queued one, or one whose worker stopped heartbeating.
+
+    Args:
+        sessions: Session factory.
+        worker_id: Unique name of the claiming worker process.
+        lease_seconds: A running task whose heartbeat is older than this is taken over.
+
+    Returns:
+        The claimed task, or None when there is no work.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    with _session(sessions) as session:
+        candidate = (
+            select(SweepTask.id)
+            .join(Sweep, Sweep.id == SweepTask.sweep_id)
+            .where(
+                Sweep.state.in_(LIVE_SWEEP_STATES),
+                Sweep.cancel_requested.is_(False),
+                (SweepTask.state == TaskState.queued)
+                | ((SweepTask.state == TaskState.running) & (SweepTask.heartbeat_at < stale)),
+            )
+            .order_by(Sweep.created_at, SweepTask.slot)
+            .limit(1)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            candidate = candidate.with_for_update(of=SweepTask, skip_locked=True)
+        row = session.execute(
+            update(SweepTask)
+            .where(SweepTask.id == candidate.scalar_subquery())
+            .values(
+                state=TaskState.running,
+                worker_id=worker_id,
+                heartbeat_at=now,
+                attempts=SweepTask.attempts + 1,
+                updated_at=now,
+            )
+            .returning(
+                SweepTask.id,
+                SweepTask.sweep_id,
+                SweepTask.slot,
+                SweepTask.ratio,
+                SweepTask.attempts,
+                SweepTask.optuna_trial_number,
+            )
+        ).one_or_none()
+        if row is None:
+            session.commit()
+            return None
+        session.execute(
+            update(Sweep)
+            .where(Sweep.id == row.sweep_id, Sweep.state == SweepState.queued)
+            .values(state=SweepState.running, started_at=now, updated_at=now)
+        )
+        sweep = session.get_one(Sweep, row.sweep_id)
+        claimed = ClaimedTask(
+            task_id=row.id,
+            sweep_id=row.sweep_id,
+            slot=row.slot,
+            ratio=row.ratio,
+            attempts=row.attempts,
+            optuna_trial_number=row.optuna_trial_number,
+            study_name=sweep.study_name,
+            spec=SweepSpec.model_validate(sweep.spec),
+        )
+        session.commit()
+        return claimed
+
+
+def heartbeat(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> Heartbeat:
+    """Renew the lease on a task, and learn whether to go on."""
+    with _session(sessions) as session:
+        renewed = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(
+                    SweepTask.id == task_id,
+                    SweepTask.worker_id == worker_id,
+                    SweepTask.state == TaskState.running,
+                )
+                .values(heartbeat_at=utcnow())
+            )
+        )
+        cancel = session.scalar(
+            select(Sweep.cancel_requested)
+            .join(SweepTask, SweepTask.sweep_id == Sweep.id)
+            .where(SweepTask.id == task_id)
+        )
+        session.commit()
+    if not renewed:
+        return Heartbeat.lost
+    return Heartbeat.cancel if cancel else Heartbeat.ok
+
+
+def record_trial(
+    sessions: sessionmaker[Session], task_id: int, worker_id: str, trial_number: int
+) -> None:
+    """Remember which Optuna trial a task is running, so a worker taking over can close it."""
+    with _session(sessions) as session:
+        session.execute(
+            update(SweepTask)
+            .where(SweepTask.id == task_id, SweepTask.worker_id == worker_id)
+            .values(optuna_trial_number=trial_number)
+        )
+        session.commit()
+
+
+def complete_task(
+    sessions: sessionmaker[Session],
+    task: ClaimedTask,
+    worker_id: str,
+    result: TaskResult,
+    finalize: Finalizer,
+) -> bool:
+    """Write a task's measurements and, when it was the sweep's last task, its recommendation.
+
+    Returns:
+        False when the worker no longer owned the task (nothing is written: another worker has it).
+    """
+    now = utcnow()
+    with _session(sessions) as session:
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(
+                    SweepTask.id == task.task_id,
+                    SweepTask.worker_id == worker_id,
+                    SweepTask.state == TaskState.running,
+                )
+                .values(
+                    state=TaskState.done,
+                    ratio=result.ratio,
+                    forwards=result.forwards,
+                    optuna_trial_number=result.optuna_trial_number,
+                    updated_at=now,
+                )
+            )
+        )
+        if not owned:
+            session.rollback()
+            return False
+        session.add_all(
+            Measurement(sweep_id=task.sweep_id, task_id=task.task_id, ratio=result.ratio, **vars(m))
+            for m in result.measurements
+        )
+        # The row lock taken here orders concurrent completions of one sweep: exactly one of them
+        # sees the last task done and writes the recommendation.
+        done, total = session.execute(
+            update(Sweep)
+            .where(Sweep.id == task.sweep_id)
+            .values(
+                tasks_done=Sweep.tasks_done + 1,
+                forwards=Sweep.forwards + result.forwards,
+                backwards=Sweep.backwards + result.backwards,
+                compute_seconds=Sweep.compute_seconds + result.seconds,
+                updated_at=now,
+            )
+            .returning(Sweep.tasks_done, Sweep.tasks_total)
+        ).one()
+        if done >= total:
+            _finalize_without_commit(session, task, finalize)
+        session.commit()
+        return True
+
+
+def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> None:
+    """Hand a task back unfinished (the worker is shutting down); it does not count as a try."""
+    with _session(sessions) as session:
+        session.execute(
+            update(SweepTask)
+            .where(
+                SweepTask.id == task_id,
+                SweepTask.worker_id == worker_id,
+                SweepTask.state == TaskState.running,
+            )
+            .values(
+                state=TaskState.queued,
+                worker_id=None,
+                heartbeat_at=None,
+                attempts=case((SweepTask.attempts > 0, SweepTask.attempts - 1), else_=0),
+                updated_at=utcnow(),
+            )
+        )
+        session.commit()
+
+
+def fail_task(
+    sessions: sessionmaker[Session],
+    task: ClaimedTask,
+    worker_id: str,
+    error: str,
+    *,
+    retry: bool,
+    max_attempts: int,
+) -> None:
+    """Record a failed try: queue the task again, or fail the whole sweep with the reason.
+
+    Args:
+        retry: False for errors the user must fix (a bad path, too little data): no retry helps.
+        max_attempts: Tries a task gets before the sweep fails.
+    """
+    now = utcnow()
+    with _session(sessions) as session:
+        if retry and task.attempts < max_attempts:
+            session.execute(
+                update(SweepTask)
+                .where(SweepTask.id == task.task_id, SweepTask.worker_id == worker_id)
+                .values(state=TaskState.queued, worker_id=None, error=error, updated_at=now)
+            )
+        else:
+            session.execute(
+                update(SweepTask)
+                .where(SweepTask.id == task.task_id)
+                .values(state=TaskState.failed, error=error, updated_at=now)
+            )
+            _end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
+        session.commit()
+
+
+def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> None:
+    """Carry out a cancel request: the sweep and every unfinished task end as cancelled."""
+    with _session(sessions) as session:
+        _end_sweep_without_commit(session, sweep_id, SweepState.cancelled, None)
+        session.commit()
+
+
+def _finalize_without_commit(session: Session, task: ClaimedTask, finalize: Finalizer) -> None:
+    measurements = list(
+        session.scalars(
+            select(Measurement)
+            .where(Measurement.sweep_id == task.sweep_id)
+            .order_by(Measurement.ratio, Measurement.eval_set)
+        )
+    )
+    try:
+        recommendation = finalize(task.spec, measurements)
+    except Exception as exc:  # a bug in the rules must not leave the sweep running forever
+        _end_sweep_without_commit(
+            session, task.sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"
+        )
+        return
+    now = utcnow()
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == task.sweep_id, Sweep.state == SweepState.running)
+        .values(
+            state=SweepState.succeeded,
+            recommendation=recommendation.model_dump(mode="json"),
+            finished_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _end_sweep_without_commit(
+    session: Session, sweep_id: str, state: SweepState, error: str | None
+) -> None:
+    now = utcnow()
+    session.execute(
+        update(Sweep)
+        .where(Sweep.id == sweep_id, Sweep.state.in_(LIVE_SWEEP_STATES))
+        .values(state=state, error=error, finished_at=now, updated_at=now)
+    )
+    session.execute(
+        update(SweepTask)
+        .where(
+            SweepTask.sweep_id == sweep_id,
+            SweepTask.state.in_((TaskState.queued, TaskState.running)),
+        )
+        .values(state=TaskState.cancelled, updated_at=now)
+    )
+
+
+@contextmanager
+def _session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose database errors become :class:`DatabaseError` with a hint."""
+    try:
+        with sessions() as session:
+            yield session
+    except OperationalError as exc:
+        raise DatabaseError(
+            f"database operation failed: {exc.orig}; check SHARPMIX_DATABASE_URL and the server"
+        ) from exc
+
+
+def _rowcount(result: Result[Any]) -> int:
+    # UPDATE results are cursor results; the generic Result type does not promise rowcount.
+    return cast(CursorResult[Any], result).rowcount

@@ -1,0 +1,216 @@
+"""The job queue on SQLite and PostgreSQL: exclusive claims, leases, exactly-once completion."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import queue
+from service.db.engine import make_engine, make_session_factory
+from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, Tenant
+from service.spec import Recommendation, SweepSpec
+
+pytestmark = pytest.mark.db
+
+SPEC = SweepSpec.model_validate(
+    {
+        "model": {"path": "model"},
+        "pretraining": {"name": "pt", "path": "pt.jsonl"},
+        "finetuning": [{"name": "ft", "path": "ft.jsonl"}],
+        "ratios": [0.0, 0.5, 1.0],
+        "learning_rate": 1e-4,
+        "seq_len": 16,
+        "batch_tokens": 64,
+    }
+)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+def add_sweep(sessions: sessionmaker[Session], ratios: list[float]) -> str:
+    spec = SPEC.model_copy(update={"ratios": ratios})
+    with sessions() as session:
+        tenant = session.scalar(select(Tenant).where(Tenant.name == "t")) or Tenant(name="t")
+        session.add(tenant)
+        session.flush()
+        sweep = Sweep(
+            id=uuid.uuid4().hex,
+            tenant_id=tenant.id,
+            spec=spec.model_dump(mode="json"),
+            spec_sha256=spec.sha256(),
+            study_name="s",
+            tasks_total=len(ratios),
+        )
+        session.add(sweep)
+        session.add_all(SweepTask(sweep_id=sweep.id, slot=i, ratio=r) for i, r in enumerate(ratios))
+        session.commit()
+        return sweep.id
+
+
+def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
+    assert task.ratio is not None
+    measurement = queue.MeasurementResult(
+        eval_set="pt",
+        role="pretraining",
+        status="ok",
+        eta_c=1e-3,
+        eta_c_low=9e-4,
+        eta_c_high=1.1e-3,
+        sharpness=2e3,
+        spread=0.1,
+        loss=2.0,
+        loss_change=-0.01,
+        forwards=6,
+        batches=1,
+        per_batch=[{"eta_c": 1e-3}],
+    )
+    return queue.TaskResult(
+        ratio=task.ratio, measurements=[measurement], forwards=6, backwards=2, seconds=0.5
+    )
+
+
+def recommend(spec: SweepSpec, measurements: list[Measurement]) -> Recommendation:
+    return Recommendation(
+        objective=spec.objective,
+        ratio=min(m.ratio for m in measurements),
+        reason=f"{len(measurements)} measurements",
+        learning_rate=spec.learning_rate,
+        in_basin=True,
+        max_stable_lr=1e-3,
+        flat_ratio=0.0,
+        balanced_ratio=0.0,
+        least_forgetting_ratio=0.0,
+        confidence="high",
+    )
+
+
+def test_claims_in_order_and_finishes_the_sweep(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 0.5])
+    first = queue.claim_task(sessions, "w1", lease_seconds=60)
+    second = queue.claim_task(sessions, "w2", lease_seconds=60)
+    assert first is not None and second is not None
+    assert (first.slot, second.slot) == (0, 1)
+    assert queue.claim_task(sessions, "w3", lease_seconds=60) is None
+    with sessions() as session:
+        assert session.get_one(Sweep, sweep_id).state == SweepState.running
+
+    assert queue.complete_task(sessions, second, "w2", result_for(second), recommend)
+    with sessions() as session:
+        assert session.get_one(Sweep, sweep_id).state == SweepState.running
+    assert queue.complete_task(sessions, first, "w1", result_for(first), recommend)
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.succeeded
+        assert sweep.tasks_done == 2 and sweep.forwards == 12 and sweep.backwards == 4
+        assert sweep.recommendation is not None
+        assert sweep.recommendation["reason"] == "2 measurements"
+
+
+def test_concurrent_workers_never_share_a_task(engine: Engine) -> None:
+    sessions = make_session_factory(engine)
+    add_sweep(sessions, [i / 19 for i in range(20)])
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def work(name: str) -> None:
+        while (task := queue.claim_task(sessions, name, lease_seconds=60)) is not None:
+            with lock:
+                claimed.append(task.task_id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(set(claimed))
+    assert len(claimed) == 20
+
+
+def test_dead_workers_task_is_taken_over_and_counted_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.5])
+    dead = queue.claim_task(sessions, "dead", lease_seconds=60)
+    assert dead is not None
+    assert queue.claim_task(sessions, "alive", lease_seconds=60) is None  # lease still valid
+    time.sleep(0.05)
+    alive = queue.claim_task(sessions, "alive", lease_seconds=0.01)  # the lease has run out
+    assert alive is not None and alive.task_id == dead.task_id and alive.attempts == 2
+
+    # The dead worker wakes up: it has lost the task and cannot write its results.
+    assert queue.heartbeat(sessions, dead.task_id, "dead") == queue.Heartbeat.lost
+    assert not queue.complete_task(sessions, dead, "dead", result_for(dead), recommend)
+    assert queue.heartbeat(sessions, alive.task_id, "alive") == queue.Heartbeat.ok
+    assert queue.complete_task(sessions, alive, "alive", result_for(alive), recommend)
+    with sessions() as session:
+        assert session.scalar(select(func.count(Measurement.id))) == 1
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.tasks_done == 1 and sweep.state == SweepState.succeeded
+
+
+def test_release_hands_back_without_counting_a_try(sessions: sessionmaker[Session]) -> None:
+    add_sweep(sessions, [0.5])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    queue.release_task(sessions, task.task_id, "w1")
+    again = queue.claim_task(sessions, "w2", lease_seconds=60)
+    assert again is not None and again.task_id == task.task_id and again.attempts == 1
+
+
+def test_retryable_failure_requeues_then_fails_the_sweep(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    queue.fail_task(sessions, task, "w1", "CUDA error", retry=True, max_attempts=2)
+    retried = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert retried is not None and retried.task_id == task.task_id and retried.attempts == 2
+    queue.fail_task(sessions, retried, "w1", "CUDA error again", retry=True, max_attempts=2)
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.failed and sweep.error == "CUDA error again"
+        states = {t.state for t in sweep.tasks}
+        assert states == {TaskState.failed, TaskState.cancelled}
+    assert queue.claim_task(sessions, "w1", lease_seconds=60) is None
+
+
+def test_user_error_fails_at_once(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    queue.fail_task(
+        sessions, task, "w1", "pretraining.path: no such file", retry=False, max_attempts=3
+    )
+    with sessions() as session:
+        assert session.get_one(Sweep, sweep_id).state == SweepState.failed
+
+
+def test_heartbeat_reports_a_cancel_request(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    with sessions() as session:
+        session.get_one(Sweep, sweep_id).cancel_requested = True
+        session.commit()
+    assert queue.heartbeat(sessions, task.task_id, "w1") == queue.Heartbeat.cancel
+    assert queue.claim_task(sessions, "w2", lease_seconds=60) is None
+    queue.cancel_sweep_tasks(sessions, sweep_id)
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.cancelled
+        assert {t.state for t in sweep.tasks} == {TaskState.cancelled}
