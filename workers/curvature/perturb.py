@@ -1,0 +1,218 @@
+"""Moving a model to `theta - eta * d` and back, exactly (method.md §2, "Precision").
+
+Fine-tuning steps (`eta` of 1e-6 to 1e-4 times a sign-like Adam direction) are far below the
+resolution of bf16 weights (relative 2**-8): writing `theta - eta * d` into a bf16 parameter rounds
+it back to `theta` and the search sees no change at all (method.md §6: "41 forwards, no bracket").
+`Perturbation` therefore offers four precisions:
+
+- `"exact"`: write `theta - eta * d`, computed in float32 from a saved copy, into each parameter in
+  its own dtype. Exact for float32/float64 models; for bf16/fp16 parameters it is the naive path
+  and loses small steps (kept as the benchmark's baseline).
+- `"fp32"`: the reference for low-precision models. Each low-precision parameter is swapped for a
+  float32 tensor holding `theta - eta * d` for the duration, so the forward runs in float32.
+  Costs float32 memory and float32 matmul speed.
+- `"split"`: the fast path for bf16/fp16 models. `nn.Linear` and `nn.Embedding` modules keep their
+  low-precision weight `W` untouched and add the step as its own term, in one matmul:
+
+        y = [x, x] @ [W, -eta * D]^T  =  x W^T + x (-eta D)^T         # (N, out), K doubled
+
+  The two products are accumulated together in float32 inside the matmul and rounded once, so the
+  step keeps the relative precision of its own term instead of being rounded against `W`; it costs
+  about twice a plain forward in those modules. Embeddings return `W[ids] - eta * D[ids]` in
+  float32, which promotes the residual stream of pre-norm/post-norm transformers (OLMo-2, Llama)
+  to float32 at negligible cost; the overridden `nn.Linear`s cast their input back to the weight
+  dtype. Other low-precision parameters (norm gains, biases of other modules) are swapped for
+  float32 as in `"fp32"`; they are a tiny fraction of the model. Valid only where a test shows it
+  agrees with `"fp32"` (tests/workers/curvature/test_precision.py, bench/curvature_gpu.py).
+- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"split"`.
+
+On exit every parameter holds its original tensor again, bit for bit (also after an exception):
+`exact` copies back from the saved clone; `fp32` and `split` never wrote into the original tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from workers.curvature.errors import CurvatureError
+
+__all__ = ["Perturbation", "Precision", "check_direction"]
+
+Precision = Literal["auto", "exact", "fp32", "split"]
+
+_WIDE = (torch.float32, torch.float64)
+
+
+def check_direction(params: Sequence[Tensor], direction: Sequence[Tensor]) -> None:
+    """Raise CurvatureError unless `direction` has one tensor of the right shape per parameter."""
+    if len(params) != len(direction):
+        raise CurvatureError(
+            f"direction has {len(direction)} tensors but {len(params)} parameters are perturbed; "
+            "pass params= with the parameters the direction belongs to "
+            "(e.g. direction_params(optimizer))"
+        )
+    for i, (p, d) in enumerate(zip(params, direction, strict=True)):
+        if p.shape != d.shape:
+            raise CurvatureError(
+                f"direction tensor {i} has shape {tuple(d.shape)} but its parameter has shape "
+                f"{tuple(p.shape)}; pass params= in the order the direction was computed"
+            )
+        if p.device != d.device:
+            raise CurvatureError(
+                f"direction tensor {i} is on {d.device} but its parameter on {p.device}; "
+                "move the direction to the model's device"
+            )
+
+
+class Perturbation:
+    """Context manager that sets a model's parameters to `theta - eta * d` for any `eta`.
+
+    Use `set_step(eta)` before each forward; `set_step(0.0)` is `theta` through the same
+    computation path (so `L(theta)` and the probes share their rounding). Gradients are not
+    tracked; call inside `torch.no_grad()`.
+
+    Args:
+        model: The module that owns the parameters (searched for Linear/Embedding in `"split"`).
+        params: Parameters to perturb (each once; tied parameters appear once).
+        direction: `d`, one tensor per parameter, same shapes and devices (any float dtype).
+        precision: See the module docstring.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: Sequence[Tensor],
+        direction: Sequence[Tensor],
+        precision: Precision = "auto",
+    ) -> None:
+        check_direction(params, direction)
+        if len({id(p) for p in params}) != len(params):
+            raise CurvatureError("params lists a parameter twice; pass each parameter once")
+        if precision == "auto":
+            precision = "exact" if all(p.dtype in _WIDE for p in params) else "split"
+        if precision not in ("exact", "fp32", "split"):
+            raise CurvatureError(
+                f"precision must be 'auto', 'exact', 'fp32' or 'split', got {precision!r}"
+            )
+        self.model = model
+        self.precision: Precision = precision
+        self.eta = 0.0
+        self._pairs = list(zip(params, direction, strict=True))
+        self._saved: list[tuple[Tensor, Tensor, Tensor]] = []  # (param, theta0 copy, d)
+        self._swapped: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (param, orig, work, d)
+        self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
+
+    def __enter__(self) -> Perturbation:
+        try:
+            self._install()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._restore()
+
+    def set_step(self, eta: float) -> None:
+        """Move the parameters to `theta - eta * d`."""
+        self.eta = float(eta)
+        with torch.no_grad():
+            for p, theta0, d in self._saved:
+                # theta0 - eta * d in float32 (float64 for float64 params), one rounding to p.dtype.
+                wide = torch.promote_types(p.dtype, torch.float32)
+                p.copy_(torch.add(theta0.to(wide), d.to(wide), alpha=-self.eta))
+            for _, orig, work, d in self._swapped:
+                torch.add(orig.to(work.dtype), d.to(work.dtype), alpha=-self.eta, out=work)
+
+    # -- setup and teardown --------------------------------------------------------------------
+
+    def _install(self) -> None:
+        by_id = {id(p): (p, d) for p, d in self._pairs}
+        handled: set[int] = set()
+        if self.precision == "split":
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    handled |= self._override(module, by_id)
+        for p, d in self._pairs:
+            if id(p) in handled:
+                continue
+            if self.precision == "exact" or p.dtype in _WIDE:
+                self._saved.append((p, p.detach().clone(), d))
+            else:
+                # Swap the storage for a float32 tensor; the original tensor is never written.
+                orig = p.data
+                work = orig.to(torch.float32, copy=True)
+                p.data = work
+                self._swapped.append((p, orig, work, d))
+        self.set_step(0.0)
+
+    def _override(
+        self, module: nn.Linear | nn.Embedding, by_id: dict[int, tuple[Tensor, Tensor]]
+    ) -> set[int]:
+        weight: Tensor = module.weight
+        if id(weight) not in by_id or weight.dtype in _WIDE:
+            return set()
+        d_weight = by_id[id(weight)][1]
+        forward: Callable[..., Tensor]
+        if isinstance(module, nn.Embedding):
+            if module.max_norm is not None:
+                return set()  # max_norm renormalises W in place; leave it to the fp32 swap
+            forward = self._embedding_forward(weight, d_weight)
+            covered = {id(weight)}
+        else:
+            bias: Tensor | None = module.bias
+            d_bias = by_id[id(bias)][1] if bias is not None and id(bias) in by_id else None
+            forward = self._linear_forward(weight, d_weight, bias, d_bias)
+            covered = {id(weight)} | (
+                {id(bias)} if d_bias is not None and bias is not None else set()
+            )
+        self._overridden.append((module, module.__dict__.get("forward")))
+        module.__dict__["forward"] = forward  # an instance attribute shadows the class's forward
+        return covered
+
+    def _linear_forward(
+        self, weight: Tensor, d_weight: Tensor, bias: Tensor | None, d_bias: Tensor | None
+    ) -> Callable[[Tensor], Tensor]:
+        def forward(x: Tensor) -> Tensor:
+            x = x.to(weight.dtype)  # (..., K)
+            step = d_weight.to(weight.dtype) * -self.eta  # (N, K), own relative precision
+            parts_x, parts_w = [x, x], [weight, step]
+            if d_bias is not None:
+                # The bias step rides along as one more input column of ones, so it is also
+                # accumulated in float32 before the single rounding.
+                parts_x.append(torch.ones_like(x[..., :1]))
+                parts_w.append((d_bias.to(weight.dtype) * -self.eta)[:, None])
+            # (..., 2K[+1]) @ (N, 2K[+1])^T -> (..., N)
+            return F.linear(torch.cat(parts_x, dim=-1), torch.cat(parts_w, dim=1), bias)
+
+        return forward
+
+    def _embedding_forward(self, weight: Tensor, d_weight: Tensor) -> Callable[[Tensor], Tensor]:
+        def forward(ids: Tensor) -> Tensor:
+            rows = F.embedding(ids, weight).float()  # (..., E) exact upcast of W[ids]
+            return rows - self.eta * F.embedding(ids, d_weight).float()
+
+        return forward
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for p, theta0, _ in self._saved:
+                p.copy_(theta0)
+            for p, orig, _, _ in self._swapped:
+                p.data = orig
+        for module, previous in self._overridden:
+            del module.__dict__["forward"]
+            if previous is not None:
+                module.__dict__["forward"] = previous
+        self._saved, self._swapped, self._overridden = [], [], []

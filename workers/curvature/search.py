@@ -1,0 +1,259 @@
+"""The line search for the critical learning rate (method.md §2).
+
+    eta_c = min { eta > 0 : L(theta - eta * d) > L(theta) },     lambda_c = 2 / eta_c
+
+`critical_lr` searches a line function `loss_at(eta)` and keeps a bracket: `lower` is a probed step
+whose loss did not exceed `L0 = L(theta)` (or 0), `upper` a probed step whose loss did (or inf). A
+non-finite loss counts as an increase; a loss equal to `L0` does not. Two methods:
+
+- `"bisect"`, the paper's baseline: double or halve from `lr_guess` until the loss changes side
+  (at most `max_steps` times), then bisect until `1 - lower/upper <= tol`.
+- `"quadratic"` (default): the same bracket, with probes placed by the quadratic model
+  `L(eta) = L0 - a*eta + b*eta^2`. Its slope form `y(eta) = (L(eta) - L0)/eta = -a + b*eta` is a
+  straight line whose zero is `eta_c = a/b`, so two probes give the model and the root follows by
+  linear interpolation (regula falsi on `y`; exact for a quadratic loss). Each model probe sits a
+  small margin to one side of the predicted root so that the next probe can close the bracket to
+  `tol` in one step. Safeguards: every probe lies strictly inside the current bracket, two
+  consecutive surprises (the loss fell on the other side than predicted) force a bisection, and
+  while no bracket exists the step grows geometrically (2, 4, 16, ...) when no model is available.
+  A warm start (`lr_guess` = the last `eta_c`) first tries a step of one `tol`-width towards the
+  root, which closes the bracket in two probes when `eta_c` barely moved.
+
+Status semantics: `increases_immediately` when even the search floor `lr_guess * 2**-max_steps`
+raises the loss, or when no probe ever lowered the loss below `L0` (the probes that did not increase
+it only tied `L0`, also one extra probe at `lower/2`: the descent, if any, is below the loss's
+rounding resolution); `lambda_c` is then inf and `eta` 0.
+`no_increase` when `lr_guess * 2**max_steps` still did not raise the loss: `eta = lower` is a lower
+bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workers.curvature.errors import CurvatureError
+
+__all__ = ["CriticalLR", "SearchMethod", "Status", "critical_lr", "is_increase"]
+
+Status = Literal["ok", "increases_immediately", "no_increase"]
+SearchMethod = Literal["bisect", "quadratic"]
+
+
+@dataclass(frozen=True)
+class CriticalLR:
+    """The result of one critical-learning-rate search.
+
+    Attributes:
+        lower: Largest probed step that did not raise the loss (0 if none counts).
+        upper: Smallest probed step that raised it (inf if none did).
+        eta: The estimate of `eta_c`: `(lower + upper) / 2` when `status == "ok"`, `lower` for
+            `no_increase` (a lower bound), 0 for `increases_immediately`.
+        sharpness: `2 / eta` (inf for `increases_immediately`).
+        forwards: Loss evaluations spent; `measure` adds one when it computed `L(theta)` itself.
+        status: `"ok"`, `"increases_immediately"` or `"no_increase"`.
+        probes: Every `(eta, loss)` evaluated, in order.
+        loss0: `L(theta)`, the reference loss.
+    """
+
+    lower: float
+    upper: float
+    eta: float
+    sharpness: float
+    forwards: int
+    status: Status
+    probes: list[tuple[float, float]] = field(default_factory=list)
+    loss0: float = math.nan
+
+
+def is_increase(loss: float, loss0: float) -> bool:
+    """Whether `loss` counts as an increase over `loss0` (non-finite losses do)."""
+    return not math.isfinite(loss) or loss > loss0
+
+
+class _Bracket:
+    """Probes a line function and keeps the tightest valid bracket `[lo, hi]`."""
+
+    def __init__(self, loss_at: Callable[[float], float], loss0: float) -> None:
+        self.loss_at = loss_at
+        self.loss0 = loss0
+        self.lo, self.hi = 0.0, math.inf
+        self.loss_lo, self.loss_hi = loss0, math.nan
+        self.probes: list[tuple[float, float]] = []
+
+    def probe(self, eta: float) -> bool:
+        loss = float(self.loss_at(eta))
+        self.probes.append((eta, loss))
+        if is_increase(loss, self.loss0):
+            if eta < self.hi:
+                self.hi, self.loss_hi = eta, loss
+            return True
+        if eta > self.lo:
+            self.lo, self.loss_lo = eta, loss
+        return False
+
+    def closed(self, tol: float) -> bool:
+        return self.lo > 0 and math.isfinite(self.hi) and 1 - self.lo / self.hi <= tol
+
+    def slope(self, eta: float, loss: float) -> float:
+        # y(eta) = (L(eta) - L0) / eta; a straight line -a + b*eta for a quadratic loss.
+        return (loss - self.loss0) / eta
+
+
+def _bisect(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None:
+    eta = lr_guess
+    if b.probe(eta):
+        for _ in range(max_steps):
+            eta /= 2
+            if not b.probe(eta):
+                break
+    else:
+        for _ in range(max_steps):
+            eta *= 2
+            if b.probe(eta):
+                break
+    if b.lo == 0 or not math.isfinite(b.hi):
+        return
+    while not b.closed(tol):
+        b.probe((b.lo + b.hi) / 2)
+
+
+def _line_root(p1: tuple[float, float], p2: tuple[float, float]) -> float | None:
+    """Zero of the straight line through two (eta, y) points, if it rises (b > 0)."""
+    (e1, y1), (e2, y2) = p1, p2
+    if e1 == e2 or not (math.isfinite(y1) and math.isfinite(y2)):
+        return None
+    slope = (y2 - y1) / (e2 - e1)
+    if not slope > 0:
+        return None
+    root = e1 - y1 / slope
+    return root if root > 0 and math.isfinite(root) else None
+
+
+def _quadratic(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None:
+    q = 1 / (1 - tol)  # the bracket is closed once upper/lower <= q
+    m = q**0.25  # margin to one side of a predicted root
+    floor, cap = lr_guess * 2.0**-max_steps, lr_guess * 2.0**max_steps
+    growth = 2.0  # step factor while there is no bracket and no model; squared after each use
+    surprises = 0
+    budget = 4 * max_steps + 64  # loose; past it, plain bisection (which always terminates)
+    b.probe(lr_guess)
+    first = True
+    while not b.closed(tol):
+        finite = sorted((e, b.slope(e, loss)) for e, loss in b.probes if math.isfinite(loss))
+        if not math.isfinite(b.hi):  # every probe so far left the loss <= L0: step up
+            if b.lo >= cap:
+                return
+            ups = [pt for pt in finite if pt[0] <= b.lo]
+            root = _line_root(ups[-2], ups[-1]) if len(ups) >= 2 else None
+            if first:
+                eta = b.lo * q  # warm start: one tol-width towards the root
+            elif root is not None and root > b.lo:
+                eta = min(max(root * m, b.lo * q), b.lo * 64)
+            else:
+                eta, growth = b.lo * growth, growth * growth
+            b.probe(min(eta, cap))
+        elif b.lo == 0:  # every probe so far raised the loss: step down
+            if b.hi <= floor:
+                return
+            downs = [pt for pt in finite if pt[0] >= b.hi]
+            root = _line_root(downs[0], downs[1]) if len(downs) >= 2 else None
+            if first:
+                eta = b.hi / q
+            elif root is not None and root < b.hi:
+                eta = max(min(root / m, b.hi / q), b.hi / 64)
+            else:
+                eta, growth = b.hi / growth, growth * growth
+            b.probe(max(eta, floor))
+        else:  # a bracket: close it
+            lo, hi = b.lo, b.hi
+            y_lo, y_hi = b.slope(lo, b.loss_lo), b.slope(hi, b.loss_hi)
+            root = _line_root((lo, y_lo), (hi, y_hi))
+            if surprises >= 2 or root is None or len(b.probes) > budget:
+                surprises = 0
+                # Geometric midpoint while the bracket spans more than a factor 2 (it may come
+                # from a long jump), arithmetic after, as the baseline.
+                eta = math.sqrt(lo * hi) if hi > 2 * lo else (lo + hi) / 2
+                b.probe(eta)
+                continue
+            root = min(max(root, lo), hi)
+            if lo * q < hi and lo * q >= root * m:
+                eta, expect_up = lo * q, True  # an increase here closes the bracket
+            elif hi / q > lo and hi / q <= root / m:
+                eta, expect_up = hi / q, False  # no increase here closes it
+            else:
+                eta, expect_up = root / m, False  # approach from below, close from above next
+            # Strictly inside the bracket, so every probe shrinks it.
+            width = hi - lo
+            eta = min(max(eta, lo + width / 64), hi - width / 64)
+            went_up = b.probe(eta)
+            surprises = surprises + 1 if went_up != expect_up else 0
+        first = False
+
+
+def critical_lr(
+    loss_at: Callable[[float], float],
+    *,
+    loss0: float,
+    lr_guess: float,
+    tol: float = 1 / 16,
+    max_steps: int = 40,
+    method: SearchMethod = "quadratic",
+) -> CriticalLR:
+    """Search the smallest step along a line at which the loss rises above `loss0`.
+
+    Args:
+        loss_at: The line function, `eta -> L(theta - eta * d)`; each call is one forward.
+        loss0: `L(theta)`, the loss at `eta = 0` (must be finite).
+        lr_guess: First step to try; pass the last `eta_c` for a warm start.
+        tol: Stop once `1 - lower/upper <= tol`.
+        max_steps: At most this many doublings/halvings away from `lr_guess` (factor 2**max_steps).
+        method: `"quadratic"` (model-placed probes, fewer forwards) or `"bisect"` (the baseline).
+
+    Returns:
+        The bracket, the estimate, its status and every probe.
+
+    Raises:
+        CurvatureError: For a non-finite `loss0`, a non-positive or non-finite `lr_guess`, `tol`
+            outside (0, 1), `max_steps < 1` or an unknown method.
+    """
+    if not math.isfinite(loss0):
+        raise CurvatureError(f"loss0 must be finite, got {loss0}; check the model and batch")
+    if not (math.isfinite(lr_guess) and lr_guess > 0):
+        raise CurvatureError(f"lr_guess must be a finite number > 0, got {lr_guess}")
+    if not 0 < tol < 1:
+        raise CurvatureError(f"tol must lie in (0, 1), got {tol}; 1/16 is the default")
+    if max_steps < 1:
+        raise CurvatureError(f"max_steps must be >= 1, got {max_steps}")
+    if method not in ("bisect", "quadratic"):
+        raise CurvatureError(f"method must be 'bisect' or 'quadratic', got {method!r}")
+    b = _Bracket(loss_at, float(loss0))
+    if method == "bisect":
+        _bisect(b, lr_guess, tol, max_steps)
+    else:
+        _quadratic(b, lr_guess, tol, max_steps)
+    if b.lo > 0 and math.isfinite(b.hi) and not _descended(b):
+        # Every probe at or below `lower` only tied L0. One more probe below tells a root that
+        # happened to be hit exactly (the loss descends there) from a loss whose descent is below
+        # its rounding resolution (flat there too: increases_immediately).
+        eta = b.lo / 2
+        b.probes.append((eta, float(loss_at(eta))))
+    return _result(b)
+
+
+def _descended(b: _Bracket) -> bool:
+    return any(math.isfinite(loss) and loss < b.loss0 for _, loss in b.probes)
+
+
+def _result(b: _Bracket) -> CriticalLR:
+    n = len(b.probes)
+    descended = _descended(b)
+    if not math.isfinite(b.hi):
+        lower = b.lo
+        return CriticalLR(lower, math.inf, lower, 2 / lower, n, "no_increase", b.probes, b.loss0)
+    if b.lo == 0 or not descended:
+        return CriticalLR(0.0, b.hi, 0.0, math.inf, n, "increases_immediately", b.probes, b.loss0)
+    eta = (b.lo + b.hi) / 2
+    return CriticalLR(b.lo, b.hi, eta, 2 / eta, n, "ok", b.probes, b.loss0)
