@@ -308,8 +308,9 @@ class Recommendation(BaseModel):
         description="Ratio maximising the smallest eta_c over all evaluation sets."
     )
     least_forgetting_ratio: float | None = Field(
-        description="Ratio with the smallest predicted pre-training loss change at the planned "
-        "rate, among those that still lower the fine-tuning loss."
+        description="Smallest ratio whose predicted one-step pre-training loss change at the "
+        "planned rate is not above the noise, while the fine-tuning loss still falls (the "
+        "loss-change rule; method.md §7 finds the eta_c rule safe but conservative)."
     )
     confidence: Literal["high", "medium", "low"]
     ranking: list[RatioRank] = Field(default_factory=list)
