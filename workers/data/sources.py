@@ -87,6 +87,8 @@ def load_texts(
                 },
                 batched=True,
                 remove_columns=raw.column_names,
+                # One text type for every part, so parts from different file types concatenate.
+                features=datasets.Features({TEXT_COLUMN: datasets.Value("large_string")}),
                 load_from_cache_file=False,  # the token cache is ours; skip an Arrow copy here
                 desc=f"{prefix}: records to text",
             )
