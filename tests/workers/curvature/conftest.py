@@ -1,0 +1,26 @@
+"""Fixtures for the curvature tests; helpers live in curvature_helpers.py next to this file."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tests import their helpers by module name; importlib mode does not put this folder on the path.
+sys.path.insert(0, str(Path(__file__).parent))
+
+from curvature_helpers import Quadratic, spd
+
+
+@pytest.fixture
+def quadratic_factory() -> Callable[..., Quadratic]:
+    def make(n: int, condition: float, seed: int) -> Quadratic:
+        gen = torch.Generator().manual_seed(seed + 1000)
+        b = torch.randn(n, generator=gen, dtype=torch.float64)
+        theta = torch.randn(n, generator=gen, dtype=torch.float64)
+        return Quadratic(spd(n, condition, seed), b, theta)
+
+    return make

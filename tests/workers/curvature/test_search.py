@@ -1,0 +1,126 @@
+"""The line search on closed-form line functions: brackets, statuses, bad inputs (acc. 6, 7)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from workers.curvature import CurvatureError, SearchMethod, critical_lr
+
+pytestmark = pytest.mark.unit
+
+METHODS: list[SearchMethod] = ["bisect", "quadratic"]
+
+
+def _quadratic(a: float, b: float, loss0: float = 2.0):  # type: ignore[no-untyped-def]
+    return lambda eta: loss0 - a * eta + b * eta * eta
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("seed", range(20))
+def test_bracket_holds_true_root(method: SearchMethod, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    a, b = 10 ** rng.uniform(-3, 3), 10 ** rng.uniform(-3, 3)
+    cubic = rng.uniform(0.0, 0.3) * b * b / a  # a mild non-quadratic term
+    true = (-b + math.sqrt(b * b + 4 * cubic * a)) / (2 * cubic) if cubic > 0 else a / b
+    guess = true * 10 ** rng.uniform(-3, 3)
+    r = critical_lr(
+        lambda e: 2.0 - a * e + b * e * e + cubic * e**3,
+        loss0=2.0,
+        lr_guess=guess,
+        method=method,
+    )
+    assert r.status == "ok"
+    assert r.lower <= true <= r.upper
+    assert 1 - r.lower / r.upper <= 1 / 16
+    assert r.eta == pytest.approx((r.lower + r.upper) / 2)
+    assert r.sharpness == pytest.approx(2 / r.eta)
+    assert r.forwards == len(r.probes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_warm_start_is_cheap(method: SearchMethod) -> None:
+    # eta_c = a/b = 0.5; a warm start 3% off.
+    r = critical_lr(_quadratic(1.0, 2.0), loss0=2.0, lr_guess=0.515, method=method)
+    assert r.lower <= 0.5 <= r.upper
+    assert r.forwards <= (6 if method == "bisect" else 3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ascent_increases_immediately(method: SearchMethod) -> None:
+    r = critical_lr(lambda e: 1.0 + e, loss0=1.0, lr_guess=1e-3, method=method)
+    assert r.status == "increases_immediately"
+    assert r.sharpness == math.inf and r.eta == 0.0 and r.lower == 0.0
+    assert r.upper <= 1e-3 * 2.0**-40 * 1.0001
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ascent_rounding_to_unchanged_loss(method: SearchMethod) -> None:
+    # Tiny steps round to exactly L0 in float32: ties are not increases, but no probe descends.
+    loss_at = lambda e: float(np.float32(1.0) + np.float32(e))  # noqa: E731
+    r = critical_lr(loss_at, loss0=1.0, lr_guess=1e-3, method=method)
+    assert any(loss == 1.0 for _, loss in r.probes)
+    assert r.status == "increases_immediately"
+    assert r.sharpness == math.inf
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_exact_root_hit_is_ok(method: SearchMethod) -> None:
+    # The first probe lands on the root (loss exactly L0); the search must still report ok.
+    r = critical_lr(_quadratic(1.0, 2.0), loss0=2.0, lr_guess=0.5, method=method)
+    assert r.status == "ok" and r.lower <= 0.5 <= r.upper
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_never_rising_is_no_increase(method: SearchMethod) -> None:
+    r = critical_lr(lambda e: 1.0 - e, loss0=1.0, lr_guess=1e-3, method=method)
+    assert r.status == "no_increase"
+    assert r.upper == math.inf
+    assert r.eta == r.lower == pytest.approx(1e-3 * 2.0**40)
+    assert r.sharpness == pytest.approx(2 / r.lower)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_is_increase(method: SearchMethod, bad: float) -> None:
+    # Finite loss decreases until 0.3, then the forward overflows: eta_c = 0.3.
+    r = critical_lr(lambda e: 1.0 - e if e < 0.3 else bad, loss0=1.0, lr_guess=0.01, method=method)
+    assert r.status == "ok"
+    assert r.lower < 0.3 <= r.upper
+    assert 1 - r.lower / r.upper <= 1 / 16
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr_guess": 0.0}, "lr_guess"),
+        ({"lr_guess": -1.0}, "lr_guess"),
+        ({"lr_guess": math.nan}, "lr_guess"),
+        ({"lr_guess": math.inf}, "lr_guess"),
+        ({"tol": 0.0}, "tol"),
+        ({"tol": 1.0}, "tol"),
+        ({"loss0": math.nan}, "loss0"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"method": "newton"}, "method"),
+    ],
+)
+def test_bad_inputs(kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {"loss0": 1.0, "lr_guess": 1e-3} | kwargs
+    with pytest.raises(CurvatureError, match=match):
+        critical_lr(lambda e: 1.0, **args)  # type: ignore[arg-type]
+
+
+def test_quadratic_beats_bisect_on_average() -> None:
+    rng = np.random.default_rng(0)
+    counts: dict[str, list[int]] = {"bisect": [], "quadratic": []}
+    for _ in range(100):
+        a, b = 10 ** rng.uniform(-2, 2), 10 ** rng.uniform(-2, 2)
+        guess = a / b * 10 ** rng.uniform(-0.3, 0.3)  # warm-ish starts
+        for method in METHODS:
+            counts[method].append(
+                critical_lr(_quadratic(a, b), loss0=2.0, lr_guess=guess, method=method).forwards
+            )
+    assert np.median(counts["quadratic"]) < np.median(counts["bisect"])
+    assert max(counts["quadratic"]) <= max(counts["bisect"]) + 2
