@@ -17,17 +17,24 @@ class ConflictError(SharpmixError):
     different body)."""
 
 
+class IdempotencyMismatchError(ConflictError):
+    """An Idempotency-Key was used before with a different request body. A conflict in the store,
+    but the fault is in the request, so the API answers 422 rather than 409."""
+
+
 class InvalidRequestError(SharpmixError):
     """A value the user sent cannot be used.
 
     Attributes:
         field: Dotted name of the field at fault, as the user wrote it.
+        location: Where the field came from: ``body``, ``query`` or ``header``.
     """
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, *, location: str = "body") -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.location = location
 
 
 class AuthenticationError(SharpmixError):

@@ -1,0 +1,1 @@
+"""One router per resource: ``sweeps`` (the ``/v1`` API), ``health`` (probes and metrics)."""

@@ -1,0 +1,133 @@
+"""``/v1/sweeps``: submit a mix sweep, follow it, read its evidence and its recommendation.
+
+Every route is scoped to the caller's tenant: another tenant's sweep answers 404, like one that
+does not exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+
+from service import plot
+from service.api.deps import SessionDep, SettingsDep, TenantDep
+from service.api.schemas import Message, SweepOut, SweepPage, TrialOut, ValidationMessage
+from service.db import sweeps
+from service.db.models import SweepState
+from service.spec import Recommendation, SweepSpec, check_limits, check_paths
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Message, "description": "Missing, unknown or revoked API key."},
+    404: {"model": Message, "description": "No such sweep for this tenant."},
+    422: {"model": ValidationMessage, "description": "A value at fault, named in 'loc'."},
+    503: {"model": Message, "description": "The database cannot be reached."},
+}
+
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=_ERRORS)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        description="Makes retries safe: the same key with the same body returns the same sweep "
+        "(200); the same key with another body is refused (422).",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        200: {"model": SweepOut, "description": "Replay of an earlier Idempotency-Key."},
+        413: {"model": Message, "description": "Body above SHARPMIX_MAX_BODY_BYTES."},
+    },
+)
+def submit_sweep(
+    spec: SweepSpec,
+    tenant: TenantDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepOut:
+    """Queue a mix sweep; workers pick it up. Returns the sweep with its ``id`` (201)."""
+    check_limits(spec, settings)
+    check_paths(spec, settings)
+    sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return SweepOut.from_row(sweep)
+
+
+@router.get("")
+def list_sweeps(
+    tenant: TenantDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="'next_cursor' of the previous page.")
+    ] = None,
+) -> SweepPage:
+    """Your sweeps, newest first, one page at a time."""
+    rows, next_cursor = sweeps.list_sweeps(session, tenant.id, limit, cursor)
+    return SweepPage(items=[SweepOut.from_row(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{sweep_id}")
+def get_sweep(sweep_id: str, tenant: TenantDep, session: SessionDep) -> SweepOut:
+    """A sweep's state, progress (tasks, forward passes, ETA) and error, if any."""
+    return SweepOut.from_row(sweeps.get_sweep(session, tenant.id, sweep_id))
+
+
+@router.get("/{sweep_id}/trials")
+def list_trials(sweep_id: str, tenant: TenantDep, session: SessionDep) -> list[TrialOut]:
+    """One row per measured ratio and evaluation set, so far."""
+    rows = sweeps.list_measurements(session, tenant.id, sweep_id)
+    return [TrialOut.from_row(row) for row in rows]
+
+
+@router.get(
+    "/{sweep_id}/recommendation",
+    responses={409: {"model": Message, "description": "The sweep has not succeeded (yet)."}},
+)
+def get_recommendation(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Recommendation:
+    """The recommended pre-training ratio of a succeeded sweep, with its evidence."""
+    return sweeps.get_recommendation(session, tenant.id, sweep_id)
+
+
+@router.get(
+    "/{sweep_id}/plot.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        409: {"model": Message, "description": "Nothing measured yet."},
+    },
+)
+def get_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    """Critical sharpness against ratio per evaluation set, the 2/learning_rate line and the
+    recommended ratio; drawn from what exists, so a running sweep has one too."""
+    sweep = sweeps.get_sweep(session, tenant.id, sweep_id)
+    measurements = sweeps.list_measurements(session, tenant.id, sweep_id)
+    if not measurements:
+        raise HTTPException(
+            status_code=409,
+            detail=f"sweep {sweep_id} is {sweep.state.value} and has no measurement yet; "
+            "the plot appears with the first finished ratio",
+        )
+    recommendation = None
+    if sweep.state == SweepState.succeeded and sweep.recommendation is not None:
+        recommendation = Recommendation.model_validate(sweep.recommendation)
+    png = plot.render_sweep_plot(SweepSpec.model_validate(sweep.spec), measurements, recommendation)
+    return Response(png, media_type="image/png")
+
+
+@router.post(
+    "/{sweep_id}/cancel",
+    responses={409: {"model": Message, "description": "The sweep has already finished."}},
+)
+def cancel_sweep(sweep_id: str, tenant: TenantDep, session: SessionDep) -> SweepOut:
+    """Stop a sweep: a queued one at once; a running one at its worker's next heartbeat."""
+    return SweepOut.from_row(sweeps.request_cancel(session, tenant.id, sweep_id))
