@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Environment = Literal["development", "production"]
@@ -46,6 +46,8 @@ class Settings(BaseSettings):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]`` for workers.
         dtype: Model weights dtype on the worker (``float32`` or ``bfloat16``); the perturbation is
             fp32 whatever this is.
+        url: Client side: the server ``sharpmix submit`` talks to.
+        api_key: Client side: the key ``sharpmix submit`` sends (``SHARPMIX_API_KEY``).
     """
 
     model_config = SettingsConfigDict(env_prefix="SHARPMIX_", env_file=".env", extra="ignore")
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     device: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: SecretStr | None = None
 
     @field_validator("allowed_roots", mode="before")
     @classmethod
