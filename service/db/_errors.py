@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from service.errors import DatabaseError
@@ -13,7 +13,8 @@ from service.errors import DatabaseError
 
 @contextmanager
 def database_errors(action: str) -> Iterator[None]:
-    """Turn a lost connection, a lock timeout or a missing table into :class:`DatabaseError`.
+    """Turn a lost connection, a lock timeout or a missing table (an unmigrated database: SQLite
+    says OperationalError, PostgreSQL ProgrammingError) into :class:`DatabaseError`.
 
     Integrity errors pass through: callers decide what a violated constraint means (an existing
     tenant, a replayed Idempotency-Key).
@@ -26,7 +27,7 @@ def database_errors(action: str) -> Iterator[None]:
     """
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
+    except (OperationalError, InterfaceError, ProgrammingError) as exc:
         raise DatabaseError(
             f"could not {action}: {exc.orig}. Check that the database is running and migrated "
             "(`sharpmix db upgrade`)."
