@@ -8,9 +8,11 @@ share state.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,70 @@ def db_url(empty_db_url: str) -> str:
 
     upgrade(empty_db_url)
     return empty_db_url
+
+
+@dataclass(frozen=True)
+class SweepAssets:
+    """A tiny causal LM and two generated domains under one allowed root."""
+
+    root: Path
+    model_dir: str  # relative to root, as a sweep names it
+    general: str
+    math: str
+
+    def spec(self, **overrides: object) -> dict[str, object]:
+        """A small, valid sweep body over these assets."""
+        body: dict[str, object] = {
+            "model": {"path": self.model_dir},
+            "pretraining": {"name": "general", "path": self.general},
+            "finetuning": [{"name": "math", "path": self.math}],
+            "ratios": [0.0, 0.5, 1.0],
+            "learning_rate": 1e-3,
+            "seq_len": 32,
+            "batch_tokens": 512,
+            "batches": 2,
+        }
+        body.update(overrides)
+        return body
+
+
+@pytest.fixture(scope="session")
+def sweep_assets(tmp_path_factory: pytest.TempPathFactory) -> SweepAssets:
+    """Generated corpora and an OLMo-2-style model trained 40 steps on them (a few seconds)."""
+    from transformers import AutoModelForCausalLM, Olmo2Config
+
+    from workers.data import train_tokenizer
+    from workers.data.corpora import general_documents, math_documents
+
+    root = tmp_path_factory.mktemp("assets")
+    general = general_documents(400, seed=1, world_seed=0)
+    math_docs = math_documents(400, seed=2)
+    for name, docs in (("general.jsonl", general), ("math.jsonl", math_docs)):
+        (root / name).write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tokenizer = train_tokenizer(general + math_docs, vocab_size=256)
+    config = Olmo2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    ids = tokenizer(" ".join(general[:200]) + " " + " ".join(math_docs[:20]))["input_ids"]
+    rows = torch.tensor(ids[: (len(ids) // 33) * 33]).view(-1, 33)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(40):
+        batch = rows[(step * 16) % max(1, len(rows) - 16) :][:16]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return SweepAssets(root=root, model_dir="model", general="general.jsonl", math="math.jsonl")

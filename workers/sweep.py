@@ -1,0 +1,367 @@
+"""One sweep's measurements on a worker: load once, gradients once, then any number of ratios.
+
+A worker that claims a task of a sweep builds a :class:`PreparedSweep` (model, tokenizer, batches,
+the reference losses ``L_e(theta)`` and the per-domain gradients of every direction batch) and keeps
+it while it claims further tasks of the same sweep, so a sweep costs ``K * B`` backward passes on
+each worker however many ratios it measures (../shared/method.md §3).
+
+Batches: for each of the B batches, the direction comes from batch ``b`` of the pre-training set
+and of every fine-tuning set; evaluation uses *other* batches of every evaluation set (batches
+``B..2B-1`` of the seeded order for the sets that also give directions), so no loss is measured on
+the tokens that produced its direction.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from service.db.queue import MeasurementResult
+from service.spec import AdamWSpec, DataRef, SweepSpec
+from workers.curvature import (
+    AdamState,
+    CriticalLR,
+    DirectionFn,
+    DomainGradients,
+    adamw_direction,
+    domain_gradients,
+    loss_change,
+    measure,
+    mixed_direction,
+    sgd_direction,
+    summarize,
+)
+from workers.data import (
+    DataSource,
+    LoadPolicy,
+    ModelSource,
+    check_model_fits,
+    load_model,
+    token_batches,
+)
+
+
+class TaskAbortedError(Exception):
+    """The task stopped between batches: lease lost, sweep cancelled or worker shutting down."""
+
+
+@dataclass
+class BatchStep:
+    """What one direction batch gave for one ratio, passed to the per-batch callback."""
+
+    batch: int
+    results: dict[str, CriticalLR]
+    loss_changes: dict[str, float]
+
+
+@dataclass
+class RatioMeasurement:
+    """All measurements of one ratio."""
+
+    ratio: float
+    measurements: list[MeasurementResult]
+    forwards: int
+    pruned: bool = False
+
+
+@dataclass
+class PreparedSweep:
+    """Everything a worker keeps for one sweep between its tasks."""
+
+    spec: SweepSpec
+    model: nn.Module
+    eval_batches: dict[str, Tensor]  # name -> (B, sequences, seq_len) token ids
+    loss0: dict[str, list[float]]  # name -> L_e(theta) per evaluation batch
+    gradients: list[DomainGradients]  # per direction batch: [pretraining, finetuning...]
+    transform: DirectionFn
+    micro_batch: int
+    backwards: int
+    setup_forwards: int
+    setup_seconds: float
+    warm: dict[str, float] = field(default_factory=dict)  # last eta_c per set: warm starts
+
+    def loss_fn(self, model: nn.Module, batch: Tensor) -> Tensor:
+        """Mean next-token loss of a (sequences, seq_len) batch, in micro-batches of equal size."""
+        chunks = torch.split(batch, self.micro_batch)
+        total = torch.zeros((), dtype=torch.float32, device=batch.device)
+        for chunk in chunks:
+            # (b, T) -> scalar; transformers shifts labels and averages over b * (T - 1) tokens.
+            total = total + model(input_ids=chunk, labels=chunk).loss.float() * len(chunk)
+        return total / len(batch)
+
+    def measure_ratio(
+        self, ratio: float, on_batch: Callable[[BatchStep], bool] | None = None
+    ) -> RatioMeasurement:
+        """Measure eta_c and the one-step loss change at the planned rate for one ratio.
+
+        Args:
+            ratio: Fraction of pre-training tokens in the mix.
+            on_batch: Called after each direction batch; returning False prunes the ratio (the
+                batches done so far are kept). It may raise :class:`TaskAbortedError`.
+
+        Returns:
+            One measurement per evaluation set.
+        """
+        spec = self.spec
+        weights = mix_weights(spec, ratio)
+        names = [ref.name for ref in spec.eval_sets()]
+        per_set: dict[str, list[CriticalLR]] = {name: [] for name in names}
+        changes: dict[str, list[float]] = {name: [] for name in names}
+        forwards = 0
+        pruned = False
+        for b, grads in enumerate(self.gradients):
+            direction = mixed_direction(grads, weights, self.transform)
+            step = BatchStep(batch=b, results={}, loss_changes={})
+            for name in names:
+                batch = self.eval_batches[name][b]
+                result = measure(
+                    self.model,
+                    self.loss_fn,
+                    direction,
+                    batch,
+                    lr_guess=self.warm.get(name, spec.learning_rate),
+                    tol=spec.tol,
+                    loss0=self.loss0[name][b],
+                    params=grads.params,
+                )
+                change = loss_change(
+                    self.model,
+                    self.loss_fn,
+                    direction,
+                    batch,
+                    spec.learning_rate,
+                    loss0=self.loss0[name][b],
+                    params=grads.params,
+                )
+                forwards += result.forwards + change.forwards
+                if result.status == "ok":
+                    self.warm[name] = result.eta
+                per_set[name].append(result)
+                changes[name].append(change.delta)
+                step.results[name] = result
+                step.loss_changes[name] = change.delta
+            del direction
+            if on_batch is not None and not on_batch(step) and b + 1 < len(self.gradients):
+                pruned = True
+                break
+        measurements = [
+            _summary(spec, name, per_set[name], changes[name], self.loss0[name], pruned)
+            for name in names
+        ]
+        return RatioMeasurement(ratio, measurements, forwards, pruned)
+
+
+def mix_weights(spec: SweepSpec, ratio: float) -> list[float]:
+    """Simplex weights over [pre-training, fine-tuning sets...] for a pre-training ratio."""
+    total = sum(ref.weight for ref in spec.finetuning)
+    return [ratio, *((1.0 - ratio) * ref.weight / total for ref in spec.finetuning)]
+
+
+def prepare(
+    spec: SweepSpec,
+    policy: LoadPolicy,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    micro_batch_tokens: int = 8192,
+) -> PreparedSweep:
+    """Load the model and data of a sweep and compute what every ratio shares.
+
+    Raises:
+        DataError: For anything the user must fix (paths, formats, sizes), before GPU work.
+    """
+    start = time.perf_counter()
+    loaded = load_model(
+        ModelSource(
+            path=spec.model.path,
+            hub_id=spec.model.hub_id,
+            revision=spec.model.revision,
+            optimizer_state=spec.model.optimizer_state,
+        ),
+        policy,
+        dtype=dtype,
+        device=device,
+        seq_len=spec.seq_len,
+    )
+    model, tokenizer = loaded.model, loaded.tokenizer
+    check_model_fits(model.config, tokenizer, seq_len=spec.seq_len)
+    sequences = spec.sequences_per_batch
+    direction_sets = [spec.pretraining, *spec.finetuning]
+    direction_names = {ref.name for ref in direction_sets}
+
+    def batches(ref: DataRef, group: str, first: int) -> Tensor:
+        return token_batches(
+            _source(ref),
+            tokenizer,
+            policy,
+            seq_len=spec.seq_len,
+            batch_size=sequences,
+            num_batches=spec.batches,
+            seed=spec.seed,
+            field=group,
+            first_batch=first,
+        ).to(device)
+
+    groups = _field_names(spec)
+    direction_batches = [batches(ref, groups[ref.name], 0) for ref in direction_sets]
+    eval_batches = {
+        ref.name: batches(ref, groups[ref.name], spec.batches if ref.name in direction_names else 0)
+        for ref in spec.eval_sets()
+    }
+    micro_batch = max(1, min(sequences, micro_batch_tokens // spec.seq_len))
+    prepared = PreparedSweep(
+        spec=spec,
+        model=model,
+        eval_batches=eval_batches,
+        loss0={},
+        gradients=[],
+        transform=_transform(spec, model, loaded.optimizer_state),
+        micro_batch=micro_batch,
+        backwards=0,
+        setup_forwards=0,
+        setup_seconds=0.0,
+    )
+    model.train(False)
+    with torch.no_grad():
+        for name, tensor in eval_batches.items():
+            prepared.loss0[name] = [
+                float(prepared.loss_fn(model, tensor[b])) for b in range(len(tensor))
+            ]
+            prepared.setup_forwards += len(tensor)
+    # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
+    model.train()
+    for b in range(spec.batches):
+        domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
+        grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32)
+        prepared.gradients.append(grads)
+        prepared.backwards += grads.backward_passes
+    model.train(False)
+    model.zero_grad(set_to_none=True)
+    prepared.setup_seconds = time.perf_counter() - start
+    return prepared
+
+
+def _token_loss(model: nn.Module, chunk: Tensor) -> Tensor:
+    # Equal-sized micro-batches of full sequences: their mean losses average to the batch's.
+    loss: Tensor = model(input_ids=chunk, labels=chunk).loss
+    return loss.float()
+
+
+def _transform(spec: SweepSpec, model: nn.Module, state: dict[str, Tensor] | None) -> DirectionFn:
+    opt = spec.optimizer
+    if not isinstance(opt, AdamWSpec):
+        return functools.partial(sgd_direction, weight_decay=opt.weight_decay)
+    fresh = functools.partial(
+        adamw_direction, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+    )
+    if state is None:
+        return fresh
+    names = {id(p): n for n, p in model.named_parameters()}
+    steps = int(state["step"].item())
+
+    def with_state(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        keys = [names[id(p)] for p in params]
+        adam = AdamState(
+            exp_avg=[state[f"exp_avg.{k}"] for k in keys],
+            exp_avg_sq=[state[f"exp_avg_sq.{k}"] for k in keys],
+            steps=[steps] * len(keys),
+        )
+        return adamw_direction(
+            params, grads, state=adam, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+
+    return with_state  # type: ignore[return-value]
+
+
+def _source(ref: DataRef) -> DataSource:
+    return DataSource(
+        name=ref.name,
+        path=ref.path,
+        hub_id=ref.hub_id,
+        config=ref.config,
+        split=ref.split,
+        text_field=ref.text_field,
+    )
+
+
+def _field_names(spec: SweepSpec) -> dict[str, str]:
+    names = {spec.pretraining.name: "pretraining"}
+    for group in ("finetuning", "retention", "targets"):
+        for i, ref in enumerate(getattr(spec, group)):
+            names[ref.name] = f"{group}[{i}]"
+    return names
+
+
+def _summary(
+    spec: SweepSpec,
+    name: str,
+    results: list[CriticalLR],
+    changes: list[float],
+    loss0: list[float],
+    pruned: bool,
+) -> MeasurementResult:
+    stats = summarize(results, warn=False)
+    statuses = [r.status for r in results]
+    if pruned:
+        status = "pruned"
+    elif "increases_immediately" in statuses:
+        status = "increases_immediately"
+    elif "no_increase" in statuses:
+        status = "no_increase"
+    else:
+        status = "ok"
+    finite = [r.eta for r in results if r.eta > 0 and math.isfinite(r.eta)]
+    return MeasurementResult(
+        eval_set=name,
+        role=spec.role(name),
+        status=status,
+        eta_c=stats.eta_geomean if finite else None,
+        eta_c_low=stats.eta_ci[0] if len(finite) > 1 else (min(finite) if finite else None),
+        eta_c_high=stats.eta_ci[1] if len(finite) > 1 and math.isfinite(stats.eta_ci[1]) else None,
+        sharpness=2.0 / stats.eta_geomean if finite and stats.eta_geomean > 0 else None,
+        spread=stats.ratio if math.isfinite(stats.ratio) else None,
+        loss=sum(loss0[: len(results)]) / len(results),
+        loss_change=sum(changes) / len(changes),
+        forwards=sum(r.forwards for r in results) + len(changes),
+        batches=len(results),
+        per_batch=[
+            {
+                "eta_c": r.eta,
+                "lower": r.lower,
+                "upper": r.upper if math.isfinite(r.upper) else None,
+                "status": r.status,
+                "forwards": r.forwards,
+                "loss0": loss0[b],
+                "loss_change": changes[b],
+            }
+            for b, r in enumerate(results)
+        ],
+    )
+
+
+def default_micro_batch_tokens(device: str) -> int:
+    """Tokens per forward/backward micro-batch: small on CPU, larger on a GPU."""
+    return 4096 if device == "cpu" else 16384
+
+
+def cache_key(spec: SweepSpec) -> str:
+    """What identifies the prepared state of a sweep on a worker."""
+    return spec.sha256()
+
+
+__all__ = [
+    "BatchStep",
+    "PreparedSweep",
+    "RatioMeasurement",
+    "TaskAbortedError",
+    "cache_key",
+    "default_micro_batch_tokens",
+    "mix_weights",
+    "prepare",
+]

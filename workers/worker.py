@@ -1,0 +1,241 @@
+"""The sweep worker: claim a task, compute it with no transaction open, write it, repeat.
+
+A worker process runs one task at a time (one per GPU). While it computes, a heartbeat thread
+renews the task's lease; the heartbeat also learns when the user cancelled the sweep or when the
+lease was lost (the process stalled past the lease and another worker took the task over). Both,
+and a shutdown request (SIGTERM), stop the computation at the next batch boundary: a cancelled
+sweep ends, a lost task is left to its new owner, and on shutdown the task is handed back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import torch
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import queue
+from service.db.engine import make_engine, make_session_factory
+from service.errors import InvalidRequestError
+from workers import study as studies
+from workers.curvature import CurvatureError
+from workers.data import DataError, LoadPolicy
+from workers.recommend import recommend
+from workers.sweep import BatchStep, PreparedSweep, TaskAbortedError, prepare
+
+log = logging.getLogger("sharpmix.worker")
+
+# Errors the user must fix: retrying the task cannot help, so the sweep fails with the message.
+USER_ERRORS = (DataError, CurvatureError, InvalidRequestError)
+MAX_ATTEMPTS = 3
+
+
+def default_worker_id() -> str:
+    """host:pid:random, unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` picks CUDA when there is one."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+@dataclass
+class _Lease:
+    """What the heartbeat thread found, read by the computation between batches."""
+
+    state: queue.Heartbeat = queue.Heartbeat.ok
+
+
+class Worker:
+    """Claims and runs sweep tasks from the database until told to stop.
+
+    Args:
+        settings: The operator's settings (database, lease, device, loading policy).
+        worker_id: Name in the task table; unique per process.
+        stop: Set it to stop after (or, at a batch boundary, during) the current task.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        worker_id: str | None = None,
+        stop: threading.Event | None = None,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or default_worker_id()
+        self.stop = stop or threading.Event()
+        self.poll_seconds = poll_seconds
+        self.url = settings.resolved_database_url
+        self.engine = make_engine(self.url)
+        self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
+        self.device = resolve_device(settings.device)
+        self.dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
+        self.policy = LoadPolicy(
+            allowed_roots=settings.roots,
+            cache_dir=settings.cache_dir,
+            offline=settings.offline,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        self._prepared: tuple[str, PreparedSweep] | None = None
+
+    def run(self, *, exit_when_idle: bool = False) -> int:
+        """Process tasks until ``stop`` is set (or, with ``exit_when_idle``, no work is left).
+
+        Returns:
+            The number of tasks this worker completed.
+        """
+        done = 0
+        log.info(
+            "worker %s on %s (%s) polling %s",
+            self.worker_id,
+            self.device,
+            self.dtype,
+            self.engine.url.render_as_string(hide_password=True),
+        )
+        while not self.stop.is_set():
+            worked = self.run_one()
+            done += worked
+            if not worked:
+                if exit_when_idle:
+                    break
+                self.stop.wait(self.poll_seconds)
+        return done
+
+    def close(self) -> None:
+        """Release the database connections and the cached model."""
+        self._prepared = None
+        self.engine.dispose()
+
+    def run_one(self) -> bool:
+        """Claim one task and see it through. Returns False when there was no work."""
+        task = queue.claim_task(
+            self.sessions, self.worker_id, lease_seconds=self.settings.lease_seconds
+        )
+        if task is None:
+            return False
+        log.info(
+            "task %s slot %d of sweep %s (try %d)",
+            task.task_id,
+            task.slot,
+            task.sweep_id,
+            task.attempts,
+        )
+        lease = _Lease()
+        beating = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(task, lease, beating), daemon=True)
+        beat.start()
+        try:
+            self._compute(task, lease)
+        except TaskAbortedError:
+            self._aborted(task, lease)
+        except USER_ERRORS as exc:
+            log.warning("sweep %s failed: %s", task.sweep_id, exc)
+            queue.fail_task(
+                self.sessions,
+                task,
+                self.worker_id,
+                str(exc),
+                retry=False,
+                max_attempts=MAX_ATTEMPTS,
+            )
+        except Exception as exc:
+            log.exception("task %s failed", task.task_id)
+            queue.fail_task(
+                self.sessions,
+                task,
+                self.worker_id,
+                f"{type(exc).__name__}: {exc}",
+                retry=True,
+                max_attempts=MAX_ATTEMPTS,
+            )
+        finally:
+            beating.set()
+            beat.join()
+        return True
+
+    def _compute(self, task: queue.ClaimedTask, lease: _Lease) -> None:
+        spec = task.spec
+        start = time.perf_counter()
+        prepared, fresh = self._prepare(task)
+        study = studies.open_study(
+            self.url, task.study_name, spec, slot=task.slot, ratio=task.ratio
+        )
+        studies.fail_stale_trial(study, task.optuna_trial_number)
+        trial, ratio = studies.ask(study, spec)
+        queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
+
+        def on_batch(step: BatchStep) -> bool:
+            self._check(lease)
+            etas = {name: result.eta for name, result in step.results.items()}
+            return studies.report(trial, spec, step.batch, etas)
+
+        try:
+            measured = prepared.measure_ratio(ratio, on_batch)
+        except BaseException:
+            studies.abandon(study, trial)
+            raise
+        setup_forwards = prepared.setup_forwards if fresh else 0
+        result = queue.TaskResult(
+            ratio=ratio,
+            measurements=measured.measurements,
+            forwards=measured.forwards + setup_forwards,
+            backwards=prepared.backwards if fresh else 0,
+            seconds=time.perf_counter() - start,
+            optuna_trial_number=trial.number,
+        )
+        if queue.complete_task(self.sessions, task, self.worker_id, result, recommend):
+            studies.tell(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
+        else:
+            log.warning("task %s was taken over by another worker; result dropped", task.task_id)
+            studies.abandon(study, trial)
+
+    def _prepare(self, task: queue.ClaimedTask) -> tuple[PreparedSweep, bool]:
+        if self._prepared is not None and self._prepared[0] == task.sweep_id:
+            return self._prepared[1], False
+        self._prepared = None  # one sweep's model and gradients in memory at a time
+        prepared = prepare(
+            task.spec,
+            self.policy,
+            device=self.device,
+            dtype=self.dtype,
+            micro_batch_tokens=4096 if self.device == "cpu" else 16384,
+        )
+        self._prepared = (task.sweep_id, prepared)
+        return prepared, True
+
+    def _check(self, lease: _Lease) -> None:
+        if lease.state != queue.Heartbeat.ok:
+            raise TaskAbortedError(lease.state.value)
+        if self.stop.is_set():
+            raise TaskAbortedError("shutdown")
+
+    def _aborted(self, task: queue.ClaimedTask, lease: _Lease) -> None:
+        if lease.state == queue.Heartbeat.cancel:
+            log.info("sweep %s cancelled", task.sweep_id)
+            queue.cancel_sweep_tasks(self.sessions, task.sweep_id)
+        elif lease.state == queue.Heartbeat.lost:
+            log.warning("lost the lease on task %s; another worker has it", task.task_id)
+        else:
+            log.info("shutting down: task %s handed back", task.task_id)
+            queue.release_task(self.sessions, task.task_id, self.worker_id)
+
+    def _heartbeat(self, task: queue.ClaimedTask, lease: _Lease, done: threading.Event) -> None:
+        while not done.wait(self.settings.heartbeat_seconds):
+            try:
+                lease.state = queue.heartbeat(self.sessions, task.task_id, self.worker_id)
+            except Exception:  # a database hiccup: keep computing, the next beat may succeed
+                log.exception("heartbeat for task %s failed", task.task_id)
+            if lease.state != queue.Heartbeat.ok:
+                return
