@@ -52,3 +52,15 @@ def regression_data(
 def mse(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
     x, y = batch
     return nn.functional.mse_loss(model(x), y)
+
+
+def memorization_task(
+    n: int = 128, din: int = 8, dout: int = 2, width: int = 32, seed: int = 0
+) -> tuple[nn.Sequential, tuple[Tensor, Tensor]]:
+    """A two-hidden-layer tanh MLP and random targets to memorise: sharpens under full-batch GD."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Linear(din, width), nn.Tanh(), nn.Linear(width, width), nn.Tanh(), nn.Linear(width, dout)
+    )
+    gen = torch.Generator().manual_seed(seed)
+    return model, (torch.randn(n, din, generator=gen), torch.randn(n, dout, generator=gen))
