@@ -1,0 +1,74 @@
+"""Probes and Prometheus metrics."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.db.migrate import downgrade, head_revision
+from tests.service.support import Api
+
+pytestmark = pytest.mark.db
+
+
+def test_health_and_readiness(api: Api) -> None:
+    assert api.client.get("/healthz").json() == {"status": "ok"}
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "revision": head_revision()}
+
+
+def test_readyz_is_503_on_an_unmigrated_database(api: Api, db_url: str) -> None:
+    api.app.state.engine.dispose()
+    downgrade(db_url, "base")
+    response = api.client.get("/readyz")
+    assert response.status_code == 503
+    assert "sharpmix db upgrade" in response.json()["detail"]
+    # The other routes say the same, as 503 rather than a server error.
+    listing = api.client.get("/v1/sweeps", headers=api.headers)
+    assert listing.status_code == 503
+    assert "migrated" in listing.json()["detail"]
+
+
+def samples(api: Api) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = api.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_by_route_template_and_sweeps_by_state(api: Api) -> None:
+    sweep_id = api.submit()["id"]
+    api.submit(seed=1)
+    api.client.post(f"/v1/sweeps/{sweep_id}/cancel", headers=api.headers)
+    api.client.get(f"/v1/sweeps/{sweep_id}", headers=api.headers)
+    api.client.get("/v1/sweeps/" + "f" * 32, headers=api.headers)
+    api.client.get("/no/such/route")
+    seen = samples(api)
+
+    def requests(method: str, route: str, status: str) -> float:
+        labels = frozenset({"method": method, "route": route, "status": status}.items())
+        return seen.get(("sharpmix_http_requests_total", labels), 0.0)
+
+    assert requests("POST", "/v1/sweeps", "201") == 2
+    assert requests("POST", "/v1/sweeps/{sweep_id}/cancel", "200") == 1
+    assert requests("GET", "/v1/sweeps/{sweep_id}", "200") == 1
+    assert requests("GET", "/v1/sweeps/{sweep_id}", "404") == 1
+    assert requests("GET", "unmatched", "404") == 1
+    latency = frozenset({"method": "POST", "route": "/v1/sweeps"}.items())
+    assert seen[("sharpmix_http_request_duration_seconds_count", latency)] == 2
+    assert seen[("sharpmix_database_up", frozenset())] == 1
+    assert seen[("sharpmix_sweeps", frozenset({("state", "queued")}))] == 1
+    assert seen[("sharpmix_sweeps", frozenset({("state", "cancelled")}))] == 1
+    assert seen[("sharpmix_tasks", frozenset({("state", "queued")}))] == 3
+    assert seen[("sharpmix_tasks", frozenset({("state", "cancelled")}))] == 3
+
+
+def test_metrics_answer_while_the_database_is_unmigrated(api: Api, db_url: str) -> None:
+    api.app.state.engine.dispose()
+    downgrade(db_url, "base")
+    assert samples(api)[("sharpmix_database_up", frozenset())] == 0
