@@ -53,7 +53,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not slow"
 
 demo: venv
-	$(BIN)/sharpmix db upgrade
+	$(BIN)/sharpmix demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -140,6 +142,84 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     submit.set_defaults(run=_submit)
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    if args.embedded:
+        from service.embedded import EmbeddedServer
+
+        server = EmbeddedServer(settings, host=args.host, port=args.port)
+        print(f"sharpmix: serving on http://{args.host}:{args.port} with an in-process worker")
+        server.serve_forever()
+        return 0
+    import uvicorn
+
+    from service.api.main import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, proxy_headers=True)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from service.db.migrate import upgrade
+    from workers.worker import Worker
+
+    if settings.is_embedded:
+        upgrade(settings.resolved_database_url)
+    stop = threading.Event()
+    # SIGTERM: finish the current batch, hand the task back, exit. A second signal is not needed.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker = Worker(settings, worker_id=args.id, stop=stop)
+    try:
+        done = worker.run(exit_when_idle=args.exit_when_idle)
+    finally:
+        worker.close()
+    print(f"sharpmix: worker {worker.worker_id} completed {done} task(s)", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from service.demo import run_demo
+
+    return run_demo(settings, rebuild=args.rebuild)
+
+
+def _demo_assets(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.data.demo import build_demo_assets
+
+    assets = build_demo_assets(settings.home, force=args.force)
+    print(json.dumps(assets.manifest(), indent=2, default=str))
+    print(assets.model_dir)
+    return 0
+
+
+def _add_process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--embedded", action="store_true", help="run a worker in the same process (one host)"
+    )
+    serve.set_defaults(run=_serve)
+
+    worker = sub.add_parser("worker", help="claim and run sweep tasks (one process per GPU)")
+    worker.add_argument("--id", default=None, help="worker name (default host:pid:random)")
+    worker.add_argument(
+        "--exit-when-idle", action="store_true", help="exit once no task is left (batch jobs)"
+    )
+    worker.set_defaults(run=_worker)
+
+    demo = sub.add_parser("demo", help="run a real sweep on the demo assets over HTTP")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild the demo assets first")
+    demo.set_defaults(run=_demo)
+
+    assets = sub.add_parser("demo-assets", help="build the demo corpora and tiny model")
+    assets.add_argument("--force", action="store_true", help="rebuild even when present")
+    assets.set_defaults(run=_demo_assets)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -157,12 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.set_defaults(run=_db)
     _add_client_commands(sub)
+    _add_process_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for chatty in ("alembic", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     run: Command = args.run
     try:
         return run(args, get_settings())

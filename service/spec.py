@@ -217,8 +217,9 @@ def check_limits(spec: SweepSpec, settings: Settings) -> None:
 def resolve_under_roots(path: str, roots: tuple[Path, ...], *, field: str) -> Path:
     """Resolve a user's path and make sure it stays inside one of the allowed roots.
 
-    Relative paths are taken from the first root. ``..`` components are refused outright; symbolic
-    links are followed before the containment check, so a link cannot lead outside.
+    A relative path is looked up under each root in order and the first that exists wins (the
+    worker's rule, ``workers.data.resolve_local_path``). ``..`` components are refused outright;
+    symbolic links are followed before the containment check, so a link cannot lead outside.
 
     Raises:
         InvalidRequestError: when the path escapes every root or does not exist.
@@ -228,16 +229,19 @@ def resolve_under_roots(path: str, roots: tuple[Path, ...], *, field: str) -> Pa
     raw = Path(path)
     if ".." in raw.parts:
         raise InvalidRequestError(field, "'..' is not allowed; give the path inside a root")
-    candidate = raw if raw.is_absolute() else roots[0] / raw
-    resolved = Path(os.path.realpath(candidate))
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(str(r) for r in roots)
-        raise InvalidRequestError(
-            field, f"{path!r} is outside the allowed roots ({allowed}); see SHARPMIX_ALLOWED_ROOTS"
-        )
-    if not resolved.exists():
-        raise InvalidRequestError(field, f"{path!r} does not exist (looked at {resolved})")
-    return resolved
+    allowed = ", ".join(str(r) for r in roots)
+    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        resolved = Path(os.path.realpath(candidate))
+        inside = any(resolved == root or resolved.is_relative_to(root) for root in roots)
+        if not inside and (raw.is_absolute() or candidate.exists() or candidate.is_symlink()):
+            raise InvalidRequestError(
+                field,
+                f"{path!r} is outside the allowed roots ({allowed}); see SHARPMIX_ALLOWED_ROOTS",
+            )
+        if resolved.exists():
+            return resolved
+    raise InvalidRequestError(field, f"{path!r} does not exist under the allowed roots ({allowed})")
 
 
 def check_paths(spec: SweepSpec, settings: Settings) -> None:

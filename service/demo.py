@@ -1,0 +1,134 @@
+"""``make demo``: a real sweep over HTTP on the embedded default, on generated demo assets.
+
+Builds (or reuses) the demo corpora and the tiny OLMo-2-style model pre-trained on the general
+corpus, starts the API with an in-process worker on a free port, creates an API key, posts a sweep
+of math fine-tuning mixed with general text, waits for it, and prints the per-ratio table, the
+recommendation and where the plot was written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.client import SharpmixClient
+from service.config import Settings
+from service.db.engine import make_engine, make_session_factory
+from service.db.tenants import create_api_key, create_tenant
+from service.embedded import EmbeddedServer
+
+DEMO_RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+
+
+def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
+    """The demo sweep: how much general text to mix into arithmetic fine-tuning."""
+    return {
+        "model": {"path": str(model_dir)},
+        "pretraining": {"name": "general", "path": str(general)},
+        "finetuning": [{"name": "math", "path": str(math)}],
+        "ratios": DEMO_RATIOS,
+        "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+        "learning_rate": 3e-4,
+        "seq_len": 128,
+        "batch_tokens": 16384,
+        "batches": 3,
+        "seed": 0,
+        "objective": "flat_pretraining",
+    }
+
+
+def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
+    """Run the demo; returns the process exit code."""
+    from workers.data.demo import build_demo_assets
+
+    start = time.perf_counter()
+    _say(f"demo assets under {settings.home / 'demo'} (built once, then reused)")
+    assets = build_demo_assets(settings.home, force=rebuild)
+    if settings.allowed_roots:  # the operator restricted roots: let the demo read its own assets
+        settings = settings.model_copy(
+            update={"allowed_roots": [*settings.allowed_roots, assets.model_dir.parent]}
+        )
+    server = EmbeddedServer(settings, port=0)
+    url = server.start()
+    _say(f"API with an in-process worker at {url} (database {_redact(settings)})")
+    try:
+        key = _demo_key(settings)
+        with SharpmixClient(url, key) as client:
+            spec = demo_spec(assets.model_dir, assets.general_path, assets.math_path)
+            sweep = client.submit(spec)
+            _say(f"POST /v1/sweeps -> {sweep.id} ({len(DEMO_RATIOS)} ratios)")
+            last = [-1]
+
+            def progress(s: Any) -> None:
+                if s.progress.tasks_done != last[0]:
+                    last[0] = s.progress.tasks_done
+                    _say(
+                        f"  {s.state}: {s.progress.tasks_done}/{s.progress.tasks_total} ratios, "
+                        f"{s.progress.forwards} forward passes"
+                    )
+
+            done = client.wait(sweep.id, on_progress=progress, poll=0.5, max_poll=2.0)
+            if done.state != "succeeded":
+                _say(f"sweep {done.state}: {done.error}")
+                return 1
+            trials = client.trials(sweep.id)
+            rec = client.recommendation(sweep.id)
+            plot = settings.home / "demo" / f"plot-{sweep.id}.png"
+            plot.write_bytes(client.plot(sweep.id))
+    finally:
+        server.shutdown()
+
+    print(
+        f"\n{'ratio':>6} {'eval set':>9} {'eta_c':>10} {'95% CI':>23} {'lambda_c':>10} "
+        f"{'dL at lr':>10} {'fwd':>5}"
+    )
+    for t in trials:
+        ci = f"[{_num(t.eta_c_low)}, {_num(t.eta_c_high)}]"
+        print(
+            f"{t.ratio:>6.2f} {t.eval_set:>9} {_num(t.eta_c):>10} {ci:>23} "
+            f"{_num(t.sharpness):>10} {_num(t.loss_change):>10} {t.forwards:>5}"
+        )
+    print(
+        f"\nrecommended pre-training ratio: {rec.ratio} (objective {rec.objective}, "
+        f"confidence {rec.confidence})"
+    )
+    print(f"  {rec.reason}")
+    print(
+        f"  balanced ratio {rec.balanced_ratio}, loss-change rule {rec.least_forgetting_ratio}, "
+        f"max stable lr {_num(rec.max_stable_lr)}"
+    )
+    for warning in rec.warnings:
+        print(f"  warning: {warning}")
+    print(f"plot: {plot}")
+    print(
+        f"done in {time.perf_counter() - start:.0f} s "
+        f"({done.progress.forwards} forward and {done.progress.backwards} backward passes)"
+    )
+    return 0
+
+
+def _demo_key(settings: Settings) -> str:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            tenant = create_tenant(session, "demo")
+            _, key = create_api_key(session, tenant.id)
+            return key
+    finally:
+        engine.dispose()
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _redact(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
