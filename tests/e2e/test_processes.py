@@ -17,8 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from service.client import SharpmixClient
+from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.models import Measurement, SweepTask, TaskState
+from service.db.tenants import create_api_key, create_tenant
+from service.embedded import EmbeddedServer
 from tests.conftest import SweepAssets
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -147,9 +150,6 @@ def test_two_workers_share_a_sweep_and_match_the_embedded_answer(
     assert owners == {"a", "b"}, cluster.logs()
 
     # The same sweep in one process on the embedded SQLite default gives the same answer.
-    from service.config import Settings
-    from service.embedded import EmbeddedServer
-
     embedded_home = tmp_path / "embedded"
     settings = Settings(home=embedded_home, allowed_roots=[sweep_assets.root], device="cpu")
     server = EmbeddedServer(settings, port=0)
@@ -174,10 +174,14 @@ def test_two_workers_share_a_sweep_and_match_the_embedded_answer(
             assert abs(mine.eta_c / theirs.eta_c - 1) <= 2 * tol
 
 
-def _key(settings: object) -> str:
-    from service.demo import _demo_key
-
-    return _demo_key(settings)  # type: ignore[arg-type]
+def _key(settings: Settings) -> str:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_session_factory(engine)() as session:
+            _, key = create_api_key(session, create_tenant(session, "embedded").id)
+            return key
+    finally:
+        engine.dispose()
 
 
 def test_sigkilled_worker_is_taken_over_without_loss_or_double_count(
