@@ -11,20 +11,28 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
 - `"fp32"`: the reference for low-precision models. Each low-precision parameter is swapped for a
   float32 tensor holding `theta - eta * d` for the duration, so the forward runs in float32.
   Costs float32 memory and float32 matmul speed.
-- `"split"`: the fast path for bf16/fp16 models. `nn.Linear` and `nn.Embedding` modules keep their
+- `"split"`: a fast bf16/fp16 path. `nn.Linear` and `nn.Embedding` modules keep their
   low-precision weight `W` untouched and add the step as its own term, in one matmul:
 
         y = [x, x] @ [W, -eta * D]^T  =  x W^T + x (-eta D)^T         # (N, out), K doubled
 
   The two products are accumulated together in float32 inside the matmul and rounded once, so the
-  step keeps the relative precision of its own term instead of being rounded against `W`; it costs
-  about twice a plain forward in those modules. Embeddings return `W[ids] - eta * D[ids]` in
-  float32, which promotes the residual stream of pre-norm/post-norm transformers (OLMo-2, Llama)
-  to float32 at negligible cost; the overridden `nn.Linear`s cast their input back to the weight
-  dtype. Other low-precision parameters (norm gains, biases of other modules) are swapped for
-  float32 as in `"fp32"`; they are a tiny fraction of the model. Valid only where a test shows it
-  agrees with `"fp32"` (tests/workers/curvature/test_precision.py, bench/curvature_gpu.py).
-- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"split"`.
+  step is not rounded against `W`; it costs about twice a plain forward in those modules.
+  Embeddings return `W[ids] - eta * D[ids]` in float32, which keeps the residual stream of
+  OLMo-2/Llama-style models in float32 at negligible cost; the overridden `nn.Linear`s cast their
+  input back to the weight dtype. Other low-precision parameters (norm gains, other biases) are
+  swapped for float32 as in `"fp32"`.
+  Known bias: the perturbation now survives, but every bf16 rounding of an activation that moves
+  with `eta` flips by one ulp with probability ~|change|/ulp. That dither is unbiased in the
+  activations but raises the loss in expectation (by ~ eta * ulp * curvature, i.e. linearly in
+  eta), so `"split"` underestimates `eta_c`: by 5-10% on the trained tiny OLMo-2 of
+  tests/workers/curvature/test_precision.py at its eta_c ~ 1e-3, more than `tol = 1/16`; and at a
+  fine-tuning-sized step (1e-5) there the dither (+1.8e-4) swamps the true change (-4.3e-5).
+  Experimental: never chosen by "auto"; bench/curvature_gpu.py reports its agreement at scale.
+- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"fp32"`.
+
+During `"exact"` and `"fp32"` searches float32 matmuls run at full precision (TF32 off): TF32 rounds
+matmul inputs to 10 mantissa bits, the same trap one level down.
 
 On exit every parameter holds its original tensor again, bit for bit (also after an exception):
 `exact` copies back from the saved clone; `fp32` and `split` never wrote into the original tensors.
@@ -95,7 +103,7 @@ class Perturbation:
         if len({id(p) for p in params}) != len(params):
             raise CurvatureError("params lists a parameter twice; pass each parameter once")
         if precision == "auto":
-            precision = "exact" if all(p.dtype in _WIDE for p in params) else "split"
+            precision = "exact" if all(p.dtype in _WIDE for p in params) else "fp32"
         if precision not in ("exact", "fp32", "split"):
             raise CurvatureError(
                 f"precision must be 'auto', 'exact', 'fp32' or 'split', got {precision!r}"
@@ -107,6 +115,7 @@ class Perturbation:
         self._saved: list[tuple[Tensor, Tensor, Tensor]] = []  # (param, theta0 copy, d)
         self._swapped: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (param, orig, work, d)
         self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
+        self._matmul_precision: str | None = None
 
     def __enter__(self) -> Perturbation:
         try:
@@ -138,6 +147,9 @@ class Perturbation:
     # -- setup and teardown --------------------------------------------------------------------
 
     def _install(self) -> None:
+        if self.precision in ("exact", "fp32"):
+            self._matmul_precision = torch.get_float32_matmul_precision()
+            torch.set_float32_matmul_precision("highest")  # no TF32 while the step must count
         by_id = {id(p): (p, d) for p, d in self._pairs}
         handled: set[int] = set()
         if self.precision == "split":
@@ -216,3 +228,6 @@ class Perturbation:
             if previous is not None:
                 module.__dict__["forward"] = previous
         self._saved, self._swapped, self._overridden = [], [], []
+        if self._matmul_precision is not None:
+            torch.set_float32_matmul_precision(self._matmul_precision)
+            self._matmul_precision = None
