@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import queue
 from service.db.engine import make_engine, make_session_factory
-from service.errors import InvalidRequestError
+from service.errors import DatabaseError, InvalidRequestError
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
@@ -105,7 +105,13 @@ class Worker:
             self.engine.url.render_as_string(hide_password=True),
         )
         while not self.stop.is_set():
-            worked = self.run_one()
+            try:
+                worked = self.run_one()
+            except DatabaseError:
+                # The database restarted, or PostgreSQL broke a lock cycle: try again shortly.
+                log.exception("database error; retrying in %.0f s", self.poll_seconds * 5)
+                self.stop.wait(self.poll_seconds * 5)
+                continue
             done += worked
             if not worked:
                 if exit_when_idle:

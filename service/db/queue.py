@@ -14,6 +14,7 @@ lease cannot count a task twice.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,11 +22,10 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, case, select, update
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db._errors import database_errors
 from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
-from service.errors import DatabaseError
 from service.spec import Recommendation, SweepSpec
 
 LIVE_SWEEP_STATES = (SweepState.queued, SweepState.running)
@@ -212,6 +212,9 @@ def complete_task(
     """
     now = utcnow()
     with _session(sessions) as session:
+        # Lock order sweep -> task everywhere (request_cancel does the same), so a completion and
+        # a cancel on PostgreSQL never wait on each other in a cycle.
+        session.execute(select(Sweep.id).where(Sweep.id == task.sweep_id).with_for_update())
         owned = _rowcount(
             session.execute(
                 update(SweepTask)
@@ -233,10 +236,15 @@ def complete_task(
             session.rollback()
             return False
         session.add_all(
-            Measurement(sweep_id=task.sweep_id, task_id=task.task_id, ratio=result.ratio, **vars(m))
+            Measurement(
+                sweep_id=task.sweep_id,
+                task_id=task.task_id,
+                ratio=result.ratio,
+                **{**vars(m), "per_batch": json_safe(m.per_batch)},
+            )
             for m in result.measurements
         )
-        # The row lock taken here orders concurrent completions of one sweep: exactly one of them
+        # The sweep's row lock orders concurrent completions of one sweep: exactly one of them
         # sees the last task done and writes the recommendation.
         done, total = session.execute(
             update(Sweep)
@@ -338,7 +346,7 @@ def _finalize_without_commit(session: Session, task: ClaimedTask, finalize: Fina
         .where(Sweep.id == task.sweep_id, Sweep.state == SweepState.running)
         .values(
             state=SweepState.succeeded,
-            recommendation=recommendation.model_dump(mode="json"),
+            recommendation=json_safe(recommendation.model_dump(mode="json")),
             finished_at=now,
             updated_at=now,
         )
@@ -367,13 +375,19 @@ def _end_sweep_without_commit(
 @contextmanager
 def _session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose database errors become :class:`DatabaseError` with a hint."""
-    try:
-        with sessions() as session:
-            yield session
-    except OperationalError as exc:
-        raise DatabaseError(
-            f"database operation failed: {exc.orig}; check SHARPMIX_DATABASE_URL and the server"
-        ) from exc
+    with database_errors("reach the job queue"), sessions() as session:
+        yield session
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None: PostgreSQL's JSON has no Infinity or NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _rowcount(result: Result[Any]) -> int:

@@ -214,3 +214,27 @@ def test_heartbeat_reports_a_cancel_request(sessions: sessionmaker[Session]) -> 
         sweep = session.get_one(Sweep, sweep_id)
         assert sweep.state == SweepState.cancelled
         assert {t.state for t in sweep.tasks} == {TaskState.cancelled}
+
+
+def test_non_finite_numbers_are_stored_on_every_backend(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    base = result_for(task)
+    rising = queue.MeasurementResult(
+        **{
+            **vars(base.measurements[0]),
+            "status": "increases_immediately",
+            "eta_c": None,
+            "sharpness": float("inf"),
+            "per_batch": [{"eta_c": 0.0, "upper": float("inf"), "loss_change": float("nan")}],
+        }
+    )
+    result = queue.TaskResult(
+        ratio=0.0, measurements=[rising], forwards=3, backwards=1, seconds=0.1
+    )
+    assert queue.complete_task(sessions, task, "w1", result, recommend)
+    with sessions() as session:
+        row = session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).one()
+        assert row.per_batch == [{"eta_c": 0.0, "upper": None, "loss_change": None}]
+        assert row.sharpness == float("inf")
