@@ -12,6 +12,7 @@ Read in this order: ``policy`` and ``paths`` (what may be loaded), ``models`` an
 
 from workers.data.batches import token_batches, token_stream
 from workers.data.cache import TokenStream, tokenizer_identity
+from workers.data.demo import DemoAssets, Forgetting, build_demo_assets, measure_forgetting
 from workers.data.errors import DataError
 from workers.data.mixture import validate_simplex_weights
 from workers.data.models import (
@@ -31,16 +32,20 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "DataError",
     "DataSource",
+    "DemoAssets",
+    "Forgetting",
     "LoadPolicy",
     "LoadedModel",
     "ModelSource",
     "TokenStream",
+    "build_demo_assets",
     "check_model_fits",
     "context_length",
     "data_fingerprint",
     "load_model",
     "load_optimizer_state",
     "load_texts",
+    "measure_forgetting",
     "resolve_local_path",
     "save_optimizer_state",
     "token_batches",

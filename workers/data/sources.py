@@ -77,9 +77,13 @@ def load_texts(
     """
     prefix = field or src.name
     raw_parts = _load_raw(src, policy, prefix)
+    template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     parts = []
     for raw in raw_parts:
         kind = record_kind(raw.column_names, src.text_field, field=prefix)
+        # Our own fingerprint for the converted split: datasets would otherwise pickle the
+        # closure (tokenizer included) to hash it, which is slow and warns for large tokenizers.
+        fingerprint = _digest(raw._fingerprint, kind.value, src.text_field, template)
         parts.append(
             raw.map(
                 lambda batch, kind=kind: {
@@ -89,12 +93,16 @@ def load_texts(
                 remove_columns=raw.column_names,
                 # One text type for every part, so parts from different file types concatenate.
                 features=datasets.Features({TEXT_COLUMN: datasets.Value("large_string")}),
-                load_from_cache_file=False,  # the token cache is ours; skip an Arrow copy here
+                new_fingerprint=fingerprint,
                 desc=f"{prefix}: records to text",
             )
         )
     texts = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    texts = texts.filter(lambda batch: [bool(t.strip()) for t in batch[TEXT_COLUMN]], batched=True)
+    texts = texts.filter(
+        lambda batch: [bool(t.strip()) for t in batch[TEXT_COLUMN]],
+        batched=True,
+        new_fingerprint=_digest(texts._fingerprint, "non-empty"),
+    )
     if len(texts) == 0:
         where = src.path if src.path is not None else src.hub_id
         raise DataError(
@@ -133,6 +141,10 @@ def data_fingerprint(src: DataSource, policy: LoadPolicy, *, field: str | None =
         for raw in _load_raw(src, policy, prefix):
             digest.update(f"{src.hub_id}:{raw._fingerprint}".encode())
     return digest.hexdigest()
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 def local_files(src: DataSource, policy: LoadPolicy, *, field: str) -> tuple[Path, list[Path]]:
