@@ -46,6 +46,8 @@ def main() -> None:
             "platform": platform.platform(),
             "processor": platform.processor(),
             "cpu_count": os.cpu_count(),
+            # Other jobs share these cores; a high load average means slower, noisier numbers.
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "torch_threads": 2,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
