@@ -1,0 +1,515 @@
+"""Turn the GPU run's raw JSON into the evidence: statistics, the service's answers, figures.
+
+Runs here on CPU (it needs pydantic for `service.spec` and matplotlib, not a GPU):
+
+    .venv/bin/python -m bench.science.analyze bench/science/results/gpu
+
+Reads run.json, eos.json, pretrain.json and mixing.json from that folder and writes
+summary.json and the PNG figures next to them. What it computes (issue 6, method.md §5):
+
+- per (ratio, set): `summarize` over the B batches (geometric mean, log-space t-interval, spread);
+- the noise floor of a K-step loss change: the median over cells of the seeds' standard deviation;
+  a cell "rose" when its seed-mean change is above 2 noise / sqrt(seeds) (also reported with the
+  fixed 0.01 threshold of method.md §7);
+- (a) safety: of the cells with lr below the lower bound of eta_c(r, pt), the share that did not
+  rise; (b) Spearman correlation across ratios, per lr, of the predicted one-step and the observed
+  K-step pre-training loss change; (c) `workers.recommend.recommend` per lr against the smallest
+  ratio that stayed flat; (d) cell-by-cell agreement of "lr < eta_c(r, pt)" with "did not rise".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from bench.science.common import write_json
+from service.spec import DataRef, FinetuneRef, ModelRef, SweepSpec
+from workers.curvature import CriticalLR, summarize
+from workers.recommend import recommend
+
+FIXED_THRESHOLD = 0.01  # method.md §7's "did not rise by 0.01"
+ROLES = {"pt": "pretraining", "math": "finetuning"}
+NAMES = {"pt": "general", "math": "math"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (ratio, set) measurement in the shape `workers.recommend` reads (as a sweep row)."""
+
+    ratio: float
+    eval_set: str
+    role: str
+    status: str
+    eta_c: float | None
+    eta_c_low: float | None
+    spread: float | None
+    loss_change: float | None
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _inf(x: float | None) -> float:
+    return math.inf if x is None else float(x)
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when undefined."""
+
+    def ranks(v: list[float]) -> np.ndarray:
+        a = np.asarray(v, dtype=float)
+        order = a.argsort(kind="mergesort")
+        r = np.empty(len(a))
+        r[order] = np.arange(len(a), dtype=float)
+        for value in np.unique(a):  # ties share their mean rank
+            tie = a == value
+            r[tie] = r[tie].mean()
+        return r
+
+    if len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def sweep_stats(mixing: dict[str, Any]) -> dict[tuple[float, str], dict[str, Any]]:
+    """Per (ratio, set): eta_c statistics and the mean one-step loss change per lr."""
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    for entry in mixing["sweep"]["per_batch"]:
+        groups[(entry["ratio"], entry["set"])].append(entry)
+    out = {}
+    for key, entries in sorted(groups.items()):
+        results = [
+            CriticalLR(
+                lower=e["lower"],
+                upper=_inf(e["upper"]),
+                eta=e["eta_c"],
+                sharpness=2 / e["eta_c"] if e["eta_c"] > 0 else math.inf,
+                forwards=e["forwards"],
+                status=e["status"],
+                loss0=e["loss0"],
+            )
+            for e in entries
+        ]
+        stats = summarize(results, warn=False)
+        statuses = [r.status for r in results]
+        # Same aggregation of statuses as workers/sweep.py's per-set summary.
+        status = next((s for s in ("increases_immediately", "no_increase") if s in statuses), "ok")
+        finite = [r.eta for r in results if r.eta > 0 and math.isfinite(r.eta)]
+        lrs = list(entries[0]["changes"])
+        out[key] = {
+            "status": status,
+            "eta_c": stats.eta_geomean if finite else None,
+            "eta_low": stats.eta_ci[0] if len(finite) > 1 else (min(finite) if finite else None),
+            "eta_high": stats.eta_ci[1] if len(finite) > 1 else None,
+            "spread": stats.ratio if math.isfinite(stats.ratio) else None,
+            "per_batch_eta": [r.eta for r in results],
+            "one_step": {lr: float(np.mean([e["changes"][lr] for e in entries])) for lr in lrs},
+        }
+    return out
+
+
+def grid_table(mixing: dict[str, Any]) -> dict[tuple[float, float], dict[str, Any]]:
+    """Per (ratio, lr): the seeds' K-step loss changes, their mean and standard deviation."""
+    cells: dict[tuple[float, float], list[dict[str, Any]]] = defaultdict(list)
+    for cell in mixing["grid"]["cells"]:
+        cells[(cell["ratio"], cell["lr"])].append(cell)
+    out = {}
+    for key, group in cells.items():
+        row: dict[str, Any] = {"seeds": len(group)}
+        for s in ("pt", "math"):
+            values = [c["delta"][s] for c in group]
+            row[s] = float(np.mean(values))
+            row[f"{s}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            row[f"{s}_values"] = values
+        out[key] = row
+    return out
+
+
+def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> dict[str, Any]:
+    """(a)-(d) and the tables behind the figures."""
+    cfg = mixing["config"]
+    stats = sweep_stats(mixing)
+    grid = grid_table(mixing)
+    ratios = sorted({k[0] for k in stats})
+    lrs = sorted({k[1] for k in grid})
+    full = [k for k, v in grid.items() if v["seeds"] == max(g["seeds"] for g in grid.values())]
+    seeds = max(g["seeds"] for g in grid.values())
+    stds = [grid[k]["pt_std"] for k in full if grid[k]["pt_std"] is not None]
+    noise = float(np.median(stds)) if stds else math.nan
+    threshold = 2 * noise / math.sqrt(seeds) if stds else FIXED_THRESHOLD
+
+    def rose(key: tuple[float, float], tau: float) -> bool:
+        return grid[key]["pt"] > tau
+
+    per_threshold = {}
+    for label, tau in (("noise", threshold), ("fixed_0.01", FIXED_THRESHOLD)):
+        in_basin = [
+            k for k in grid if k[1] < _inf(stats[(k[0], "pt")]["eta_low"] or 0.0) and k[0] in ratios
+        ]
+        safe = [k for k in in_basin if not rose(k, tau)]
+        agree_eta = [
+            k for k in grid if (k[1] < (stats[(k[0], "pt")]["eta_c"] or 0.0)) == (not rose(k, tau))
+        ]
+        agree_step = [
+            k
+            for k in grid
+            if (stats[(k[0], "pt")]["one_step"][repr(k[1])] <= 0) == (not rose(k, tau))
+        ]
+        per_threshold[label] = {
+            "threshold": tau,
+            "cells": len(grid),
+            "in_basin": len(in_basin),
+            "in_basin_flat": len(safe),
+            "safety": len(safe) / len(in_basin) if in_basin else None,
+            "in_basin_rose": sorted([list(k) for k in in_basin if rose(k, tau)]),
+            "agree_eta_rule": len(agree_eta),
+            "agree_one_step_rule": len(agree_step),
+            "flat_cells": sum(not rose(k, tau) for k in grid),
+        }
+
+    ranking = {}
+    for lr in lrs:
+        rs = [r for r in ratios if (r, lr) in grid]
+        pred = [stats[(r, "pt")]["one_step"][repr(lr)] for r in rs]
+        obs = [grid[(r, lr)]["pt"] for r in rs]
+        pred_m = [stats[(r, "math")]["one_step"][repr(lr)] for r in rs]
+        obs_m = [grid[(r, lr)]["math"] for r in rs]
+        ranking[repr(lr)] = {
+            "ratios": rs,
+            "spearman_pt": spearman(pred, obs),
+            "spearman_math": spearman(pred_m, obs_m),
+        }
+
+    service = {}
+    for lr in lrs:
+        spec = SweepSpec(
+            model=ModelRef(path="checkpoint"),
+            pretraining=DataRef(name=NAMES["pt"], path="general.jsonl"),
+            finetuning=[FinetuneRef(name=NAMES["math"], path="math.jsonl")],
+            ratios=ratios,
+            learning_rate=lr,
+            seq_len=seq_len,
+            batch_tokens=spec_tokens,
+            batches=cfg["batches"],
+        )
+        rows = [
+            Row(
+                ratio=r,
+                eval_set=NAMES[s],
+                role=ROLES[s],
+                status=stats[(r, s)]["status"],
+                eta_c=stats[(r, s)]["eta_c"],
+                eta_c_low=stats[(r, s)]["eta_low"],
+                spread=stats[(r, s)]["spread"],
+                loss_change=stats[(r, s)]["one_step"][repr(lr)],
+            )
+            for r in ratios
+            for s in ("pt", "math")
+        ]
+        rec = recommend(spec, rows)
+        rs = [r for r in ratios if (r, lr) in grid]
+        flat = [r for r in rs if not rose((r, lr), threshold)]
+        # "Stays flat" for a ratio: it and every larger ratio did not rise (monotone answer).
+        upward = [r for r in rs if all(not rose((q, lr), threshold) for q in rs if q >= r)]
+        service[repr(lr)] = {
+            "recommended": rec.ratio,
+            "least_forgetting": rec.least_forgetting_ratio,
+            "balanced": rec.balanced_ratio,
+            "confidence": rec.confidence,
+            "smallest_flat": min(flat) if flat else None,
+            "smallest_flat_upward": min(upward) if upward else None,
+            "recommended_cell_flat": (
+                None
+                if rec.ratio is None or (rec.ratio, lr) not in grid
+                else not rose((rec.ratio, lr), threshold)
+            ),
+            "warnings": rec.warnings,
+        }
+
+    conservatism = {}
+    for r in ratios:
+        flat_lrs = [lr for lr in lrs if (r, lr) in grid and not rose((r, lr), threshold)]
+        largest = None
+        for lr in lrs:  # largest lr below which every grid lr stayed flat
+            if (r, lr) in grid and not rose((r, lr), threshold):
+                largest = lr
+            else:
+                break
+        conservatism[repr(r)] = {
+            "eta_c_pt": stats[(r, "pt")]["eta_c"],
+            "eta_low_pt": stats[(r, "pt")]["eta_low"],
+            "largest_flat_lr": largest,
+            "flat_lrs": flat_lrs,
+        }
+
+    return {
+        "ratios": ratios,
+        "lrs": lrs,
+        "seeds": seeds,
+        "noise_std_pt": noise,
+        "noise_std_math": float(
+            np.median([grid[k]["math_std"] for k in full if grid[k]["math_std"] is not None])
+        )
+        if stds
+        else None,
+        "threshold": threshold,
+        "sweep": {f"{k[0]}|{k[1]}": v for k, v in stats.items()},
+        "grid": {f"{k[0]}|{k[1]}": v for k, v in sorted(grid.items())},
+        "a_d": per_threshold,
+        "b_ranking": ranking,
+        "c_service": service,
+        "conservatism": conservatism,
+        "seconds": {
+            "sweep": mixing["sweep"]["seconds"],
+            "grid": mixing["grid"].get("seconds"),
+            "grid_cells": len(mixing["grid"]["cells"]),
+        },
+        "costs": mixing.get("costs"),
+    }
+
+
+def _fig_sharpness(res: dict[str, Any], path: Path) -> None:
+    ratios = res["ratios"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for s, colour in (("pt", "tab:blue"), ("math", "tab:orange")):
+        st = [res["sweep"][f"{r}|{s}"] for r in ratios]
+        lam = [2 / x["eta_c"] if x["eta_c"] else np.nan for x in st]
+        lo = [2 / x["eta_high"] if x["eta_high"] else np.nan for x in st]
+        hi = [2 / x["eta_low"] if x["eta_low"] else np.nan for x in st]
+        label = f"eval: {NAMES[s]}"
+        axes[0].plot(ratios, lam, "o-", color=colour, label=label)
+        axes[0].fill_between(ratios, lo, hi, color=colour, alpha=0.2)
+        eta = [x["eta_c"] or np.nan for x in st]
+        low = [x["eta_low"] or np.nan for x in st]
+        axes[1].plot(ratios, eta, "o-", color=colour, label=f"eta_c, {label}")
+        axes[1].plot(ratios, low, ":", color=colour, label=f"lower 95% bound, {NAMES[s]}")
+    for lr in res["lrs"]:
+        axes[1].axhline(lr, color="grey", lw=0.6, ls="--")
+    axes[0].set(
+        yscale="log",
+        xlabel="ratio r (fraction of pre-training data in the mix)",
+        ylabel="lambda_c^{mix -> eval} = 2 / eta_c",
+        title="relative critical sharpness (fresh AdamW)",
+    )
+    axes[1].set(yscale="log", xlabel="ratio r", ylabel="eta_c", title="eta_c; dashed: grid lrs")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fig_heatmaps(res: dict[str, Any], path: Path) -> None:
+    ratios, lrs = res["ratios"], res["lrs"]
+    panels = [
+        ("pt", "K-step change, general (pre-training) loss"),
+        ("math", "K-step change, math loss"),
+        ("pred", "predicted one-step change, general loss"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        m = np.full((len(lrs), len(ratios)), np.nan)
+        for i, lr in enumerate(lrs):
+            for j, r in enumerate(ratios):
+                if key == "pred":
+                    m[i, j] = res["sweep"][f"{r}|pt"]["one_step"][repr(lr)]
+                elif f"{r}|{lr}" in res["grid"]:
+                    m[i, j] = res["grid"][f"{r}|{lr}"][key]
+        # Symmetric log-like colour scale: changes span 1e-4 to >1.
+        vmax = float(np.nanmax(np.abs(m))) or 1.0
+        norm = matplotlib.colors.SymLogNorm(linthresh=1e-3, vmin=-vmax, vmax=vmax)
+        im = ax.imshow(m, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
+        for i, lr in enumerate(lrs):
+            for j, r in enumerate(ratios):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=7)
+                low = res["sweep"][f"{r}|pt"]["eta_low"] or 0.0
+                if lr < low:  # predicted in-basin: lr below the lower bound of eta_c(r, pt)
+                    ax.add_patch(
+                        plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k")
+                    )
+        ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
+        ax.set_yticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs])
+        ax.set(xlabel="ratio r", ylabel="learning rate", title=title)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle("black boxes: predicted in-basin (lr < lower bound of eta_c(r, general))")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _fig_eos(eos: dict[str, Any], path: Path) -> None:
+    runs = eos["runs"]
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.6 * len(runs), 5.6), squeeze=False)
+    for k, run in enumerate(runs):
+        pts = run["points"]
+        steps = [p["step"] for p in pts]
+        ax = axes[0][k]
+        ax.plot(steps, [p["lambda_max"] for p in pts], "-", label="lambda_max (power it.)")
+        ax.plot(steps, [p["lambda_c"] or np.nan for p in pts], ".", ms=3, label="lambda_c")
+        ax.plot(steps, [p["lambda_dir"] for p in pts], "x", ms=3, label="lambda_dir")
+        ax.axhline(run["two_over_lr"], color="k", ls="--", lw=0.8, label="2 / eta")
+        ax.set(title=f"GD, eta = {run['lr']:g}", xlabel="step", ylabel="sharpness")
+        ax.set_ylim(0, 1.4 * run["two_over_lr"])
+        if k == 0:
+            ax.legend(fontsize=7)
+        axes[1][k].plot(steps, [p["loss"] for p in pts])
+        axes[1][k].set(yscale="log", xlabel="step", ylabel="train loss (full batch)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _fig_pretrain(pre: dict[str, Any], path: Path) -> None:
+    pts = pre["points"]
+    steps = [p["step"] for p in pts]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ls = np.asarray(pre["train_losses"])
+    axes[0].plot(ls[:, 0], ls[:, 1], lw=0.8, label="train loss")
+    axes[0].plot(steps, [p["eval"]["general_eval"] for p in pts], "o", ms=3, label="eval general")
+    axes[0].plot(steps, [p["eval"]["math_eval"] for p in pts], "s", ms=3, label="eval math")
+    axes[0].set(yscale="log", xlabel="step", ylabel="loss", title="pre-training (WSD schedule)")
+    twin = axes[0].twinx()
+    twin.plot(steps, [p["lr"] for p in pts], "k--", lw=0.8)
+    twin.set_ylabel("learning rate (dashed)")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(steps, [p["lambda_c_big"] for p in pts], "o-", ms=3, label="lambda_c (batch)")
+    axes[1].plot(steps, [p["lambda_c_small"] for p in pts], ".", label="lambda_c (slice)")
+    axes[1].plot(steps, [p["lambda_dir_small"] for p in pts], "x", ms=3, label="lambda_dir (slice)")
+    axes[1].plot(steps, [p["two_over_lr"] for p in pts], "k--", lw=0.8, label="2 / eta")
+    axes[1].set(yscale="log", xlabel="step", title="along the AdamW update direction")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(steps, [p["lambda_max_pre"] for p in pts], "o-", ms=3, label="precond. lambda_max")
+    axes[2].plot(
+        steps, [p["adam_threshold"] for p in pts], "k--", lw=0.8, label="(2+2b1)/((1-b1) eta)"
+    )
+    axes[2].set(yscale="log", xlabel="step", title="preconditioned Hessian (slice)")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def summarize_eos(eos: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per lr: start and end sharpness, the ratio to 2/eta over the last quarter, costs."""
+    out = []
+    for run in eos["runs"]:
+        pts = run["points"]
+        tail = pts[len(pts) * 3 // 4 :]
+        two = run["two_over_lr"]
+
+        def mean(key: str, rows: list[dict[str, Any]]) -> float:
+            return float(np.mean([p[key] for p in rows if p[key] is not None]))
+
+        out.append(
+            {
+                "lr": run["lr"],
+                "two_over_lr": two,
+                "lambda_max_start": pts[0]["lambda_max"],
+                "lambda_max_peak": max(p["lambda_max"] for p in pts),
+                "tail_lambda_max_over_2_eta": mean("lambda_max", tail) / two,
+                "tail_lambda_c_over_2_eta": mean("lambda_c", tail) / two,
+                "tail_lambda_dir_over_2_eta": mean("lambda_dir", tail) / two,
+                "loss_start": pts[0]["loss"],
+                "loss_end": pts[-1]["loss"],
+                "mean_forwards_c": mean("forwards_c", pts),
+                "mean_seconds_c": mean("seconds_c", pts),
+                "mean_hvps_max": mean("hvps_max", pts),
+                "mean_seconds_max": mean("seconds_max", pts),
+            }
+        )
+    return out
+
+
+def summarize_pretrain(pre: dict[str, Any]) -> dict[str, Any]:
+    """Sharpness at the end of the stable phase against the end of the decay, and costs."""
+    pts = pre["points"]
+    peak = max(p["lr"] for p in pts)
+    stable = [p for p in pts if p["lr"] >= peak * 0.999]
+    decay = [p for p in pts if p["lr"] < peak * 0.999 and p["step"] > stable[0]["step"]]
+
+    def pick(p: dict[str, Any]) -> dict[str, Any]:
+        keys = ("step", "lr", "lambda_c_big", "lambda_c_small", "lambda_dir_small")
+        more = ("lambda_max_pre", "adam_threshold", "two_over_lr", "train_loss")
+        return {k: p[k] for k in keys + more}
+
+    return {
+        "parameters": pre["parameters"],
+        "steps": pre["steps"],
+        "tokens_seen": pre["tokens_seen"],
+        "seconds": pre["seconds"],
+        "final_eval": pre["final_eval"],
+        "end_of_stable": pick(stable[-1]) if stable else None,
+        "end_of_decay": pick(pts[-1]),
+        "decay_points": len(decay),
+        "lambda_c_rises_in_decay": bool(decay)
+        and pts[-1]["lambda_c_big"] > (stable[-1]["lambda_c_big"] if stable else 0),
+        "mean_forwards_c_big": float(np.mean([p["forwards_c_big"] for p in pts])),
+        "mean_seconds_c_big": float(np.mean([p["seconds_c_big"] for p in pts])),
+        "mean_seconds_c_small": float(np.mean([p["seconds_c_small"] for p in pts])),
+        "mean_hvps_max": float(np.mean([p["hvps_max"] for p in pts])),
+        "mean_seconds_max": float(np.mean([p["seconds_max"] for p in pts])),
+        "lambda_c_small_le_pre_lambda_max": sum(
+            p["lambda_c_small"] <= p["lambda_max_pre"] for p in pts
+        ),
+        "points": len(pts),
+    }
+
+
+def main() -> None:
+    """Parse, analyse what is there, write summary.json and figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, nargs="?", default=Path("bench/science/results/gpu"))
+    args = parser.parse_args()
+    folder: Path = args.folder
+    summary: dict[str, Any] = {}
+    run = _load(folder, "run.json")
+    if run is not None:
+        summary["run"] = {k: run.get(k) for k in ("device", "torch", "transformers", "tiny")}
+        summary["run"]["parts"] = {
+            k: {"ok": v["ok"], "seconds": v["seconds"], "error": v.get("error")}
+            for k, v in run["parts"].items()
+        }
+        summary["run"]["corpus"] = run.get("corpus")
+    eos = _load(folder, "eos.json")
+    if eos is not None and eos["runs"]:
+        summary["eos"] = summarize_eos(eos)
+        _fig_eos(eos, folder / "eos.png")
+    pre = _load(folder, "pretrain.json")
+    if pre is not None and pre["points"]:
+        summary["pretrain"] = summarize_pretrain(pre)
+        _fig_pretrain(pre, folder / "pretrain_sharpness.png")
+    mixing = _load(folder, "mixing.json")
+    if mixing is not None and "sweep" in mixing and mixing.get("grid", {}).get("cells"):
+        seq_len = pre["config"]["seq_len"] if pre else 128
+        tokens = mixing["sweep"]["tokens_per_batch"]
+        res = analyze_mixing(mixing, tokens, seq_len)
+        summary["mixing"] = res
+        _fig_sharpness(res, folder / "relative_sharpness.png")
+        _fig_heatmaps(res, folder / "loss_change_heatmaps.png")
+    write_json(folder / "summary.json", summary)
+    print(json.dumps({k: v for k, v in summary.items() if k != "mixing"}, indent=1)[:4000])
+    if "mixing" in summary:
+        m = summary["mixing"]
+        brief = {k: m[k] for k in ("noise_std_pt", "threshold", "a_d", "b_ranking", "c_service")}
+        print(json.dumps(brief, indent=1, default=str)[:8000])
+
+
+if __name__ == "__main__":
+    main()
