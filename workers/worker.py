@@ -17,7 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import datasets
 import torch
+import transformers
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -89,6 +91,9 @@ class Worker:
             trust_remote_code=settings.trust_remote_code,
         )
         self._prepared: tuple[str, PreparedSweep] | None = None
+        # Progress bars of model loading and tokenisation are noise in a service's log.
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
 
     def run(self, *, exit_when_idle: bool = False) -> int:
         """Process tasks until ``stop`` is set (or, with ``exit_when_idle``, no work is left).
