@@ -93,7 +93,7 @@ class Worker:
         self._prepared: tuple[str, PreparedSweep] | None = None
         # Progress bars of model loading and tokenisation are noise in a service's log.
         datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     def run(self, *, exit_when_idle: bool = False) -> int:
         """Process tasks until ``stop`` is set (or, with ``exit_when_idle``, no work is left).
