@@ -29,13 +29,13 @@ import transformers
 from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedModel
 
 from workers.data.corpora import general_documents, math_documents
-from workers.data.packing import TokenArray, pack_rows, tokenize_documents
+from workers.data.packing import pack_rows, tokenize_documents
 from workers.data.vocab import train_tokenizer
 
 log = logging.getLogger(__name__)
 
 # Bump when anything below changes what gets built; an older build is then rebuilt.
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 DEMO_DIR = "demo"
 MANIFEST = "manifest.json"
 
@@ -43,7 +43,7 @@ VOCAB_SIZE = 512
 SEQ_LEN = 128  # training sequence length; the model's context is twice that
 GENERAL_DOCS, MATH_DOCS, EVAL_DOCS = 6000, 3000, 400
 MATH_SHARE = 0.05  # share of arithmetic rows in pre-training (method.md §7 used 5%)
-PRETRAIN_STEPS, BATCH_SIZE, PEAK_LR, WARMUP = 240, 16, 3e-3, 24
+PRETRAIN_STEPS, BATCH_SIZE, PEAK_LR, WARMUP = 400, 16, 3e-3, 40
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,9 @@ def _build(assets: DemoAssets, seed: int) -> None:
     train_general, train_math = corpora[assets.general_path], corpora[assets.math_path]
     tokenizer = train_tokenizer([*train_general, *train_math], vocab_size=VOCAB_SIZE)
     rows = {
-        name: torch.from_numpy(pack_rows(_tokens(docs, tokenizer), SEQ_LEN).astype(np.int64))
+        name: torch.from_numpy(
+            pack_rows(tokenize_documents(docs, tokenizer), SEQ_LEN).astype(np.int64)
+        )
         for name, docs in (
             ("general", train_general),
             ("math", train_math),
@@ -335,10 +337,6 @@ def _schedule(step: int) -> float:
         return PEAK_LR * (step + 1) / WARMUP
     progress = (step - WARMUP) / max(1, PRETRAIN_STEPS - WARMUP)
     return PEAK_LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _tokens(documents: list[str], tokenizer: transformers.PreTrainedTokenizerBase) -> TokenArray:
-    return tokenize_documents(documents, tokenizer)
 
 
 @contextlib.contextmanager
