@@ -112,10 +112,17 @@ def sweep_stats(mixing: dict[str, Any]) -> dict[tuple[float, str], dict[str, Any
         status = next((s for s in ("increases_immediately", "no_increase") if s in statuses), "ok")
         finite = [r.eta for r in results if r.eta > 0 and math.isfinite(r.eta)]
         lrs = list(entries[0]["changes"])
+        immediate = status == "increases_immediately"
+        low = stats.eta_ci[0] if len(finite) > 1 else (min(finite) if finite else None)
         out[key] = {
             "status": status,
+            "immediate_batches": statuses.count("increases_immediately"),
+            # For plots: the geometric mean over the batches that bracketed eta_c.
             "eta_c": stats.eta_geomean if finite else None,
-            "eta_low": stats.eta_ci[0] if len(finite) > 1 else (min(finite) if finite else None),
+            # For decisions, as workers/recommend.py reads a row: a batch whose loss rose at
+            # once makes the set's eta_c 0 (point and lower bound).
+            "eta_rule": 0.0 if immediate else (stats.eta_geomean if finite else 0.0),
+            "eta_low": 0.0 if immediate else (low or 0.0),
             "eta_high": stats.eta_ci[1] if len(finite) > 1 else None,
             "spread": stats.ratio if math.isfinite(stats.ratio) else None,
             "per_batch_eta": [r.eta for r in results],
@@ -152,35 +159,36 @@ def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> di
     seeds = max(g["seeds"] for g in grid.values())
     stds = [grid[k]["pt_std"] for k in full if grid[k]["pt_std"] is not None]
     noise = float(np.median(stds)) if stds else math.nan
-    threshold = 2 * noise / math.sqrt(seeds) if stds else FIXED_THRESHOLD
+    # A cell's seed mean has standard deviation noise / sqrt(its seeds); "rose" is 2 of those.
+    threshold = 2 * noise if stds else FIXED_THRESHOLD
 
-    def rose(key: tuple[float, float], tau: float) -> bool:
-        return grid[key]["pt"] > tau
+    def rose(key: tuple[float, float], label: str = "noise") -> bool:
+        if label == "noise":
+            return bool(grid[key]["pt"] > threshold / math.sqrt(grid[key]["seeds"]))
+        return bool(grid[key]["pt"] > FIXED_THRESHOLD)
 
     per_threshold = {}
-    for label, tau in (("noise", threshold), ("fixed_0.01", FIXED_THRESHOLD)):
-        in_basin = [
-            k for k in grid if k[1] < _inf(stats[(k[0], "pt")]["eta_low"] or 0.0) and k[0] in ratios
-        ]
-        safe = [k for k in in_basin if not rose(k, tau)]
+    for label in ("noise", "fixed_0.01"):
+        in_basin = [k for k in grid if k[1] < stats[(k[0], "pt")]["eta_low"]]
+        safe = [k for k in in_basin if not rose(k, label)]
         agree_eta = [
-            k for k in grid if (k[1] < (stats[(k[0], "pt")]["eta_c"] or 0.0)) == (not rose(k, tau))
+            k for k in grid if (k[1] < stats[(k[0], "pt")]["eta_rule"]) == (not rose(k, label))
         ]
         agree_step = [
             k
             for k in grid
-            if (stats[(k[0], "pt")]["one_step"][repr(k[1])] <= 0) == (not rose(k, tau))
+            if (stats[(k[0], "pt")]["one_step"][repr(k[1])] <= 0) == (not rose(k, label))
         ]
         per_threshold[label] = {
-            "threshold": tau,
+            "threshold": threshold if label == "noise" else FIXED_THRESHOLD,
             "cells": len(grid),
             "in_basin": len(in_basin),
             "in_basin_flat": len(safe),
             "safety": len(safe) / len(in_basin) if in_basin else None,
-            "in_basin_rose": sorted([list(k) for k in in_basin if rose(k, tau)]),
+            "in_basin_rose": sorted([list(k) for k in in_basin if rose(k, label)]),
             "agree_eta_rule": len(agree_eta),
             "agree_one_step_rule": len(agree_step),
-            "flat_cells": sum(not rose(k, tau) for k in grid),
+            "flat_cells": sum(not rose(k, label) for k in grid),
         }
 
     ranking = {}
@@ -224,39 +232,50 @@ def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> di
         ]
         rec = recommend(spec, rows)
         rs = [r for r in ratios if (r, lr) in grid]
-        flat = [r for r in rs if not rose((r, lr), threshold)]
-        # "Stays flat" for a ratio: it and every larger ratio did not rise (monotone answer).
-        upward = [r for r in rs if all(not rose((q, lr), threshold) for q in rs if q >= r)]
-        service[repr(lr)] = {
+        entry: dict[str, Any] = {
             "recommended": rec.ratio,
             "least_forgetting": rec.least_forgetting_ratio,
             "balanced": rec.balanced_ratio,
             "confidence": rec.confidence,
-            "smallest_flat": min(flat) if flat else None,
-            "smallest_flat_upward": min(upward) if upward else None,
-            "recommended_cell_flat": (
-                None
-                if rec.ratio is None or (rec.ratio, lr) not in grid
-                else not rose((rec.ratio, lr), threshold)
-            ),
             "warnings": rec.warnings,
         }
+        for label in ("noise", "fixed_0.01"):
+            flat = [r for r in rs if not rose((r, lr), label)]
+            # "Stays flat" for a ratio: it and every larger ratio did not rise (monotone).
+            upward = [r for r in rs if all(not rose((q, lr), label) for q in rs if q >= r)]
+            entry[label] = {
+                "smallest_flat": min(flat) if flat else None,
+                "smallest_flat_upward": min(upward) if upward else None,
+                "recommended_cell_flat": (
+                    None
+                    if rec.ratio is None or (rec.ratio, lr) not in grid
+                    else not rose((rec.ratio, lr), label)
+                ),
+                "least_forgetting_cell_flat": (
+                    None
+                    if rec.least_forgetting_ratio is None
+                    or (rec.least_forgetting_ratio, lr) not in grid
+                    else not rose((rec.least_forgetting_ratio, lr), label)
+                ),
+            }
+        service[repr(lr)] = entry
 
     conservatism = {}
     for r in ratios:
-        flat_lrs = [lr for lr in lrs if (r, lr) in grid and not rose((r, lr), threshold)]
-        largest = None
-        for lr in lrs:  # largest lr below which every grid lr stayed flat
-            if (r, lr) in grid and not rose((r, lr), threshold):
-                largest = lr
-            else:
-                break
-        conservatism[repr(r)] = {
+        entry = {
             "eta_c_pt": stats[(r, "pt")]["eta_c"],
+            "eta_rule_pt": stats[(r, "pt")]["eta_rule"],
             "eta_low_pt": stats[(r, "pt")]["eta_low"],
-            "largest_flat_lr": largest,
-            "flat_lrs": flat_lrs,
         }
+        for label in ("noise", "fixed_0.01"):
+            largest = None
+            for lr in lrs:  # the largest grid lr up to which every grid lr stayed flat
+                if (r, lr) in grid and not rose((r, lr), label):
+                    largest = lr
+                else:
+                    break
+            entry[f"largest_flat_lr_{label}"] = largest
+        conservatism[repr(r)] = entry
 
     return {
         "ratios": ratios,
@@ -269,6 +288,9 @@ def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> di
         if stds
         else None,
         "threshold": threshold,
+        "cells_by_seeds": {
+            str(n): sum(g["seeds"] == n for g in grid.values()) for n in range(1, seeds + 1)
+        },
         "sweep": {f"{k[0]}|{k[1]}": v for k, v in stats.items()},
         "grid": {f"{k[0]}|{k[1]}": v for k, v in sorted(grid.items())},
         "a_d": per_threshold,
@@ -286,7 +308,7 @@ def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> di
 
 def _fig_sharpness(res: dict[str, Any], path: Path) -> None:
     ratios = res["ratios"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for s, colour in (("pt", "tab:blue"), ("math", "tab:orange")):
         st = [res["sweep"][f"{r}|{s}"] for r in ratios]
         lam = [2 / x["eta_c"] if x["eta_c"] else np.nan for x in st]
@@ -295,6 +317,18 @@ def _fig_sharpness(res: dict[str, Any], path: Path) -> None:
         label = f"eval: {NAMES[s]}"
         axes[0].plot(ratios, lam, "o-", color=colour, label=label)
         axes[0].fill_between(ratios, lo, hi, color=colour, alpha=0.2)
+        for r, x in zip(ratios, st, strict=True):
+            if x["immediate_batches"]:  # lambda_c = inf there: marked at the top, with the count
+                axes[0].annotate(
+                    f"{x['immediate_batches']}/{len(x['per_batch_eta'])}",
+                    (r, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, -12 if s == "pt" else -24),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    color=colour,
+                )
         eta = [x["eta_c"] or np.nan for x in st]
         low = [x["eta_low"] or np.nan for x in st]
         axes[1].plot(ratios, eta, "o-", color=colour, label=f"eta_c, {label}")
@@ -305,9 +339,16 @@ def _fig_sharpness(res: dict[str, Any], path: Path) -> None:
         yscale="log",
         xlabel="ratio r (fraction of pre-training data in the mix)",
         ylabel="lambda_c^{mix -> eval} = 2 / eta_c",
-        title="relative critical sharpness (fresh AdamW)",
+        title="relative critical sharpness (fresh AdamW)\n"
+        "numbers at top: batches whose loss rose at once (lambda_c = inf)",
     )
-    axes[1].set(yscale="log", xlabel="ratio r", ylabel="eta_c", title="eta_c; dashed: grid lrs")
+    axes[1].set(
+        yscale="log",
+        xlabel="ratio r",
+        ylabel="eta_c",
+        title="eta_c (geo. mean of bracketed batches); dashed: grid lrs\n"
+        "lower bound is 0 (not drawn) where a batch rose at once",
+    )
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=7)
     fig.tight_layout()
@@ -322,7 +363,7 @@ def _fig_heatmaps(res: dict[str, Any], path: Path) -> None:
         ("math", "K-step change, math loss"),
         ("pred", "predicted one-step change, general loss"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5))
     for ax, (key, title) in zip(axes, panels, strict=True):
         m = np.full((len(lrs), len(ratios)), np.nan)
         for i, lr in enumerate(lrs):
@@ -333,14 +374,16 @@ def _fig_heatmaps(res: dict[str, Any], path: Path) -> None:
                     m[i, j] = res["grid"][f"{r}|{lr}"][key]
         # Symmetric log-like colour scale: changes span 1e-4 to >1.
         vmax = float(np.nanmax(np.abs(m))) or 1.0
-        norm = matplotlib.colors.SymLogNorm(linthresh=1e-3, vmin=-vmax, vmax=vmax)
+        linthresh = 1e-6 if key == "pred" else 1e-4
+        norm = matplotlib.colors.SymLogNorm(linthresh=linthresh, vmin=-vmax, vmax=vmax)
         im = ax.imshow(m, cmap="RdBu_r", norm=norm, aspect="auto", origin="lower")
         for i, lr in enumerate(lrs):
             for j, r in enumerate(ratios):
                 if not np.isnan(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=7)
-                low = res["sweep"][f"{r}|pt"]["eta_low"] or 0.0
-                if lr < low:  # predicted in-basin: lr below the lower bound of eta_c(r, pt)
+                    ax.text(j, i, f"{m[i, j]:.1e}", ha="center", va="center", fontsize=6.5)
+                if (
+                    lr < res["sweep"][f"{r}|pt"]["eta_low"]
+                ):  # predicted in-basin: lr below the lower bound of eta_c(r, pt)
                     ax.add_patch(
                         plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k")
                     )
