@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -43,7 +44,7 @@ ROLES = {"pt": "pretraining", "math": "finetuning"}
 NAMES = {"pt": "general", "math": "math"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Row:
     """One (ratio, set) measurement in the shape `workers.recommend` reads (as a sweep row)."""
 
@@ -385,7 +386,9 @@ def _fig_heatmaps(res: dict[str, Any], path: Path) -> None:
                     lr < res["sweep"][f"{r}|pt"]["eta_low"]
                 ):  # predicted in-basin: lr below the lower bound of eta_c(r, pt)
                     ax.add_patch(
-                        plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k")
+                        matplotlib.patches.Rectangle(
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="k"
+                        )
                     )
         ax.set_xticks(range(len(ratios)), [f"{r:g}" for r in ratios])
         ax.set_yticks(range(len(lrs)), [f"{lr:.0e}" for lr in lrs])

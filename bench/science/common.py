@@ -186,14 +186,15 @@ def olmo2(
         pad_token_id=eos,
         bos_token_id=eos,
         tie_word_embeddings=False,
-        attn_implementation="eager",
+        attn_implementation="eager",  # type: ignore[call-arg]  # a PretrainedConfig kwarg
     )
     return Olmo2ForCausalLM(config)
 
 
 def lm_loss(model: nn.Module, batch: Tensor) -> Tensor:
     """Mean next-token loss of a `(B, T)` batch, in whatever precision the caller set up."""
-    return model(input_ids=batch, labels=batch).loss
+    loss: Tensor = model(input_ids=batch, labels=batch).loss
+    return loss
 
 
 @torch.no_grad()

@@ -89,7 +89,8 @@ def make_data(cfg: EosConfig, device: torch.device) -> Batch:
 def square_loss(model: nn.Module, batch: Batch) -> Tensor:
     """Half the squared error summed over outputs, averaged over points."""
     x, y = batch
-    return 0.5 * ((model(x) - y) ** 2).sum(1).mean()
+    out: Tensor = model(x)  # (N, classes)
+    return 0.5 * ((out - y) ** 2).sum(1).mean()
 
 
 def _measure(model: nn.Module, batch: Batch, cfg: EosConfig, guess: float) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def _measure(model: nn.Module, batch: Batch, cfg: EosConfig, guess: float) -> di
     params = [p for p in model.parameters()]
     model.zero_grad(set_to_none=True)
     loss = square_loss(model, batch)
-    loss.backward()
+    torch.autograd.backward(loss)
     direction = sgd_direction(params, [p.grad for p in params if p.grad is not None])
     device = params[0].device
     sync(device)
@@ -162,7 +163,7 @@ def run_eos(cfg: EosConfig, device: torch.device, deadline: float = float("inf")
             if step == cfg.steps:
                 break
             opt.zero_grad(set_to_none=True)
-            square_loss(model, batch).backward()
+            torch.autograd.backward(square_loss(model, batch))
             opt.step()
         sync(device)
         runs.append(

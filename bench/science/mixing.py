@@ -141,7 +141,10 @@ def relative_sharpness(
         grads = domain_gradients(
             model,
             lm_loss,
-            [list(pt_rows.split(cfg.micro_rows)), list(ft_rows.split(cfg.micro_rows))],
+            [
+                list(torch.split(pt_rows, cfg.micro_rows)),
+                list(torch.split(ft_rows, cfg.micro_rows)),
+            ],
         )
         sync(device)
         seconds["gradients"] += time.perf_counter() - t0
@@ -308,7 +311,7 @@ def finetune_grid(
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         loss = lm_loss(model, batch)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    torch.autograd.backward(loss)
                     opt.step()
                     train_losses.append(loss.detach())
                 after = {s: eval_loss(model, rows, chunk=128) for s, rows in evals.items()}

@@ -120,7 +120,7 @@ def _preconditioner(opt: torch.optim.AdamW, params: list[Tensor]) -> list[Tensor
     group = opt.param_groups[0]
     b2 = float(group["betas"][1])
     states = [opt.state[p] for p in params]
-    grads = [p.grad for p in params]
+    grads = [p.grad for p in params if p.grad is not None]  # direction_params: all have one
     v_next = [
         b2 * s["exp_avg_sq"] + (1 - b2) * g.float() ** 2 for s, g in zip(states, grads, strict=True)
     ]
@@ -245,7 +245,7 @@ def run_pretrain(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             loss = lm_loss(model, batch)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         last = step == total - 1
         if step >= calib[1] and (step % every == 0 or last):
