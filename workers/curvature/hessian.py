@@ -178,7 +178,10 @@ def lambda_max(
     rtol: float = 1e-4,
     seed: int = 0,
 ) -> Eigenvalue:
-    """Dominant eigenvalue of the Hessian (or of `P^{-1/2} H P^{-1/2}`) by power iteration.
+    """Largest eigenvalue of the Hessian (or of `P^{-1/2} H P^{-1/2}`) by power iteration.
+
+    Power iteration converges to the eigenvalue of largest magnitude; when that one is negative
+    (a saddle direction dominates) a second, shifted run finds the largest (algebraic) eigenvalue.
 
     Args:
         model: The network (eval mode during the computation).
@@ -186,7 +189,7 @@ def lambda_max(
         batch: The batch.
         params: Parameters; default: those with `requires_grad`.
         preconditioner: Diagonal `P` (e.g. `adam_preconditioner(...)`), one tensor per parameter.
-        iterations: Maximum Hessian-vector products.
+        iterations: Maximum Hessian-vector products (both runs together).
         rtol: Stop when successive Rayleigh quotients differ by less than this, relatively.
         seed: Seed of the random start vector.
     """
@@ -209,15 +212,34 @@ def lambda_max(
         hy = hessian(ys)
         return [h.float() if s is None else h.float() * s for h, s in zip(hy, scale, strict=True)]
 
-    v = normalize(v)
-    value, converged, n = 0.0, False, 0
-    with HessianOperator(model, loss_fn, batch, ps) as hessian:
-        for n in range(1, iterations + 1):
-            hv = apply(hessian, v)
-            new = float(_dot(hv, v))
-            v = normalize(hv)
+    def power(
+        hessian: HessianOperator, xs: list[Tensor], shift: float, budget: int
+    ) -> tuple[float, bool, int, list[Tensor]]:
+        # Power iteration on (A + shift I); returns its dominant eigenvalue minus the shift.
+        value, converged, n = 0.0, False, 0
+        for n in range(1, budget + 1):
+            ax = apply(hessian, xs)
+            if shift:
+                ax = [a + shift * x for a, x in zip(ax, xs, strict=True)]
+            new = float(_dot(ax, xs))
+            xs = normalize(ax)
             if n > 1 and abs(new - value) <= rtol * abs(new):
                 value, converged = new, True
                 break
             value = new
+        return value - shift, converged, n, xs
+
+    v = normalize(v)
+    with HessianOperator(model, loss_fn, batch, ps) as hessian:
+        value, converged, n, v = power(hessian, v, 0.0, iterations)
+        if value < 0 and n < iterations:
+            # Power iteration finds the eigenvalue of largest *magnitude*. When that is negative,
+            # shifting by it moves the spectrum to [0, lambda_max - value], whose dominant
+            # eigenvalue is lambda_max - value: a second run then finds the largest one.
+            shift = -value
+            restart = normalize(
+                [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device) for p in ps]
+            )
+            value, converged, extra, v = power(hessian, restart, shift, iterations - n)
+            n += extra
     return Eigenvalue(value=value, iterations=n, converged=converged, vector=v)

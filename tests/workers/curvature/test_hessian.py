@@ -79,3 +79,15 @@ def test_trained_network_lambda_c_tracks_lambda_dir_below_lambda_max() -> None:
     assert ds.value > 0
     assert abs(r.sharpness - ds.value) / ds.value <= 0.2
     assert ds.value <= top.value * (1 + 1e-6)
+
+
+def test_lambda_max_is_the_largest_not_the_largest_magnitude() -> None:
+    # An indefinite Hessian whose dominant-magnitude eigenvalue is negative (a saddle).
+    gen = torch.Generator().manual_seed(7)
+    q, _ = torch.linalg.qr(torch.randn(10, 10, generator=gen, dtype=torch.float64))
+    eig = torch.tensor([-8.0, -3.0, -1.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0], dtype=torch.float64)
+    zeros, ones = torch.zeros(10, dtype=torch.float64), torch.ones(10, dtype=torch.float64)
+    model = Quadratic((q * eig) @ q.T, zeros, ones)
+    top = lambda_max(model, quadratic_loss, None, iterations=2000, rtol=1e-12)
+    assert top.value == pytest.approx(4.0, rel=1e-3)
+    assert top.converged
