@@ -75,9 +75,8 @@ def _low(row: MeasurementRow) -> float:
 
 
 def _point(row: MeasurementRow) -> float:
-    if row.status == "increases_immediately" or row.eta_c is None:
-        return 0.0
-    return row.eta_c
+    # The worker's point estimate already counts batches that rose at once (as 0, via a median).
+    return row.eta_c if row.eta_c is not None and math.isfinite(row.eta_c) else 0.0
 
 
 def recommend(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from workers.curvature import (
     CriticalLR,
     DirectionFn,
     DomainGradients,
+    SharpnessStats,
     adamw_direction,
     domain_gradients,
     loss_change,
@@ -316,15 +318,15 @@ def _summary(
         status = "no_increase"
     else:
         status = "ok"
-    finite = [r.eta for r in results if r.eta > 0 and math.isfinite(r.eta)]
+    point, low, high = _estimate(results, stats)
     return MeasurementResult(
         eval_set=name,
         role=spec.role(name),
         status=status,
-        eta_c=stats.eta_geomean if finite else None,
-        eta_c_low=stats.eta_ci[0] if len(finite) > 1 else (min(finite) if finite else None),
-        eta_c_high=stats.eta_ci[1] if len(finite) > 1 and math.isfinite(stats.eta_ci[1]) else None,
-        sharpness=2.0 / stats.eta_geomean if finite and stats.eta_geomean > 0 else None,
+        eta_c=point,
+        eta_c_low=low,
+        eta_c_high=high,
+        sharpness=2.0 / point if point else None,
         spread=stats.ratio if math.isfinite(stats.ratio) else None,
         loss=sum(loss0[: len(results)]) / len(results),
         loss_change=sum(changes) / len(changes),
@@ -345,14 +347,30 @@ def _summary(
     )
 
 
+def _estimate(
+    results: list[CriticalLR], stats: SharpnessStats
+) -> tuple[float | None, float | None, float | None]:
+    """Point estimate and confidence interval of eta_c over the batches.
+
+    The geometric mean and its log-space interval when every batch found a positive eta_c. When
+    some batches rose at once (eta_c = 0) a geometric mean would silently drop them, so the point
+    is the median over all batches (0 when most rose at once) and the lower bound is 0. With a
+    single batch there is no interval: both bounds are that batch's value.
+    """
+    etas = [r.eta for r in results]
+    if any(r.status == "increases_immediately" for r in results):
+        point = float(statistics.median(etas))
+        top = max(etas)
+        return point, 0.0, top if math.isfinite(top) else None
+    if len(results) == 1:
+        return etas[0], etas[0], etas[0]
+    low, high = stats.eta_ci
+    return stats.eta_geomean, low, high if math.isfinite(high) else None
+
+
 def default_micro_batch_tokens(device: str) -> int:
     """Tokens per forward/backward micro-batch: small on CPU, larger on a GPU."""
     return 4096 if device == "cpu" else 16384
-
-
-def cache_key(spec: SweepSpec) -> str:
-    """What identifies the prepared state of a sweep on a worker."""
-    return spec.sha256()
 
 
 __all__ = [
@@ -360,7 +378,6 @@ __all__ = [
     "PreparedSweep",
     "RatioMeasurement",
     "TaskAbortedError",
-    "cache_key",
     "default_micro_batch_tokens",
     "mix_weights",
     "prepare",

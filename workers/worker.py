@@ -30,7 +30,13 @@ from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
 from workers.recommend import recommend
-from workers.sweep import BatchStep, PreparedSweep, TaskAbortedError, prepare
+from workers.sweep import (
+    BatchStep,
+    PreparedSweep,
+    TaskAbortedError,
+    default_micro_batch_tokens,
+    prepare,
+)
 
 log = logging.getLogger("sharpmix.worker")
 
@@ -221,7 +227,7 @@ class Worker:
             self.policy,
             device=self.device,
             dtype=self.dtype,
-            micro_batch_tokens=4096 if self.device == "cpu" else 16384,
+            micro_batch_tokens=default_micro_batch_tokens(self.device),
         )
         self._prepared = (task.sweep_id, prepared)
         return prepared, True
