@@ -1,5 +1,8 @@
 """Fixtures shared by every test tier.
 
+Imports of the service side (sqlalchemy, the database layer) stay inside the fixtures that need
+them, so the compute-core tiers also run on a bare GPU box: ``pytest tests/workers/curvature``.
+
 Database tests run on the embedded SQLite backend always and on PostgreSQL when
 ``SHARPMIX_TEST_POSTGRES_URL`` names a server we may create databases on (``make test`` and CI set
 it). Each test session creates its own PostgreSQL database and drops it at the end, so runs never
@@ -17,8 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -39,6 +40,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
     admin_url = os.environ[POSTGRES_ENV]
     name = f"sharpmix_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -53,6 +57,8 @@ def postgres_server_url() -> Iterator[str]:
 
 
 def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text("DROP SCHEMA public CASCADE"))
