@@ -30,6 +30,7 @@ from workers.curvature import (
     CriticalLR,
     DirectionFn,
     DomainGradients,
+    Perturbation,
     SharpnessStats,
     adamw_direction,
     domain_gradients,
@@ -229,13 +230,6 @@ def prepare(
         setup_forwards=0,
         setup_seconds=0.0,
     )
-    model.train(False)
-    with torch.no_grad():
-        for name, tensor in eval_batches.items():
-            prepared.loss0[name] = [
-                float(prepared.loss_fn(model, tensor[b])) for b in range(len(tensor))
-            ]
-            prepared.setup_forwards += len(tensor)
     # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
     model.train()
     for b in range(spec.batches):
@@ -245,8 +239,26 @@ def prepare(
         prepared.backwards += grads.backward_passes
     model.train(False)
     model.zero_grad(set_to_none=True)
+    prepared.loss0 = _reference_losses(prepared, prepared.gradients[0].params)
+    prepared.setup_forwards += sum(len(t) for t in eval_batches.values())
     prepared.setup_seconds = time.perf_counter() - start
     return prepared
+
+
+def _reference_losses(prepared: PreparedSweep, params: list[Tensor]) -> dict[str, list[float]]:
+    """``L_e(theta)`` of every evaluation batch, through the same precision path as the probes.
+
+    ``measure`` runs a bf16 model's probes in float32 (``Perturbation`` at step 0 is ``theta`` on
+    that path); a plain bf16 forward would differ from it by rounding noise larger than the loss
+    changes being searched for, so ``L(theta)`` is taken the same way, once, for every ratio.
+    """
+    zeros = [torch.zeros_like(p) for p in params]
+    losses: dict[str, list[float]] = {}
+    with torch.no_grad(), Perturbation(prepared.model, params, zeros) as perturbation:
+        perturbation.set_step(0.0)
+        for name, tensor in prepared.eval_batches.items():
+            losses[name] = [float(prepared.loss_fn(prepared.model, batch)) for batch in tensor]
+    return losses
 
 
 def _token_loss(model: nn.Module, chunk: Tensor) -> Tensor:
