@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, Olmo2Config
 from service.spec import SweepSpec
 from workers.data import LoadPolicy, train_tokenizer
 from workers.data.corpora import general_documents, math_documents
-from workers.sweep import prepare
+from workers.sweep import default_micro_batch_tokens, prepare
 
 SHAPES = {
     # hidden, layers, heads, intermediate, vocab
@@ -59,7 +59,7 @@ def build_assets(root: Path, shape: str, dtype: torch.dtype, documents: int) -> 
         bos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     params = sum(p.numel() for p in model.parameters())
@@ -110,9 +110,15 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         prepared = prepare(
-            spec, policy, device=device, dtype=dtype, micro_batch_tokens=seq_len * sequences
+            spec,
+            policy,
+            device=device,
+            dtype=dtype,
+            micro_batch_tokens=default_micro_batch_tokens(device),
         )
+        gradient_device = prepared.gradients[0].grads[0][0].device
         record["setup"] = {
+            "gradients_kept_on": str(gradient_device),
             "seconds": prepared.setup_seconds,
             "backward_passes": prepared.backwards,
             "reference_forwards": prepared.setup_forwards,

@@ -98,6 +98,21 @@ class PreparedSweep:
             total = total + model(input_ids=chunk, labels=chunk).loss.float() * len(chunk)
         return total / len(batch)
 
+    def _direction(self, grads: DomainGradients, weights: list[float]) -> list[Tensor]:
+        """The update direction for mixture ``weights``, on the model's device."""
+        device = grads.params[0].device
+        if grads.grads[0][0].device == device:
+            return mixed_direction(grads, weights, self.transform)
+        # Gradients kept in CPU memory: stream each domain's share in, one parameter at a time.
+        mixed = []
+        for i, param in enumerate(grads.params):
+            acc = torch.zeros(param.shape, dtype=torch.float32, device=device)
+            for w, domain in zip(weights, grads.grads, strict=True):
+                if w:
+                    acc.add_(domain[i].to(device, non_blocking=True), alpha=w)
+            mixed.append(acc)
+        return self.transform(grads.params, mixed)
+
     def measure_ratio(
         self, ratio: float, on_batch: Callable[[BatchStep], bool] | None = None
     ) -> RatioMeasurement:
@@ -119,7 +134,7 @@ class PreparedSweep:
         forwards = 0
         pruned = False
         for b, grads in enumerate(self.gradients):
-            direction = mixed_direction(grads, weights, self.transform)
+            direction = self._direction(grads, weights)
             step = BatchStep(batch=b, results={}, loss_changes={})
             for name in names:
                 batch = self.eval_batches[name][b]
@@ -173,8 +188,13 @@ def prepare(
     device: str,
     dtype: torch.dtype,
     micro_batch_tokens: int = 8192,
+    gradient_memory_fraction: float = 0.25,
 ) -> PreparedSweep:
     """Load the model and data of a sweep and compute what every ratio shares.
+
+    The K x B per-domain gradients are kept in float32 on the model's GPU when they take at most
+    ``gradient_memory_fraction`` of its memory, else in CPU memory (an OLMo-2-1B sweep with two
+    domains and four batches holds 47 GB of gradients): mixing then streams them in per ratio.
 
     Raises:
         DataError: For anything the user must fix (paths, formats, sizes), before GPU work.
@@ -232,9 +252,10 @@ def prepare(
     )
     # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
     model.train()
+    storage = _gradient_device(model, len(direction_sets) * spec.batches, gradient_memory_fraction)
     for b in range(spec.batches):
         domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
-        grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32)
+        grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32, device=storage)
         prepared.gradients.append(grads)
         prepared.backwards += grads.backward_passes
     model.train(False)
@@ -243,6 +264,16 @@ def prepare(
     prepared.setup_forwards += sum(len(t) for t in eval_batches.values())
     prepared.setup_seconds = time.perf_counter() - start
     return prepared
+
+
+def _gradient_device(model: nn.Module, copies: int, fraction: float) -> torch.device:
+    """Where ``copies`` float32 gradients of ``model`` are kept: its GPU if they fit, else CPU."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return device
+    need = copies * 4 * sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = torch.cuda.get_device_properties(device).total_memory
+    return device if need <= fraction * total else torch.device("cpu")
 
 
 def _reference_losses(prepared: PreparedSweep, params: list[Tensor]) -> dict[str, list[float]]:
@@ -382,7 +413,7 @@ def _estimate(
 
 def default_micro_batch_tokens(device: str) -> int:
     """Tokens per forward/backward micro-batch: small on CPU, larger on a GPU."""
-    return 4096 if device == "cpu" else 16384
+    return 4096 if device == "cpu" else 8192
 
 
 __all__ = [
