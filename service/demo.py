@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from service.api.schemas import SweepOut, TrialOut
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
+from service.spec import Recommendation
 
 DEMO_RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
 
@@ -52,18 +54,28 @@ def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
         settings = settings.model_copy(
             update={"allowed_roots": [*settings.allowed_roots, assets.model_dir.parent]}
         )
+    spec = demo_spec(assets.model_dir, assets.general_path, assets.math_path)
+    code = demo_sweep(settings, spec, plot_dir=assets.model_dir.parent)
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return code
+
+
+def demo_sweep(settings: Settings, spec: dict[str, Any], *, plot_dir: Path) -> int:
+    """Serve the API with an in-process worker, run ``spec`` over HTTP, print what it found.
+
+    Returns:
+        0 when the sweep succeeded, 1 otherwise.
+    """
     server = EmbeddedServer(settings, port=0)
     url = server.start()
     _say(f"API with an in-process worker at {url} (database {_redact(settings)})")
     try:
-        key = _demo_key(settings)
-        with SharpmixClient(url, key) as client:
-            spec = demo_spec(assets.model_dir, assets.general_path, assets.math_path)
+        with SharpmixClient(url, _demo_key(settings)) as client:
             sweep = client.submit(spec)
-            _say(f"POST /v1/sweeps -> {sweep.id} ({len(DEMO_RATIOS)} ratios)")
+            _say(f"POST /v1/sweeps -> {sweep.id} ({len(spec['ratios'])} ratios)")
             last = [-1]
 
-            def progress(s: Any) -> None:
+            def progress(s: SweepOut) -> None:
                 if s.progress.tasks_done != last[0]:
                     last[0] = s.progress.tasks_done
                     _say(
@@ -77,11 +89,20 @@ def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
                 return 1
             trials = client.trials(sweep.id)
             rec = client.recommendation(sweep.id)
-            plot = settings.home / "demo" / f"plot-{sweep.id}.png"
+            plot = plot_dir / f"plot-{sweep.id}.png"
             plot.write_bytes(client.plot(sweep.id))
     finally:
         server.shutdown()
+    _report(trials, rec)
+    print(f"plot: {plot}")
+    print(
+        f"{done.progress.forwards} forward and {done.progress.backwards} backward passes, "
+        f"{done.progress.compute_seconds:.0f} s of worker compute"
+    )
+    return 0
 
+
+def _report(trials: list[TrialOut], rec: Recommendation) -> None:
     print(
         f"\n{'ratio':>6} {'eval set':>9} {'eta_c':>10} {'95% CI':>23} {'lambda_c':>10} "
         f"{'dL at lr':>10} {'fwd':>5}"
@@ -103,12 +124,6 @@ def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
     )
     for warning in rec.warnings:
         print(f"  warning: {warning}")
-    print(f"plot: {plot}")
-    print(
-        f"done in {time.perf_counter() - start:.0f} s "
-        f"({done.progress.forwards} forward and {done.progress.backwards} backward passes)"
-    )
-    return 0
 
 
 def _demo_key(settings: Settings) -> str:

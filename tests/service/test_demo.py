@@ -1,0 +1,39 @@
+"""`make demo`'s sweep over HTTP (the asset build is tested in tests/workers/data/test_demo.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.demo import DEMO_RATIOS, demo_spec, demo_sweep
+from tests.conftest import SweepAssets
+
+pytestmark = [pytest.mark.db, pytest.mark.slow]
+
+
+def test_demo_spec_is_a_valid_sweep(tmp_path: Path) -> None:
+    from service.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(demo_spec(tmp_path / "m", tmp_path / "g", tmp_path / "a"))
+    assert spec.ratios == DEMO_RATIOS and spec.objective == "flat_pretraining"
+
+
+def test_demo_sweep_prints_table_recommendation_and_plot(
+    sweep_assets: SweepAssets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[sweep_assets.root], device="cpu")
+    spec = sweep_assets.spec(ratios=[0.0, 1.0])
+    assert demo_sweep(settings, spec, plot_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "recommended pre-training ratio:" in out
+    assert out.count(" general ") == 2 and out.count(" math ") == 2
+    plot = Path(out.split("plot: ", 1)[1].split()[0])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_sweep_exits_non_zero(sweep_assets: SweepAssets, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[sweep_assets.root], device="cpu")
+    spec = sweep_assets.spec(ratios=[0.5], batches=64, batch_tokens=4096)  # more than the data
+    assert demo_sweep(settings, spec, plot_dir=tmp_path) == 1
