@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
 
-# Tests import their helpers by module name; importlib mode does not put this folder on the path.
-sys.path.insert(0, str(Path(__file__).parent))
-
-from curvature_helpers import Quadratic, spd
+from tests.workers.curvature.curvature_helpers import Quadratic, spd
 
 
 @pytest.fixture

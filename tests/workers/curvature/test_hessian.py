@@ -7,8 +7,14 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from curvature_helpers import Quadratic, make_mlp, mse, quadratic_loss, regression_data
 
+from tests.workers.curvature.curvature_helpers import (
+    Quadratic,
+    make_mlp,
+    mse,
+    quadratic_loss,
+    regression_data,
+)
 from workers.curvature import (
     AdamState,
     adam_preconditioner,

@@ -6,9 +6,15 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from curvature_helpers import Quadratic, make_mlp, mse, quadratic_loss, regression_data
 from torch import Tensor, nn
 
+from tests.workers.curvature.curvature_helpers import (
+    Quadratic,
+    make_mlp,
+    mse,
+    quadratic_loss,
+    regression_data,
+)
 from workers.curvature import (
     CurvatureError,
     SearchMethod,

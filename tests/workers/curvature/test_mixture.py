@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from curvature_helpers import make_mlp, mse, regression_data
 from torch import Tensor, nn
 
+from tests.workers.curvature.curvature_helpers import make_mlp, mse, regression_data
 from workers.curvature import (
     CurvatureError,
     adamw_direction,

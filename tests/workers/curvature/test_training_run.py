@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 import torch
-from curvature_helpers import memorization_task, mse
 
+from tests.workers.curvature.curvature_helpers import memorization_task, mse
 from workers.curvature import CriticalLR, SearchMethod, measure
 
 pytestmark = pytest.mark.unit
