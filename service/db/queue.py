@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, case, select, update
@@ -104,6 +104,7 @@ def claim_task(
     now = utcnow()
     stale = now - timedelta(seconds=lease_seconds)
     with _session(sessions) as session:
+        _end_abandoned_cancels_without_commit(session, stale)
         candidate = (
             select(SweepTask.id)
             .join(Sweep, Sweep.id == SweepTask.sweep_id)
@@ -323,6 +324,27 @@ def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> None:
     with _session(sessions) as session:
         _end_sweep_without_commit(session, sweep_id, SweepState.cancelled, None)
         session.commit()
+
+
+def _end_abandoned_cancels_without_commit(session: Session, stale: datetime) -> None:
+    # A cancel requested while a worker held a task is carried out by that worker's heartbeat; if
+    # the worker died, no heartbeat comes: once its lease has run out, the claim pass ends it.
+    live_task = (
+        select(SweepTask.id)
+        .where(
+            SweepTask.sweep_id == Sweep.id,
+            SweepTask.state == TaskState.running,
+            SweepTask.heartbeat_at >= stale,
+        )
+        .exists()
+    )
+    abandoned = session.scalars(
+        select(Sweep.id)
+        .where(Sweep.cancel_requested.is_(True), Sweep.state.in_(LIVE_SWEEP_STATES), ~live_task)
+        .limit(16)
+    ).all()
+    for sweep_id in abandoned:
+        _end_sweep_without_commit(session, sweep_id, SweepState.cancelled, None)
 
 
 def _finalize_without_commit(session: Session, task: ClaimedTask, finalize: Finalizer) -> None:

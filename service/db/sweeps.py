@@ -232,8 +232,9 @@ def get_recommendation(session: Session, tenant_id: int, sweep_id: str) -> Recom
 def request_cancel(session: Session, tenant_id: int, sweep_id: str) -> Sweep:
     """Ask for the tenant's sweep to stop.
 
-    A queued sweep that no worker has touched is cancelled at once, with its tasks. Otherwise the
-    sweep is marked ``cancel_requested`` and the worker running it stops at its next heartbeat.
+    A sweep with no task in a worker's hands (queued, or running between tasks) is cancelled at
+    once, with its tasks. Otherwise the sweep is marked ``cancel_requested`` and the worker running
+    it stops at its next heartbeat (or, if that worker died, the next claim pass ends it).
 
     Raises:
         NotFoundError: when the sweep does not exist or belongs to another tenant.
@@ -253,12 +254,12 @@ def request_cancel(session: Session, tenant_id: int, sweep_id: str) -> Sweep:
             )
         )
         sweep.cancel_requested = True
-        if sweep.state == SweepState.queued and all(t.state == TaskState.queued for t in tasks):
-            _cancel_queued_without_commit(session, sweep)
+        if not any(t.state == TaskState.running for t in tasks):
+            _cancel_idle_without_commit(session, sweep)
     return sweep
 
 
-def _cancel_queued_without_commit(session: Session, sweep: Sweep) -> None:
+def _cancel_idle_without_commit(session: Session, sweep: Sweep) -> None:
     now = utcnow()
     sweep.state = SweepState.cancelled
     sweep.finished_at = now

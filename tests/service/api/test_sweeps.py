@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from sqlalchemy import select
 
-from service.db.models import SweepState
+from service.db.models import SweepState, SweepTask, TaskState, utcnow
 from tests.service.support import Api, add_measurement, finish, set_state, sweep_body
 
 pytestmark = pytest.mark.db
@@ -134,8 +135,20 @@ def test_cancel_a_queued_sweep_at_once_and_refuse_a_second_time(api: Api) -> Non
 def test_cancel_a_running_sweep_leaves_it_to_the_worker(api: Api) -> None:
     sweep_id = api.submit()["id"]
     set_state(api, sweep_id, SweepState.running)
+    with api.session() as session:  # a worker holds the first task
+        task = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).first()
+        assert task is not None
+        task.state, task.worker_id, task.heartbeat_at = TaskState.running, "w1", utcnow()
+        session.commit()
     flagged = api.client.post(f"/v1/sweeps/{sweep_id}/cancel", headers=api.headers).json()
     assert (flagged["state"], flagged["cancel_requested"]) == ("running", True)
+
+
+def test_cancel_a_running_sweep_between_tasks_at_once(api: Api) -> None:
+    sweep_id = api.submit()["id"]
+    set_state(api, sweep_id, SweepState.running)  # started, but no worker holds a task now
+    cancelled = api.client.post(f"/v1/sweeps/{sweep_id}/cancel", headers=api.headers).json()
+    assert (cancelled["state"], cancelled["cancel_requested"]) == ("cancelled", True)
 
 
 def test_cancel_a_succeeded_sweep_is_409(api: Api) -> None:

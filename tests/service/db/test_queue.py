@@ -238,3 +238,23 @@ def test_non_finite_numbers_are_stored_on_every_backend(sessions: sessionmaker[S
         row = session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).one()
         assert row.per_batch == [{"eta_c": 0.0, "upper": None, "loss_change": None}]
         assert row.sharpness == float("inf")
+
+
+def test_cancel_of_a_dead_workers_sweep_is_carried_out(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    task = queue.claim_task(sessions, "dead", lease_seconds=60)
+    assert task is not None
+    with sessions() as session:
+        session.get_one(Sweep, sweep_id).cancel_requested = True
+        session.commit()
+    # While the lease holds, the worker may still see the request at its heartbeat.
+    assert queue.claim_task(sessions, "w2", lease_seconds=60) is None
+    with sessions() as session:
+        assert session.get_one(Sweep, sweep_id).state == SweepState.running
+    time.sleep(0.05)
+    # The lease ran out without a heartbeat: the next claim pass ends the sweep.
+    assert queue.claim_task(sessions, "w2", lease_seconds=0.01) is None
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.cancelled
+        assert {t.state for t in sweep.tasks} == {TaskState.cancelled}

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.db import sweeps, tenants
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Sweep, SweepState, SweepTask, TaskState
+from service.db.models import Sweep, SweepState, SweepTask, TaskState, utcnow
 from service.errors import (
     ConflictError,
     DatabaseError,
@@ -137,6 +137,8 @@ def test_a_running_sweep_is_flagged_and_a_finished_one_refused(
 ) -> None:
     running, _ = sweeps.create_sweep(session, tenant_id, spec(), None)
     running.state = SweepState.running
+    held = running.tasks[0]  # a worker is inside this task: it will see the request
+    held.state, held.worker_id, held.heartbeat_at = TaskState.running, "w1", utcnow()
     done, _ = sweeps.create_sweep(session, tenant_id, spec(seed=1), None)
     done.state = SweepState.succeeded
     session.commit()
