@@ -437,6 +437,10 @@ def _fig_pretrain(pre: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=7)
     axes[1].plot(steps, [p["lambda_c_big"] for p in pts], "o-", ms=3, label="lambda_c (batch)")
     axes[1].plot(steps, [p["lambda_c_small"] for p in pts], ".", label="lambda_c (slice)")
+    if "lambda_c_fixed" in pts[0]:
+        axes[1].plot(
+            steps, [p["lambda_c_fixed"] for p in pts], "s-", ms=3, label="lambda_c (fixed held-out)"
+        )
     axes[1].plot(steps, [p["lambda_dir_small"] for p in pts], "x", ms=3, label="lambda_dir (slice)")
     axes[1].plot(steps, [p["two_over_lr"] for p in pts], "k--", lw=0.8, label="2 / eta")
     axes[1].set(yscale="log", xlabel="step", title="along the AdamW update direction")
@@ -483,32 +487,83 @@ def summarize_eos(eos: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _range(values: list[float]) -> dict[str, float] | None:
+    return (
+        {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+        if values
+        else None
+    )
+
+
 def summarize_pretrain(pre: dict[str, Any]) -> dict[str, Any]:
-    """Sharpness at the end of the stable phase against the end of the decay, and costs."""
+    """Sharpness in the stable phase against the decay, the preconditioned check, and costs.
+
+    Progressive sharpening in the decay shows as `lambda_c` rising while `eta` falls: reported
+    as the values at the end of the stable phase and at the last step, the stable phase's range
+    (its noise), and the Spearman correlation of `lambda_c` with the step over the decay points.
+    """
     pts = pre["points"]
     peak = max(p["lr"] for p in pts)
     stable = [p for p in pts if p["lr"] >= peak * 0.999]
     decay = [p for p in pts if p["lr"] < peak * 0.999 and p["step"] > stable[0]["step"]]
+    keys = [k for k in ("big", "small", "fixed") if f"lambda_c_{k}" in pts[0]]
 
     def pick(p: dict[str, Any]) -> dict[str, Any]:
-        keys = ("step", "lr", "lambda_c_big", "lambda_c_small", "lambda_dir_small")
-        more = ("lambda_max_pre", "adam_threshold", "two_over_lr", "train_loss")
-        return {k: p[k] for k in keys + more}
+        names = ["step", "lr", "lambda_dir_small", "lambda_max_pre", "adam_threshold"]
+        names += ["two_over_lr", "train_loss"] + [f"lambda_c_{k}" for k in keys]
+        return {k: p[k] for k in names} | {"eval": p["eval"]}
 
+    sharpening = {}
+    for k in keys:
+        name = f"lambda_c_{k}"
+        sharpening[k] = {
+            "stable": _range([p[name] for p in stable]),
+            "decay": _range([p[name] for p in decay]),
+            "stable_over_2_eta": _range([p[name] / p["two_over_lr"] for p in stable]),
+            "end_over_2_eta": pts[-1][name] / pts[-1]["two_over_lr"],
+            "spearman_step_decay": spearman([p["step"] for p in decay], [p[name] for p in decay]),
+            "decay_above_stable_max": sum(
+                p[name] > max(q[name] for q in stable) for p in decay if stable
+            ),
+            "rises_in_decay": bool(decay and stable) and pts[-1][name] > stable[-1][name],
+        }
+    pre_max = [p["lambda_max_pre"] for p in pts]
+    above = [p for p in stable if p["lambda_max_pre"] > p["adam_threshold"]]
     return {
         "parameters": pre["parameters"],
         "steps": pre["steps"],
+        "every": pre.get("every"),
+        "decay_frac": pre["config"]["decay_frac"],
+        "peak_lr": pre["config"]["peak_lr"],
+        "power_iters": pre["config"]["power_iters"],
         "tokens_seen": pre["tokens_seen"],
         "seconds": pre["seconds"],
+        "measure_seconds": pre.get("measure_seconds"),
         "final_eval": pre["final_eval"],
+        "first_point": pick(pts[0]),
         "end_of_stable": pick(stable[-1]) if stable else None,
+        "first_of_decay": pick(decay[0]) if decay else None,
         "end_of_decay": pick(pts[-1]),
+        "stable_points": len(stable),
         "decay_points": len(decay),
-        "lambda_c_rises_in_decay": bool(decay)
-        and pts[-1]["lambda_c_big"] > (stable[-1]["lambda_c_big"] if stable else 0),
+        "sharpening": sharpening,
+        "lambda_c_rises_in_decay": sharpening["big"]["rises_in_decay"],
+        "lambda_max_pre": {
+            "negative": sum(v < 0 for v in pre_max),
+            "not_converged": sum(not p["converged_max"] for p in pts),
+            "range": _range(pre_max),
+            "stable_above_adam_threshold": len(above),
+            "decay_above_adam_threshold": sum(
+                p["lambda_max_pre"] > p["adam_threshold"] for p in decay
+            ),
+            "hvps": _range([float(p["hvps_max"]) for p in pts]),
+        },
         "mean_forwards_c_big": float(np.mean([p["forwards_c_big"] for p in pts])),
         "mean_seconds_c_big": float(np.mean([p["seconds_c_big"] for p in pts])),
         "mean_seconds_c_small": float(np.mean([p["seconds_c_small"] for p in pts])),
+        "mean_seconds_c_fixed": float(np.mean([p["seconds_c_fixed"] for p in pts]))
+        if "fixed" in keys
+        else None,
         "mean_hvps_max": float(np.mean([p["hvps_max"] for p in pts])),
         "mean_seconds_max": float(np.mean([p["seconds_max"] for p in pts])),
         "lambda_c_small_le_pre_lambda_max": sum(
@@ -527,7 +582,8 @@ def main() -> None:
     summary: dict[str, Any] = {}
     run = _load(folder, "run.json")
     if run is not None:
-        summary["run"] = {k: run.get(k) for k in ("device", "torch", "transformers", "tiny")}
+        keys = ("device", "torch", "transformers", "tiny", "argv", "parts_run", "total_seconds")
+        summary["run"] = {k: run.get(k) for k in keys}
         summary["run"]["parts"] = {
             k: {"ok": v["ok"], "seconds": v["seconds"], "error": v.get("error")}
             for k, v in run["parts"].items()
