@@ -174,7 +174,9 @@ def test_two_workers_share_a_sweep_and_match_the_embedded_answer(
     for mine, theirs in zip(rows, embedded_rows, strict=True):
         assert (mine.ratio, mine.eval_set) == (theirs.ratio, theirs.eval_set)
         assert mine.status == theirs.status
-        if mine.eta_c is not None and theirs.eta_c is not None:
+        # Where a batch rose at once, eta_c sits at the search floor, which depends on the warm
+        # start; the status already says it. Bracketed estimates must agree.
+        if mine.status == "ok" and mine.eta_c is not None and theirs.eta_c is not None:
             assert abs(mine.eta_c / theirs.eta_c - 1) <= 2 * tol
 
 
