@@ -187,6 +187,7 @@ def analyze_mixing(mixing: dict[str, Any], spec_tokens: int, seq_len: int) -> di
             "in_basin_flat": len(safe),
             "safety": len(safe) / len(in_basin) if in_basin else None,
             "in_basin_rose": sorted([list(k) for k in in_basin if rose(k, label)]),
+            "in_basin_max_change_pt": max((grid[k]["pt"] for k in in_basin), default=None),
             "agree_eta_rule": len(agree_eta),
             "agree_one_step_rule": len(agree_step),
             "flat_cells": sum(not rose(k, label) for k in grid),
