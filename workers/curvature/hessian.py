@@ -3,12 +3,12 @@
 - Directional sharpness `lambda_dir = d^T H d / d^T g`: the analytic twin of `lambda_c`. For a
   quadratic loss `L(theta - eta d) = L0 - eta d^T g + eta^2/2 d^T H d`, whose root is
   `eta_c = 2 d^T g / d^T H d`, so `2 / eta_c == lambda_dir` exactly.
-- The largest Hessian eigenvalue `lambda_max` by power iteration, optionally of the preconditioned
+- The largest Hessian eigenvalue `lambda_max` by Lanczos, optionally of the preconditioned
   Hessian `P^{-1/2} H P^{-1/2}` with Adam's `P = diag(sqrt(v_hat) + eps)`.
 
 Hessian-vector products use double backward (`torch.autograd.grad` with `create_graph=True`):
 one gradient graph per batch, reused for every product. Each product costs a few forward+backward
-equivalents (method.md §6: 3.5x), so a power iteration of 20+ products is ~30x a `lambda_c`.
+equivalents (method.md §6: 3.5x), so a `lambda_max` of 20+ products is ~30x a `lambda_c`.
 Models must support double backward (eager attention rather than fused SDPA kernels).
 """
 
@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -139,13 +140,13 @@ def directional_sharpness(
 
 @dataclass(frozen=True)
 class Eigenvalue:
-    """Result of power iteration.
+    """Result of `lambda_max`.
 
     Attributes:
-        value: The Rayleigh quotient at the last iterate (the dominant eigenvalue, in magnitude).
+        value: The largest Ritz value: the estimate of the largest (algebraic) eigenvalue.
         iterations: Hessian-vector products spent.
-        converged: Whether successive estimates agreed within the tolerance.
-        vector: The last unit iterate, one tensor per parameter.
+        converged: Whether the Ritz residual fell below the tolerance.
+        vector: The Ritz vector (unit norm), one tensor per parameter.
     """
 
     value: float
@@ -178,10 +179,15 @@ def lambda_max(
     rtol: float = 1e-4,
     seed: int = 0,
 ) -> Eigenvalue:
-    """Largest eigenvalue of the Hessian (or of `P^{-1/2} H P^{-1/2}`) by power iteration.
+    """Largest eigenvalue of the Hessian (or of `P^{-1/2} H P^{-1/2}`) by Lanczos.
 
-    Power iteration converges to the eigenvalue of largest magnitude; when that one is negative
-    (a saddle direction dominates) a second, shifted run finds the largest (algebraic) eigenvalue.
+    Lanczos with full reorthogonalisation builds a Krylov basis `V` (k x n, one Hessian-vector
+    product per step) and the tridiagonal `T = V^T A V` (k x k); the largest eigenvalue of `T` (a
+    Ritz value) converges to the largest *algebraic* eigenvalue of `A`. Unlike power iteration,
+    which finds the eigenvalue of largest magnitude and crawls when a large negative eigenvalue
+    dominates (common for Adam-preconditioned Hessians of trained transformers), it needs no shift
+    and converges in a few dozen products. It keeps the k basis vectors: meant for the small models
+    it validates against, not for billion-parameter ones.
 
     Args:
         model: The network (eval mode during the computation).
@@ -189,22 +195,20 @@ def lambda_max(
         batch: The batch.
         params: Parameters; default: those with `requires_grad`.
         preconditioner: Diagonal `P` (e.g. `adam_preconditioner(...)`), one tensor per parameter.
-        iterations: Maximum Hessian-vector products (both runs together).
-        rtol: Stop when successive Rayleigh quotients differ by less than this, relatively.
+        iterations: Maximum Hessian-vector products (Krylov dimension).
+        rtol: Stop when the Ritz residual `|beta_k * y_k|` is below `rtol * |theta|`.
         seed: Seed of the random start vector.
     """
     ps = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     if preconditioner is not None:
         check_direction(ps, preconditioner)
+    if iterations < 1:
+        raise CurvatureError(f"iterations must be >= 1, got {iterations}")
     gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device) for p in ps]
+    start = [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device) for p in ps]
     scale: list[Tensor | None] = (
         [None] * len(ps) if preconditioner is None else [s.float().rsqrt() for s in preconditioner]
     )
-
-    def normalize(xs: list[Tensor]) -> list[Tensor]:
-        norm = float(_dot(xs, xs)) ** 0.5
-        return [x / norm for x in xs]
 
     def apply(hessian: HessianOperator, xs: list[Tensor]) -> list[Tensor]:
         # P^{-1/2} H P^{-1/2} x; plain H x without a preconditioner.
@@ -212,34 +216,36 @@ def lambda_max(
         hy = hessian(ys)
         return [h.float() if s is None else h.float() * s for h, s in zip(hy, scale, strict=True)]
 
-    def power(
-        hessian: HessianOperator, xs: list[Tensor], shift: float, budget: int
-    ) -> tuple[float, bool, int, list[Tensor]]:
-        # Power iteration on (A + shift I); returns its dominant eigenvalue minus the shift.
-        value, converged, n = 0.0, False, 0
-        for n in range(1, budget + 1):
-            ax = apply(hessian, xs)
-            if shift:
-                ax = [a + shift * x for a, x in zip(ax, xs, strict=True)]
-            new = float(_dot(ax, xs))
-            xs = normalize(ax)
-            if n > 1 and abs(new - value) <= rtol * abs(new):
-                value, converged = new, True
-                break
-            value = new
-        return value - shift, converged, n, xs
-
-    v = normalize(v)
+    norm = float(_dot(start, start)) ** 0.5
+    basis: list[list[Tensor]] = [[x / norm for x in start]]  # V: k unit vectors
+    alphas: list[float] = []  # diagonal of T
+    betas: list[float] = []  # off-diagonal of T
+    value, converged, ritz = 0.0, False, np.ones(1)
     with HessianOperator(model, loss_fn, batch, ps) as hessian:
-        value, converged, n, v = power(hessian, v, 0.0, iterations)
-        if value < 0 and n < iterations:
-            # Power iteration finds the eigenvalue of largest *magnitude*. When that is negative,
-            # shifting by it moves the spectrum to [0, lambda_max - value], whose dominant
-            # eigenvalue is lambda_max - value: a second run then finds the largest one.
-            shift = -value
-            restart = normalize(
-                [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device) for p in ps]
-            )
-            value, converged, extra, v = power(hessian, restart, shift, iterations - n)
-            n += extra
-    return Eigenvalue(value=value, iterations=n, converged=converged, vector=v)
+        for _ in range(iterations):
+            w = apply(hessian, basis[-1])
+            alphas.append(float(_dot(w, basis[-1])))
+            # Full reorthogonalisation against every basis vector (twice is enough in floating
+            # point): without it the Krylov basis loses orthogonality and Ritz values repeat.
+            for _ in range(2):
+                for v in basis:
+                    c = float(_dot(w, v))
+                    w = [wi - c * vi for wi, vi in zip(w, v, strict=True)]
+            beta = float(_dot(w, w)) ** 0.5
+            t = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            evals, evecs = np.linalg.eigh(t)
+            value, ritz = float(evals[-1]), evecs[:, -1]
+            # |beta_k * (last component of the top Ritz vector)| bounds ||A x - theta x||.
+            if abs(beta * ritz[-1]) <= rtol * max(abs(value), 1e-30):
+                converged = True
+                break
+            if beta <= 1e-12 * max(abs(value), 1.0):  # invariant subspace: T is exact
+                converged = True
+                break
+            betas.append(beta)
+            basis.append([wi / beta for wi in w])
+    vector = [
+        sum((float(c) * v[i] for c, v in zip(ritz, basis, strict=False)), torch.zeros_like(p))
+        for i, p in enumerate(start)
+    ]
+    return Eigenvalue(value=value, iterations=len(alphas), converged=converged, vector=vector)

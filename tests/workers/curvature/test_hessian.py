@@ -97,3 +97,17 @@ def test_lambda_max_is_the_largest_not_the_largest_magnitude() -> None:
     top = lambda_max(model, quadratic_loss, None, iterations=2000, rtol=1e-12)
     assert top.value == pytest.approx(4.0, rel=1e-3)
     assert top.converged
+
+
+def test_lambda_max_when_the_negative_end_dwarfs_the_positive_one() -> None:
+    # |lambda_min| >> lambda_max: the shifted run's values are dominated by the shift, so its
+    # convergence must be judged on the unshifted estimate (a relative test on the shifted value
+    # stops after two products far from the answer).
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    eig = torch.cat([torch.tensor([-1e5]), torch.linspace(-50.0, 3e2, n - 1)]).double()
+    zeros, ones = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    model = Quadratic((q * eig) @ q.T, zeros, ones)
+    top = lambda_max(model, quadratic_loss, None, iterations=4000, rtol=1e-9)
+    assert top.value == pytest.approx(3e2, rel=1e-3)
