@@ -25,7 +25,7 @@ FORBIDDEN = (
     "pydantic_settings",
 )
 # Inside the core, the sweep worker (workers/*.py outside the core) is off limits too.
-FORBIDDEN_WORKER_MODULES = ("workers.sweep", "workers.runner", "workers.worker")
+FORBIDDEN_WORKER_MODULES = ("workers.sweep", "workers.study", "workers.worker", "workers.recommend")
 
 
 def violations(root: Path = ROOT) -> list[str]:
