@@ -5,7 +5,10 @@ Runs here on CPU (it needs pydantic for `service.spec` and matplotlib, not a GPU
     .venv/bin/python -m bench.science.analyze bench/science/results/gpu
 
 Reads run.json, eos.json, pretrain.json and mixing.json from that folder and writes
-summary.json and the PNG figures next to them. What it computes (issue 6, method.md §5):
+summary.json and the PNG figures next to them. Where a later run redid only the pre-training
+(`run3.json` beside it, the earlier `pretrain_run2.json` kept), `pretrain.json` is that later
+run's, its record goes to `run3` and `compare_pretrain` sets the two pre-trainings side by side;
+`mixing.json` stays the earlier run's. What it computes (issue 6, method.md §5):
 
 - per (ratio, set): `summarize` over the B batches (geometric mean, log-space t-interval, spread);
 - the noise floor of a K-step loss change: the median over cells of the seeds' standard deviation;
@@ -588,6 +591,43 @@ def summarize_pretrain(pre: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def compare_pretrain(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two pre-training records of the same config: was training reproduced, what changed?
+
+    `identical_*` compare the recorded numbers exactly (same weights cannot be checked: no
+    checkpoint is kept). The preconditioned `lambda_max` is set side by side per step, as the
+    ratio new / old and the steps where it differs by more than 10x.
+    """
+    pairs = list(zip(old["points"], new["points"], strict=True))
+    ratio = [(q["lambda_max_pre"] / p["lambda_max_pre"], p, q) for p, q in pairs]
+    keys = [k for k in ("big", "small", "fixed") if f"lambda_c_{k}" in new["points"][0]]
+    return {
+        "same_config": old["config"] == new["config"],
+        "identical_train_losses": old["train_losses"] == new["train_losses"],
+        "identical_final_eval": old["final_eval"] == new["final_eval"],
+        "identical_lambda_c": all(
+            p[f"lambda_c_{k}"] == q[f"lambda_c_{k}"] for p, q in pairs for k in keys
+        ),
+        "identical_eval_points": all(p["eval"] == q["eval"] for p, q in pairs),
+        "lambda_max_ratio_new_over_old": _range([r for r, _, _ in ratio if 0.1 <= r <= 10]),
+        "lambda_max_changed_10x": [
+            {"step": p["step"], "old": p["lambda_max_pre"], "new": q["lambda_max_pre"]}
+            for r, p, q in ratio
+            if not 0.1 <= r <= 10
+        ],
+        "seconds": {"old": old["seconds"], "new": new["seconds"]},
+        "measure_seconds": {"old": old.get("measure_seconds"), "new": new.get("measure_seconds")},
+        "mean_hvps_max": {
+            "old": float(np.mean([p["hvps_max"] for p, _ in pairs])),
+            "new": float(np.mean([q["hvps_max"] for _, q in pairs])),
+        },
+        "mean_seconds_max": {
+            "old": float(np.mean([p["seconds_max"] for p, _ in pairs])),
+            "new": float(np.mean([q["seconds_max"] for _, q in pairs])),
+        },
+    }
+
+
 def main() -> None:
     """Parse, analyse what is there, write summary.json and figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -604,6 +644,15 @@ def main() -> None:
             for k, v in run["parts"].items()
         }
         summary["run"]["corpus"] = run.get("corpus")
+    run3 = _load(folder, "run3.json")
+    if run3 is not None:
+        summary["run3"] = {
+            k: run3.get(k) for k in ("device", "torch", "transformers", "argv", "total_seconds")
+        }
+        summary["run3"]["parts"] = {
+            k: {"ok": v["ok"], "seconds": v["seconds"], "error": v.get("error")}
+            for k, v in run3["parts"].items()
+        }
     eos = _load(folder, "eos.json")
     if eos is not None and eos["runs"]:
         summary["eos"] = summarize_eos(eos)
@@ -612,6 +661,10 @@ def main() -> None:
     if pre is not None and pre["points"]:
         summary["pretrain"] = summarize_pretrain(pre)
         _fig_pretrain(pre, folder / "pretrain_sharpness.png")
+        old = _load(folder, "pretrain_run2.json")
+        if old is not None and old["points"]:
+            summary["pretrain_run2"] = summarize_pretrain(old)
+            summary["pretrain_run2_vs_run3"] = compare_pretrain(old, pre)
     mixing = _load(folder, "mixing.json")
     if mixing is not None and "sweep" in mixing and mixing.get("grid", {}).get("cells"):
         seq_len = pre["config"]["seq_len"] if pre else 128
