@@ -511,7 +511,10 @@ def summarize_pretrain(pre: dict[str, Any]) -> dict[str, Any]:
     stable = [p for p in pts if p["lr"] >= peak * 0.999]
     decay = [p for p in pts if p["lr"] < peak * 0.999 and p["step"] > stable[0]["step"]]
     keys = [k for k in ("big", "small", "fixed") if f"lambda_c_{k}" in pts[0]]
-    series = {k: f"lambda_c_{k}" for k in keys} | {"dir_small": "lambda_dir_small"}
+    series = {k: f"lambda_c_{k}" for k in keys} | {
+        "dir_small": "lambda_dir_small",
+        "max_pre": "lambda_max_pre",  # its `_over_2_eta` entries compare with the wrong edge
+    }
 
     def pick(p: dict[str, Any]) -> dict[str, Any]:
         names = ["step", "lr", "lambda_dir_small", "lambda_max_pre", "adam_threshold"]
