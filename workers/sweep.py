@@ -189,6 +189,7 @@ def prepare(
     dtype: torch.dtype,
     micro_batch_tokens: int = 8192,
     gradient_memory_fraction: float = 0.25,
+    checkpoint: Callable[[], None] | None = None,
 ) -> PreparedSweep:
     """Load the model and data of a sweep and compute what every ratio shares.
 
@@ -196,9 +197,15 @@ def prepare(
     ``gradient_memory_fraction`` of its memory, else in CPU memory (an OLMo-2-1B sweep with two
     domains and four batches holds 47 GB of gradients): mixing then streams them in per ratio.
 
+    Args:
+        checkpoint: Called between the expensive steps (after loading, after each gradient
+            batch); it may raise :class:`TaskAbortedError` to stop a set-up that is no longer
+            wanted (shutdown, cancel, lost lease).
+
     Raises:
         DataError: For anything the user must fix (paths, formats, sizes), before GPU work.
     """
+    check = checkpoint or (lambda: None)
     start = time.perf_counter()
     loaded = load_model(
         ModelSource(
@@ -214,6 +221,7 @@ def prepare(
     )
     model, tokenizer = loaded.model, loaded.tokenizer
     check_model_fits(model.config, tokenizer, seq_len=spec.seq_len)
+    check()
     sequences = spec.sequences_per_batch
     direction_sets = [spec.pretraining, *spec.finetuning]
     direction_names = {ref.name for ref in direction_sets}
@@ -258,6 +266,7 @@ def prepare(
         grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32, device=storage)
         prepared.gradients.append(grads)
         prepared.backwards += grads.backward_passes
+        check()
     model.train(False)
     model.zero_grad(set_to_none=True)
     prepared.loss0 = _reference_losses(prepared, prepared.gradients[0].params)

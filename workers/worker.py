@@ -185,7 +185,7 @@ class Worker:
     def _compute(self, task: queue.ClaimedTask, lease: _Lease) -> None:
         spec = task.spec
         start = time.perf_counter()
-        prepared, fresh = self._prepare(task)
+        prepared, fresh = self._prepare(task, lease)
         study = studies.open_study(
             self.url, task.study_name, spec, slot=task.slot, ratio=task.ratio
         )
@@ -218,7 +218,7 @@ class Worker:
             log.warning("task %s was taken over by another worker; result dropped", task.task_id)
             studies.abandon(study, trial)
 
-    def _prepare(self, task: queue.ClaimedTask) -> tuple[PreparedSweep, bool]:
+    def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
         if self._prepared is not None and self._prepared[0] == task.sweep_id:
             return self._prepared[1], False
         self._prepared = None  # one sweep's model and gradients in memory at a time
@@ -228,6 +228,7 @@ class Worker:
             device=self.device,
             dtype=self.dtype,
             micro_batch_tokens=default_micro_batch_tokens(self.device),
+            checkpoint=lambda: self._check(lease),
         )
         self._prepared = (task.sweep_id, prepared)
         return prepared, True

@@ -109,7 +109,7 @@ def test_shutdown_hands_the_task_back(
     settings = settings_for(db_url, sweep_assets, tmp_path)
     sweep_id = submit(settings, sweep_assets.spec(ratios=[0.5]))
     stop = threading.Event()
-    stop.set()  # SIGTERM arrived: the first batch boundary hands the task back
+    stop.set()  # SIGTERM arrived: the set-up stops at its first checkpoint and hands back
     worker = Worker(settings, worker_id="w1", stop=stop)
     try:
         assert worker.run_one()
@@ -119,6 +119,7 @@ def test_shutdown_hands_the_task_back(
     with make_session_factory(engine)() as session:
         task = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).one()
         assert task.state == TaskState.queued and task.attempts == 0 and task.worker_id is None
+        assert task.optuna_trial_number is None  # stopped during set-up, before any trial
         assert session.scalar(select(func.count(Measurement.id))) == 0
     engine.dispose()
     # Another worker finishes it.
