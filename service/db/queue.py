@@ -17,11 +17,11 @@ import enum
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, case, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db._errors import database_errors
@@ -74,7 +74,6 @@ class TaskResult:
     backwards: int
     seconds: float
     optuna_trial_number: int | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 class Heartbeat(enum.StrEnum):
@@ -166,13 +165,7 @@ def heartbeat(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> 
     with _session(sessions) as session:
         renewed = _rowcount(
             session.execute(
-                update(SweepTask)
-                .where(
-                    SweepTask.id == task_id,
-                    SweepTask.worker_id == worker_id,
-                    SweepTask.state == TaskState.running,
-                )
-                .values(heartbeat_at=utcnow())
+                update(SweepTask).where(*_held_by(task_id, worker_id)).values(heartbeat_at=utcnow())
             )
         )
         cancel = session.scalar(
@@ -219,11 +212,7 @@ def complete_task(
         owned = _rowcount(
             session.execute(
                 update(SweepTask)
-                .where(
-                    SweepTask.id == task.task_id,
-                    SweepTask.worker_id == worker_id,
-                    SweepTask.state == TaskState.running,
-                )
+                .where(*_held_by(task.task_id, worker_id))
                 .values(
                     state=TaskState.done,
                     ratio=result.ratio,
@@ -270,11 +259,7 @@ def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) 
     with _session(sessions) as session:
         session.execute(
             update(SweepTask)
-            .where(
-                SweepTask.id == task_id,
-                SweepTask.worker_id == worker_id,
-                SweepTask.state == TaskState.running,
-            )
+            .where(*_held_by(task_id, worker_id))
             .values(
                 state=TaskState.queued,
                 worker_id=None,
@@ -399,6 +384,16 @@ def _session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose database errors become :class:`DatabaseError` with a hint."""
     with database_errors("reach the job queue"), sessions() as session:
         yield session
+
+
+def _held_by(task_id: int, worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The task is still running in ``worker_id``'s hands: the guard on every write a worker
+    makes, so a worker whose lease ran out cannot touch a task another worker has taken over."""
+    return (
+        SweepTask.id == task_id,
+        SweepTask.worker_id == worker_id,
+        SweepTask.state == TaskState.running,
+    )
 
 
 def json_safe(value: Any) -> Any:
