@@ -55,9 +55,14 @@ def storage(url: str) -> RDBStorage:
 
 
 def open_study(
-    url: str, name: str, spec: SweepSpec, *, slot: int, ratio: float | None
+    store: RDBStorage, name: str, spec: SweepSpec, *, slot: int, ratio: float | None
 ) -> optuna.Study:
-    """Create or load the sweep's study, with the sampler and pruner for this task."""
+    """Create or load the sweep's study, with the sampler and pruner for this task.
+
+    Args:
+        store: The worker's one storage (see `storage`): building one per task would open a new
+            engine and re-check Optuna's schema every time.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     directions: list[Literal["minimize", "maximize"]]
     if spec.objective == "pareto":
@@ -66,7 +71,7 @@ def open_study(
         directions = ["maximize" if spec.objective == "balanced" else "minimize"]
     return optuna.create_study(
         study_name=name,
-        storage=storage(url),
+        storage=store,
         directions=directions,
         sampler=_sampler(spec, slot, ratio),
         pruner=_pruner(spec),

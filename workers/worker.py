@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import datasets
 import torch
 import transformers
+from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -97,6 +98,7 @@ class Worker:
             trust_remote_code=settings.trust_remote_code,
         )
         self._prepared: tuple[str, PreparedSweep] | None = None
+        self._optuna: RDBStorage | None = None  # made on the first task, then reused
         # Progress bars of model loading and tokenisation are noise in a service's log.
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -133,6 +135,9 @@ class Worker:
     def close(self) -> None:
         """Release the database connections and the cached model."""
         self._prepared = None
+        if self._optuna is not None:
+            self._optuna.engine.dispose()
+            self._optuna = None
         self.engine.dispose()
 
     def run_one(self) -> bool:
@@ -186,8 +191,10 @@ class Worker:
         spec = task.spec
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
+        if self._optuna is None:
+            self._optuna = studies.storage(self.url)
         study = studies.open_study(
-            self.url, task.study_name, spec, slot=task.slot, ratio=task.ratio
+            self._optuna, task.study_name, spec, slot=task.slot, ratio=task.ratio
         )
         studies.fail_stale_trial(study, task.optuna_trial_number)
         trial, ratio = studies.ask(study, spec)
