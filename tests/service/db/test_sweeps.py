@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ from service.spec import SweepSpec
 from tests.service.support import sweep_body
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def session(db_url: str) -> Iterator[Session]:
-    engine = make_engine(db_url)
-    with make_session_factory(engine)() as session:
-        yield session
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db import tenants
-from service.db.engine import make_engine, make_session_factory
 from service.db.models import ApiKey
 from service.errors import AuthenticationError, InvalidRequestError, NotFoundError
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def session(db_url: str) -> Iterator[Session]:
-    engine = make_engine(db_url)
-    with make_session_factory(engine)() as session:
-        yield session
-    engine.dispose()
 
 
 def test_tenant_is_created_once(session: Session) -> None:
