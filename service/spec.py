@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from service.config import Settings
 from service.errors import InvalidRequestError
@@ -184,6 +184,11 @@ class TrajectorySpec(_Strict):
         return self
 
 
+def _ratios_kind(value: object) -> str:
+    # One error, at the place that is wrong, instead of one per form a union could take.
+    return "auto" if isinstance(value, str) else "list"
+
+
 class SweepSpec(_Strict):
     """A mix sweep: which model, which data, which ratios, and how to measure."""
 
@@ -192,7 +197,10 @@ class SweepSpec(_Strict):
     finetuning: list[FinetuneRef] = Field(min_length=1)
     retention: list[DataRef] = Field(default_factory=list)
     targets: list[DataRef] = Field(default_factory=list)
-    ratios: list[Ratio] | Literal["auto"] | None = Field(
+    ratios: Annotated[
+        Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
+        Discriminator(_ratios_kind),
+    ] | None = Field(
         default=None,
         min_length=1,
         description="Candidate pre-training ratios, or 'auto' (with a trajectory): a quick "
