@@ -197,10 +197,13 @@ class SweepSpec(_Strict):
     finetuning: list[FinetuneRef] = Field(min_length=1)
     retention: list[DataRef] = Field(default_factory=list)
     targets: list[DataRef] = Field(default_factory=list)
-    ratios: Annotated[
-        Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
-        Discriminator(_ratios_kind),
-    ] | None = Field(
+    ratios: (
+        Annotated[
+            Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
+            Discriminator(_ratios_kind),
+        ]
+        | None
+    ) = Field(
         default=None,
         min_length=1,
         description="Candidate pre-training ratios, or 'auto' (with a trajectory): a quick "
