@@ -9,8 +9,9 @@ step at the end). The model is
 
     drift(t) = b * (S(t) / S(T)) ** p,      T = last measured step,
 
-with ``p`` from a grid between 1/4 (fast saturation) and 1 (linear in distance) and ``b`` by least
-squares through the origin (drift(0) = 0 by definition). The interval spans the forecasts of every
+with ``p`` from a grid between 1/4 (fast saturation) and 3/2 (still accelerating: the first tens of
+steps of a fresh AdamW run can forget faster than linearly) and ``b`` by least squares through the
+origin (drift(0) = 0 by definition). The interval spans the forecasts of every
 exponent that fits about as well as the best (residual sum of squares within a factor set by the
 number of points) and two standard errors of the best fit's forecast (its slope's error and the
 measurement noise the residuals show).
@@ -26,7 +27,7 @@ from typing import Protocol
 
 from service.spec import SweepSpec
 
-EXPONENTS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+EXPONENTS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)
 
 
 class DriftPoint(Protocol):
