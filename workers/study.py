@@ -188,10 +188,10 @@ def close_orphans(
 
     A trial is an orphan when the sweep's rows say so: the asking task's previously recorded
     trial (its worker died), or, with ``older_than`` given, a trial started longer ago than that
-    which no live task records (its worker died between ``ask`` and recording the number).
+    which no live task records (its worker died between ``ask`` and recording the number), or a
+    trial whose task is done (its worker died between completing and telling), which is finished
+    with the values its measurements give; every other orphan is closed as FAIL.
     ``older_than=None`` means no task of the sweep is live, so every RUNNING trial is an orphan.
-    A trial whose task is done (its worker died between completing and telling) is finished with
-    the values its measurements give; every other orphan is closed as FAIL.
 
     Returns:
         The numbers of the trials it closed.
@@ -202,13 +202,14 @@ def close_orphans(
         number = trial.number
         started = trial.datetime_start
         expired = older_than is None or (started is not None and now - started >= older_than)
-        if number != own_previous and (number in records.live or not expired):
-            continue
         done = records.done.get(number)
         if done is not None:
+            # Its results are committed: the values are known, whoever tells them first.
             finish(study, number, spec, done.ratio, done.measurements, pruned=done.pruned)
-        else:
+        elif number == own_previous or (number not in records.live and expired):
             abandon(study, number)
+        else:
+            continue
         closed.append(number)
     return closed
 
