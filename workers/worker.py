@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import queue
-from service.db.engine import make_engine, make_session_factory
+from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.errors import DatabaseError, InvalidRequestError
 from workers import study as studies
 from workers.curvature import CurvatureError
@@ -113,7 +113,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.poll_seconds = poll_seconds
         self.url = settings.resolved_database_url
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, Timeouts.of(settings))
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.device = resolve_device(settings.device)
         self.dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
