@@ -14,7 +14,8 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 
 Trajectory tasks have a study of their own (``sharpmix-<id>-trajectory``): one trial per ratio,
 the largest retention drift at each measured step as its intermediate values, and a pruner that
-stops a ratio once that drift is above the tolerance at two measurements in a row; the trial
+stops a ratio once that drift has stayed above the tolerance at three measurements in a row
+without coming down (the rule of `workers.trajectory.left_basin`); the trial
 minimises the ratio subject to ``upper end of the forecast retention drift - tolerance <= 0``.
 """
 
@@ -34,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service.db.queue import MeasurementResult, TrialRecords
 from service.spec import SweepSpec
 from workers.recommend import RETENTION_ROLES
-from workers.trajectory import Trajectory, TrajectoryPoint
+from workers.trajectory import RISING_OVER, Trajectory, TrajectoryPoint
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
@@ -54,14 +55,18 @@ class BasinPruner(BasePruner):
 
 
 class DriftPruner(BasePruner):
-    """Prune a trajectory once its retention drift is above the tolerance twice in a row."""
+    """Prune a trajectory once its retention drift has stayed above the tolerance, not falling,
+    at the last three measured steps after step 0."""
 
     def __init__(self, tolerance: float) -> None:
         self.tolerance = tolerance
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
-        return len(values) >= 2 and all(v > self.tolerance for v in values[-2:])
+        steps = [s for s in sorted(trial.intermediate_values) if s > 0]
+        values = [trial.intermediate_values[s] for s in steps[-RISING_OVER:]]
+        return (
+            len(values) == RISING_OVER and min(values) > self.tolerance and values[-1] >= values[0]
+        )
 
 
 def storage(url: str) -> RDBStorage:
