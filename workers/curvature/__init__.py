@@ -32,7 +32,7 @@ from workers.curvature.hessian import (
     directional_sharpness,
     lambda_max,
 )
-from workers.curvature.measure import LossChange, loss_change, measure
+from workers.curvature.measure import LossChange, line_slope, loss_change, measure
 from workers.curvature.mixture import (
     DirectionFn,
     DomainGradients,
@@ -79,6 +79,7 @@ __all__ = [
     "domain_gradients",
     "is_increase",
     "lambda_max",
+    "line_slope",
     "loss_change",
     "measure",
     "mix_gradients",

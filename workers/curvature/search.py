@@ -29,10 +29,10 @@ raises the loss, or when no probe ever lowered the loss below `L0` (the probes t
 it only tied `L0`, also one extra probe at `lower/2`: the descent, if any, is below the loss's
 rounding resolution); `lambda_c` is then inf and `eta` 0. That verdict needs a *confirmed* increase:
 a loss above `L0` by more than its rounding (`_TIE_ULPS` float32 ulps of `L0`), or a non-finite one.
-When every increase seen is within rounding (a tiny starting guess, where `L` ties `L0` up to an ulp
-or two), the search steps up until the loss leaves the rounding band: a clear descent restarts the
-search from there (the tiny "increases" were ties), a clear increase confirms the verdict, and a loss
-flat within rounding up to the cap is `no_increase`.
+When every increase seen is within rounding (a tiny starting guess, where `L` ties `L0` up to an
+ulp or two), the search steps up until the loss leaves the rounding band: a clear descent restarts
+the search from there (the tiny "increases" were ties), a clear increase confirms the verdict, and
+a loss flat within rounding up to the cap is `no_increase`.
 `no_increase` when `lr_guess * 2**max_steps` still did not raise the loss: `eta = lower` is a lower
 bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
 """
