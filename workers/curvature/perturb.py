@@ -47,7 +47,10 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
   across probes, so every probe lies on one line). On CUDA the products are bf16 tensor-core
   matmuls with a float32 output (`torch.mm(..., out_dtype=torch.float32)`), three times a plain
   linear layer; elsewhere the same bf16 parts are multiplied in float32 (the same numbers up to
-  summation order). Attention runs in float32 on the float32 projections.
+  summation order). Attention on the float32 projections runs from the same bf16 parts
+  (`compensated.attention`: `torch.nn.functional.scaled_dot_product_attention` is replaced for
+  the duration, process-wide, so models that call it through that attribute, as Hugging Face's
+  SDPA path does, get it; others run float32 attention, exact but slower).
 - `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"fp32"`.
 
 During `"exact"`, `"fp32"` and `"compensated"` searches float32 matmuls run at full precision
@@ -59,6 +62,7 @@ On exit every parameter holds its original tensor again, bit for bit (also after
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal
@@ -67,61 +71,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.curvature.compensated import addmm_f32_, attention, mm_f32, split_bf16
 from workers.curvature.errors import CurvatureError
 
-__all__ = ["Perturbation", "Precision", "addmm_f32_", "check_direction", "mm_f32", "split_bf16"]
+__all__ = ["Perturbation", "Precision", "check_direction"]
 
 Precision = Literal["auto", "exact", "fp32", "split", "compensated"]
 
 _WIDE = (torch.float32, torch.float64)
 _PRECISIONS = ("exact", "fp32", "split", "compensated")
-
-
-def split_bf16(x: Tensor) -> tuple[Tensor, Tensor]:
-    """`x` (float32) as `hi + lo` with both parts bf16: 16 mantissa bits, relative error <= 2**-17.
-
-    Values below bf16's smallest normal lose their low part (both parts are bf16 subnormals); the
-    residual stream of a language model never gets there.
-    """
-    hi = x.to(torch.bfloat16)
-    lo = (x - hi.to(x.dtype)).to(torch.bfloat16)
-    return hi, lo
-
-
-_MM_OUT_DTYPE: dict[str, bool] = {}  # device type -> whether torch.mm(..., out_dtype=) runs there
-_ADDMM_INPLACE: dict[str, bool] = {}  # device type -> whether the accumulating form checked out
-
-
-def mm_f32(a: Tensor, w: Tensor) -> Tensor:
-    """`a @ w.T` for bf16 `a` (M, K) and `w` (N, K), accumulated and returned in float32."""
-    kind = a.device.type
-    if _MM_OUT_DTYPE.get(kind, kind == "cuda"):
-        try:
-            return torch.mm(a, w.t(), out_dtype=torch.float32)
-        except (RuntimeError, TypeError, NotImplementedError):
-            _MM_OUT_DTYPE[kind] = False  # this build lacks the kernel: multiply in float32
-    # bf16 values are exact in float32, so this is the same product (TF32 is off here).
-    return torch.mm(a.float(), w.float().t())
-
-
-def addmm_f32_(y: Tensor, a: Tensor, w: Tensor, alpha: float = 1.0) -> Tensor:
-    """`y += alpha * a @ w.T` in place (float32 `y`, bf16 `a`, `w`), without an output-sized
-    temporary where the GPU kernel allows (the language-model head's output is the largest
-    tensor of a forward)."""
-    kind = a.device.type
-    ok = _ADDMM_INPLACE.get(kind)
-    if ok is None and kind == "cuda" and _MM_OUT_DTYPE.get(kind, True):
-        # First use on this device: check the fused form against the plain one, once.
-        try:
-            trial = y.clone()
-            torch.addmm(trial, a, w.t(), out_dtype=torch.float32, alpha=alpha, out=trial)
-            ok = bool(torch.allclose(trial, y + alpha * mm_f32(a, w), rtol=1e-5, atol=1e-6))
-        except (RuntimeError, TypeError, NotImplementedError):
-            ok = False
-        _ADDMM_INPLACE[kind] = ok
-    if ok:
-        return torch.addmm(y, a, w.t(), out_dtype=torch.float32, alpha=alpha, out=y)
-    return y.add_(mm_f32(a, w), alpha=alpha)
 
 
 def check_direction(params: Sequence[Tensor], direction: Sequence[Tensor]) -> None:
@@ -185,6 +143,7 @@ class Perturbation:
         self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
         self._matmul_precision: str | None = None
         self._cache: dict[int, Tensor] = {}  # per-search conversions (bf16 D, float32 biases)
+        self._sdpa: Callable[..., Tensor] | None = None  # the attention replaced while installed
 
     def __enter__(self) -> Perturbation:
         try:
@@ -226,6 +185,8 @@ class Perturbation:
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override(module, by_id)
         elif self.precision == "compensated":
+            self._sdpa = F.scaled_dot_product_attention
+            F.scaled_dot_product_attention = functools.partial(attention, fallback=self._sdpa)
             for module in self.model.modules():
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override_compensated(module, by_id)
@@ -370,6 +331,9 @@ class Perturbation:
                 module.__dict__["forward"] = previous
         self._saved, self._swapped, self._overridden = [], [], []
         self._cache = {}
+        if self._sdpa is not None:
+            F.scaled_dot_product_attention = self._sdpa
+            self._sdpa = None
         if self._matmul_precision is not None:
             torch.set_float32_matmul_precision(self._matmul_precision)
             self._matmul_precision = None

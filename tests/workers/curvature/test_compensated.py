@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from workers.curvature import Perturbation, measure
-from workers.curvature.perturb import addmm_f32_, mm_f32, split_bf16
+from workers.curvature.compensated import addmm_f32_, mm_f32, split_bf16
 
 pytestmark = pytest.mark.unit
 
@@ -118,3 +118,48 @@ def test_compensated_zero_step_is_the_fp32_reference_within_rounding() -> None:
         with torch.no_grad(), Perturbation(model, params, zeros, precision):  # type: ignore[arg-type]
             losses[precision] = float(lm_loss(model, ids))
     assert losses["compensated"] == pytest.approx(losses["fp32"], rel=1e-5)
+
+
+@pytest.mark.parametrize("case", ["causal_gqa", "bool_mask", "float_mask"])
+def test_attention_matches_float64(case: str) -> None:
+    from workers.curvature.compensated import attention
+
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 4, 24, 8, generator=gen)
+    kv_heads = 2 if case == "causal_gqa" else 4
+    k = torch.randn(2, kv_heads, 24, 8, generator=gen)
+    v = torch.randn(2, kv_heads, 24, 8, generator=gen)
+    mask: Tensor | None = None
+    if case == "bool_mask":
+        mask = torch.rand(2, 1, 24, 24, generator=gen) > 0.3
+        mask[..., 0] = True  # no fully masked row
+    elif case == "float_mask":
+        mask = torch.randn(1, 1, 24, 24, generator=gen)
+    kwargs = {"is_causal": case == "causal_gqa", "enable_gqa": case == "causal_gqa"}
+    exact = torch.nn.functional.scaled_dot_product_attention(
+        q.double(), k.double(), v.double(), attn_mask=None if mask is None else (
+            mask if mask.dtype == torch.bool else mask.double()
+        ), **kwargs,
+    )  # fmt: skip
+    got = attention(q, k, v, attn_mask=mask, **kwargs)
+    assert got.dtype == torch.float32
+    # 16-bit operands: about 2**-16 of the output scale, far below bf16's 2**-9.
+    torch.testing.assert_close(got.double(), exact, rtol=0, atol=2.0**-15)
+    bf16 = torch.nn.functional.scaled_dot_product_attention(
+        q.bfloat16(), k.bfloat16(), v.bfloat16(), attn_mask=None if mask is None else (
+            mask if mask.dtype == torch.bool else mask.bfloat16()
+        ), **kwargs,
+    )  # fmt: skip
+    assert float((bf16.double() - exact).abs().max()) > 16 * float(
+        (got.double() - exact).abs().max()
+    )
+
+
+def test_attention_is_replaced_only_while_a_search_runs() -> None:
+    original = torch.nn.functional.scaled_dot_product_attention
+    model = _tiny_llama(tied=False)
+    params = list(model.parameters())
+    zeros = [torch.zeros_like(p) for p in params]
+    with torch.no_grad(), Perturbation(model, params, zeros, "compensated"):
+        assert torch.nn.functional.scaled_dot_product_attention is not original
+    assert torch.nn.functional.scaled_dot_product_attention is original

@@ -58,7 +58,7 @@ def test_bf16_default_path_matches_fp32_on_cuda() -> None:
 
 def test_compensated_path_on_cuda_meets_the_fp32_reference() -> None:
     from workers.curvature import loss_change
-    from workers.curvature.perturb import _ADDMM_INPLACE, _MM_OUT_DTYPE, addmm_f32_, mm_f32
+    from workers.curvature.compensated import _ADDMM_INPLACE, _MM_OUT_DTYPE, addmm_f32_, mm_f32
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(256, 512, device="cuda", generator=gen).bfloat16()
