@@ -56,7 +56,6 @@ from workers.curvature.compensated import (
     _ADDMM_INPLACE,
     _MM_OUT_DTYPE,
     addmm_f32_,
-    attention,
     mm_f32,
 )
 
@@ -702,7 +701,6 @@ def sdpa_costs() -> dict[str, float]:
     for label, dtype, fn in (
         ("bfloat16", torch.bfloat16, torch.nn.functional.scaled_dot_product_attention),
         ("float32", torch.float32, torch.nn.functional.scaled_dot_product_attention),
-        ("compensated", torch.float32, attention),
     ):
         q = torch.randn(4, 32, 2048, 128, device="cuda", dtype=dtype)
         kv = torch.randn(4, 8, 2048, 128, device="cuda", dtype=dtype)

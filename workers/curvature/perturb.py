@@ -47,11 +47,15 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
   across probes, so every probe lies on one line). On CUDA the products are bf16 tensor-core
   matmuls with a float32 output (`torch.mm(..., out_dtype=torch.float32)`), three times a plain
   linear layer; elsewhere the same bf16 parts are multiplied in float32 (the same numbers up to
-  summation order). Attention on the float32 projections runs from the same bf16 parts
-  (`compensated.attention`: `torch.nn.functional.scaled_dot_product_attention` is replaced for
-  the duration, process-wide, so models that call it through that attribute, as Hugging Face's
-  SDPA path does, get it; others run float32 attention, exact but slower).
-- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"fp32"`.
+  summation order). Attention runs in float32 on the float32 projections (on an H200, float32
+  SDPA costs about 35x a bf16 flash-attention call; a version built from bf16 products, tried,
+  was no faster: bench/results/measurement_cost_h200.json).
+  Measured on one H200 (random-init Llama-3 shapes, bench/measurement_cost.py): a probe costs
+  5.3x a plain bf16 forward at 1.2 B parameters and 4.3x at 8 B, against 10.7x and 11.9x for
+  `"fp32"`, with eta_c within 0.05% and the loss change at 3e-5 within 0.4% of `"fp32"`'s, and
+  65 GB peak at 8 B on 8 k tokens (`"fp32"`: 95 GB).
+- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, `"compensated"` when
+  any is bf16, else `"fp32"` (fp16 weights are not exact in bf16 parts).
 
 During `"exact"`, `"fp32"` and `"compensated"` searches float32 matmuls run at full precision
 (TF32 off): TF32 rounds matmul inputs to 10 mantissa bits, the same trap one level down.
@@ -62,7 +66,6 @@ On exit every parameter holds its original tensor again, bit for bit (also after
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Literal
@@ -71,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workers.curvature.compensated import addmm_f32_, attention, mm_f32, split_bf16
+from workers.curvature.compensated import addmm_f32_, mm_f32, split_bf16
 from workers.curvature.errors import CurvatureError
 
 __all__ = ["Perturbation", "Precision", "check_direction"]
@@ -128,7 +131,12 @@ class Perturbation:
         if len({id(p) for p in params}) != len(params):
             raise CurvatureError("params lists a parameter twice; pass each parameter once")
         if precision == "auto":
-            precision = "exact" if all(p.dtype in _WIDE for p in params) else "fp32"
+            if all(p.dtype in _WIDE for p in params):
+                precision = "exact"
+            elif any(p.dtype == torch.bfloat16 for p in params):
+                precision = "compensated"
+            else:
+                precision = "fp32"
         if precision not in _PRECISIONS:
             raise CurvatureError(
                 "precision must be 'auto', 'exact', 'fp32', 'split' or 'compensated', "
@@ -143,7 +151,6 @@ class Perturbation:
         self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
         self._matmul_precision: str | None = None
         self._cache: dict[int, Tensor] = {}  # per-search conversions (bf16 D, float32 biases)
-        self._sdpa: Callable[..., Tensor] | None = None  # the attention replaced while installed
 
     def __enter__(self) -> Perturbation:
         try:
@@ -185,8 +192,6 @@ class Perturbation:
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override(module, by_id)
         elif self.precision == "compensated":
-            self._sdpa = F.scaled_dot_product_attention
-            F.scaled_dot_product_attention = functools.partial(attention, fallback=self._sdpa)
             for module in self.model.modules():
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override_compensated(module, by_id)
@@ -331,9 +336,6 @@ class Perturbation:
                 module.__dict__["forward"] = previous
         self._saved, self._swapped, self._overridden = [], [], []
         self._cache = {}
-        if self._sdpa is not None:
-            F.scaled_dot_product_attention = self._sdpa
-            self._sdpa = None
         if self._matmul_precision is not None:
             torch.set_float32_matmul_precision(self._matmul_precision)
             self._matmul_precision = None
