@@ -24,6 +24,10 @@ Every section writes the JSON again when it ends; one failing section keeps the 
 
     PYTHONUNBUFFERED=1 python3 bench/measurement_cost.py --out $OUT/measurement_cost.json
     .venv/bin/python bench/measurement_cost.py --tiny --out /tmp/measurement_cost.json  # CPU
+
+`--combine RUN1.json RUN2.json --out results.json` files two device runs' JSONs under one result
+with a summary per shape (the fields of the issue) and the default sweep extrapolated from the
+measured parts; `bench/results/measurement_cost_h200.json` was made that way (bench/README.md).
 """
 
 from __future__ import annotations
@@ -710,8 +714,115 @@ def sdpa_costs() -> dict[str, float]:
     return out
 
 
+def llama_flops(spec: dict[str, Any], n: int, seq: int) -> float:
+    """`forward_flops` from a config alone (for runs that are only files now)."""
+    h, i, layers, v = spec["hidden"], spec["inter"], spec["layers"], spec["vocab"]
+    kv = h // spec["heads"] * spec["kv_heads"]
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + v * h
+    return float(2 * linear * n * seq + 2 * layers * seq * h * n * seq)
+
+
+def shape_summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "plain_forward_s",
+        "forwards_per_warm_measurement",
+        "plain_forwards_per_warm_measurement",
+        "eta_rel_diff_vs_fp32",
+        "loss_change_rel_diff_vs_fp32",
+        "peak_gb",
+        "measurement_forward_per_plain",
+        "measurement_forward_mfu",
+        "plain_forward_mfu",
+    )
+    out = {k: report.get(k) for k in keys}
+    refs = [r for r in report.get("fp32_reference", []) if "fp32_seconds_per_forward" in r]
+    if refs:
+        per = statistics.median(r["fp32_seconds_per_forward"] for r in refs)
+        out["fp32_path_forward_per_plain"] = round(per / report["plain_forward_s"], 2)
+        out["fp32_path_peak_gb"] = max(r["fp32_peak_gb"] for r in refs)
+    out["warm_10pct_off_forwards"] = report.get("warm_10pct_off", {}).get("forwards")
+    out["warm_10pct_off_no_slope_forwards"] = report.get("warm_10pct_off_no_slope", {}).get(
+        "forwards"
+    )
+    return out
+
+
+def sweep_summary(sweep: dict[str, Any], warm_probes: float) -> dict[str, Any]:
+    """The default sweep (10 ratios x 2 sets x 4 batches) from what the sweep section measured:
+    the set-up of one batch, its cold measurements and their per-forward seconds; the warm
+    measurements' probe count `warm_probes` comes from the 8k-token section of the same shape
+    where the sweep section stopped before its warm measurements."""
+    runs = sweep.get("measurements", [])
+    cold = [x for x in runs if not x["warm"]]
+    warm = [x for x in runs if x["warm"]]
+    per_forward = statistics.median(
+        [x["seconds"] / x["forwards"] for x in runs] + [x["loss_change_s"] for x in runs]
+    )
+    f_warm = statistics.median(x["forwards"] for x in warm) if warm else warm_probes
+    cold_s = sum(x["seconds"] + x["loss_change_s"] for x in cold)
+    cold_forwards = sum(x["forwards"] + 1 for x in cold)
+    n_warm = 80 - len(cold)
+    warm_s = n_warm * (f_warm + 1) * per_forward
+    forwards = cold_forwards + n_warm * (f_warm + 1)
+    plain = sweep["plain_forward_s"]
+    setup = 4 * sweep["setup_one_batch_s"]
+    flops = llama_flops(sweep["config"], sweep["batch"], sweep["seq"])
+    return {
+        "measured": f"{len(runs)} measurements ({len(cold)} cold, {len(warm)} warm) of 1 batch "
+        "of 64k tokens, then cut off by the run's time limit",
+        "warm_probes_used": f_warm,
+        "warm_probes_source": "measured here" if warm else "llama8b section (8k tokens)",
+        "seconds_per_measurement_forward": round(per_forward, 3),
+        "measurement_forward_per_plain": round(per_forward / plain, 2),
+        "measurement_forward_mfu": round(flops / per_forward / 1e12 / H200_BF16_DENSE_TFLOPS, 3),
+        "plain_forward_mfu": round(flops / plain / 1e12 / H200_BF16_DENSE_TFLOPS, 3),
+        "setup_peak_gib": sweep.get("setup_peak_gb"),
+        "extrapolated_default_sweep": {
+            "what": "4 x the measured set-up of one batch (2 domain and 2 slope backward "
+            "passes, 2 L(theta)), the 2 measured cold measurements, and 78 warm ones of "
+            f"{f_warm} probes + 1 loss change at the plan rate, at the measured seconds per "
+            "forward",
+            "wall_s": round(setup + cold_s + warm_s, 1),
+            "setup_s": round(setup, 1),
+            "measurement_s": round(cold_s + warm_s, 1),
+            "measurement_forwards": forwards,
+            "floor_same_plain_forwards_s": round(forwards * plain, 1),
+            "measurement_wall_over_floor": round((cold_s + warm_s) / (forwards * plain), 2),
+            "wall_over_floor": round((setup + cold_s + warm_s) / (forwards * plain), 2),
+        },
+    }
+
+
+def combine(run1: Path, run2: Path, out: Path) -> None:
+    first, second = json.loads(run1.read_text()), json.loads(run2.read_text())
+    trained = first["trained"]
+    accuracy = {}
+    for label in ("own", "relative_ft_to_pt"):
+        e = trained[label]["bf16_compensated"]
+        accuracy[label] = {k: v for k, v in e.items() if "rel_diff" in k}
+    summary = {
+        "code": "run1: the committed compensated path (float32 SDPA); run2: the same linear "
+        "layers with an attention built from bf16 products that replaced SDPA, since removed "
+        "(it was no faster: sdpa_fp32_vs_bf16 in run2)",
+        "llama1b": shape_summary(first["llama1b"]) | {"run": "run1"},
+        "llama8b": shape_summary(first["llama8b"]) | {"run": "run1"},
+        "llama8b_repeat": shape_summary(second["llama8b"]) | {"run": "run2"},
+        "trained_compensated_rel_diffs": accuracy,
+        "trained_restored_bit_exactly": all(
+            trained[label]["bf16_restored_bit_exactly"] for label in accuracy
+        ),
+        "sweep8b": sweep_summary(
+            second["sweep8b"], float(second["llama8b"]["forwards_per_warm_measurement"])
+        )
+        | {"run": "run2"},
+    }
+    out.write_text(json.dumps({"summary": summary, "run1": first, "run2": second}, indent=2) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--combine", nargs=2, type=Path, metavar=("RUN1", "RUN2"))
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU, to debug")
     parser.add_argument("--out", default="measurement_cost.json")
     parser.add_argument("--sections", default="trained,llama8b,sweep8b,llama1b")
@@ -719,6 +830,9 @@ def main() -> None:
     parser.add_argument("--sweep-ratios", type=int, default=2)
     args = parser.parse_args()
     out = Path(args.out)
+    if args.combine:
+        combine(*args.combine, out)
+        return
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     RESULTS.update(
         {
