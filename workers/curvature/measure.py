@@ -218,7 +218,8 @@ def loss_change(
 
 
 def line_slope(grads: Sequence[Tensor], direction: Sequence[Tensor]) -> float:
-    """`dL/deta` of `L(theta - eta * d)` at `eta = 0`: `-g.d`, accumulated in float64.
+    """`dL/deta` of `L(theta - eta * d)` at `eta = 0`: `-g.d` (float32 or wider per chunk of a
+    tensor, summed in float64).
 
     Args:
         grads: The gradient `g` of the evaluation loss, one tensor per parameter (any float dtype,
@@ -241,8 +242,9 @@ def line_slope(grads: Sequence[Tensor], direction: Sequence[Tensor]) -> float:
                 f"gradient {i} has shape {tuple(g.shape)} but direction {i} {tuple(d.shape)}"
             )
         gf, df = g.reshape(-1), d.reshape(-1).to(g.device)
+        wide = torch.promote_types(torch.promote_types(g.dtype, d.dtype), torch.float32)
         for start in range(0, gf.numel(), chunk):
-            a = gf[start : start + chunk].float()
-            b = df[start : start + chunk].float()
-            total += float(torch.dot(a, b).double())
+            a = gf[start : start + chunk].to(wide)
+            b = df[start : start + chunk].to(wide)
+            total += float(torch.dot(a, b))
     return -total
