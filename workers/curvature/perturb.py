@@ -8,7 +8,7 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
 - `"exact"`: write `theta - eta * d`, computed in float32 from a saved copy, into each parameter in
   its own dtype. Exact for float32/float64 models; for bf16/fp16 parameters it is the naive path
   and loses small steps (kept as the benchmark's baseline).
-- `"fp32"`: the reference for low-precision models (and `"auto"`'s choice for them). Each
+- `"fp32"`: the reference for low-precision models (`"auto"`'s choice for fp16 ones). Each
   low-precision parameter is swapped for a float32 tensor holding `theta - eta * d` for the
   duration, so the forward runs in float32. Costs float32 weight memory and float32 matmul speed:
   on one H100, 0.98 s a forward for OLMo-2-1B on 8 x 2048 tokens (6.4x bf16) and 2.55 s for 7B on
