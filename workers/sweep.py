@@ -304,9 +304,10 @@ def _gradient_device(model: nn.Module, copies: int, fraction: float) -> torch.de
 def _reference_losses(prepared: PreparedSweep, params: list[Tensor]) -> dict[str, list[float]]:
     """``L_e(theta)`` of every evaluation batch, through the same precision path as the probes.
 
-    ``measure`` runs a bf16 model's probes in float32 (``Perturbation`` at step 0 is ``theta`` on
-    that path); a plain bf16 forward would differ from it by rounding noise larger than the loss
-    changes being searched for, so ``L(theta)`` is taken the same way, once, for every ratio.
+    ``measure`` runs a bf16 model's probes on the compensated path (float32 activations, hi/lo
+    bf16 products; ``Perturbation`` at step 0 is ``theta`` on that path); a plain bf16 forward
+    would differ from it by rounding noise larger than the loss changes being searched for, so
+    ``L(theta)`` is taken the same way, once, for every ratio.
     """
     zeros = [torch.zeros_like(p) for p in params]
     losses: dict[str, list[float]] = {}
