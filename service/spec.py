@@ -32,8 +32,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it).
+_PATH_OR_HUB_ID = {"oneOf": [{"required": ["path"]}, {"required": ["hub_id"]}]}
+
+
 class ModelRef(_Strict):
     """A causal LM: a local directory (under the allowed roots) or a hub id with a revision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
     path: str | None = Field(default=None, min_length=1, max_length=4096)
     hub_id: str | None = Field(default=None, min_length=1, max_length=256)
@@ -56,6 +62,8 @@ class ModelRef(_Strict):
 
 class DataRef(_Strict):
     """One data set: local file or directory (jsonl, json, parquet, csv, txt) or a hub data set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
     name: Name
     path: str | None = Field(default=None, min_length=1, max_length=4096)

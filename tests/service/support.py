@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from safetensors.numpy import save_file
 from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 

@@ -21,6 +21,7 @@ from service.preflight import check_files
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Message, "description": "A malformed HTTP request (headers, body framing)."},
     401: {"model": Message, "description": "Missing, unknown or revoked API key."},
     404: {"model": Message, "description": "No such sweep for this tenant."},
     422: {"model": ValidationMessage, "description": "A value at fault, named in 'loc'."},
@@ -76,7 +77,8 @@ def list_sweeps(
     ] = None,
 ) -> SweepPage:
     """Your sweeps, newest first, one page at a time."""
-    rows, next_cursor = sweeps.list_sweeps(session, tenant.id, limit, cursor)
+    # An empty cursor is the first page, as no cursor is: the schema allows both.
+    rows, next_cursor = sweeps.list_sweeps(session, tenant.id, limit, cursor or None)
     return SweepPage(items=[SweepOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 
