@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from service.config import Settings
 from service.errors import InvalidRequestError
@@ -33,7 +34,7 @@ class _Strict(BaseModel):
 
 
 # The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it).
-_PATH_OR_HUB_ID = {"oneOf": [{"required": ["path"]}, {"required": ["hub_id"]}]}
+_PATH_OR_HUB_ID: JsonDict = {"oneOf": [{"required": ["path"]}, {"required": ["hub_id"]}]}
 
 
 class ModelRef(_Strict):

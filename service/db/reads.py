@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,12 @@ _QUERY = _query(_NAMES)
 _QUERY_WITH_SPEC = _query(_NAMES_WITH_SPEC)
 
 
+@dataclass
+class _LoopState:
+    slots: asyncio.Semaphore
+    idle: list[asyncpg.Connection]
+
+
 class SweepReader:
     """Reads one sweep of a tenant in one statement, on a few asynchronous connections.
 
@@ -57,11 +64,13 @@ class SweepReader:
     def __init__(self, conninfo: str, timeouts: Timeouts, *, size: int = 4) -> None:
         self._conninfo = conninfo
         self._timeouts = timeouts
+        self._size = size
         # Our own few connections rather than asyncpg's pool: its release resets every
         # connection with one more statement, which would double the round trips of a read
-        # that changes no session state.
-        self._idle: list[asyncpg.Connection] = []
-        self._slots = asyncio.Semaphore(size)
+        # that changes no session state. Connections and the semaphore belong to the event
+        # loop they were made on; an app served by two loops (a test client beside a server
+        # thread) keeps one set per loop.
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._specs: OrderedDict[str, SweepSpec] = OrderedDict()
 
     @classmethod
@@ -98,20 +107,34 @@ class SweepReader:
 
     async def close(self) -> None:
         """Close the idle connections (at application shutdown)."""
-        while self._idle:
-            self._idle.pop().terminate()
+        for loop, state in list(self._loops.items()):
+            for connection in state.idle:
+                if loop is asyncio.get_running_loop():
+                    connection.terminate()
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(connection.terminate)
+            state.idle.clear()
+        self._loops.clear()
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState(asyncio.Semaphore(self._size), [])
+        return state
 
     async def _fetch_one(self, sql: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         limits = self._timeouts
+        state = self._state()
         try:
             async with asyncio.timeout(limits.pool):
-                await self._slots.acquire()
+                await state.slots.acquire()
         except TimeoutError as exc:
             raise DatabaseError(
                 "could not read the sweep: no database connection free within "
                 f"{limits.pool:g} s; retry shortly (SHARPMIX_DATABASE_POOL_TIMEOUT)"
             ) from exc
-        connection = self._idle.pop() if self._idle else None
+        connection = state.idle.pop() if state.idle else None
         try:
             async with asyncio.timeout(limits.checkout_limit):
                 if connection is None:
@@ -133,7 +156,7 @@ class SweepReader:
                 "reachable at SHARPMIX_DATABASE_URL; retry shortly."
             ) from exc
         else:
-            self._idle.append(connection)
+            state.idle.append(connection)
         finally:
-            self._slots.release()
+            state.slots.release()
         return None if record is None else tuple(record.values())
