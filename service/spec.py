@@ -33,8 +33,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it).
-_PATH_OR_HUB_ID: JsonDict = {"oneOf": [{"required": ["path"]}, {"required": ["hub_id"]}]}
+# The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it):
+# exactly one of them is a string, the other absent or null.
+_PATH_OR_HUB_ID: JsonDict = {
+    "oneOf": [
+        {
+            "required": ["path"],
+            "properties": {"path": {"type": "string"}, "hub_id": {"type": "null"}},
+        },
+        {
+            "required": ["hub_id"],
+            "properties": {"hub_id": {"type": "string"}, "path": {"type": "null"}},
+        },
+    ]
+}
 
 
 class ModelRef(_Strict):
