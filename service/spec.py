@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic.config import JsonDict
 
 from service.config import Settings
 from service.errors import InvalidRequestError
@@ -32,8 +33,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it):
+# exactly one of them is a string, the other absent or null.
+_PATH_OR_HUB_ID: JsonDict = {
+    "oneOf": [
+        {
+            "required": ["path"],
+            "properties": {"path": {"type": "string"}, "hub_id": {"type": "null"}},
+        },
+        {
+            "required": ["hub_id"],
+            "properties": {"hub_id": {"type": "string"}, "path": {"type": "null"}},
+        },
+    ]
+}
+
+
 class ModelRef(_Strict):
     """A causal LM: a local directory (under the allowed roots) or a hub id with a revision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
     path: str | None = Field(default=None, min_length=1, max_length=4096)
     hub_id: str | None = Field(default=None, min_length=1, max_length=256)
@@ -56,6 +75,8 @@ class ModelRef(_Strict):
 
 class DataRef(_Strict):
     """One data set: local file or directory (jsonl, json, parquet, csv, txt) or a hub data set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
     name: Name
     path: str | None = Field(default=None, min_length=1, max_length=4096)

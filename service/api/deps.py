@@ -16,17 +16,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from service.config import Settings
 from service.db import tenants
-
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="An API key from `sharpmix keys create --tenant NAME` (smx_...).",
-)
 
 
 @dataclass(frozen=True)
@@ -110,30 +105,41 @@ def _check_key(factory: sessionmaker[Session], key: str) -> Caller:
         return Caller(id=tenant.id, name=tenant.name)
 
 
-async def get_tenant(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
+class BearerKey(HTTPBearer):
     """The tenant whose API key came in ``Authorization: Bearer ...``.
 
-    Raises:
-        HTTPException: 401 when no bearer key was sent (a wrong key raises AuthenticationError,
-            which becomes 401 as well).
+    A security scheme (so OpenAPI documents it) whose call is the whole check: one dependency
+    per request rather than a scheme plus a function depending on it, each of which FastAPI
+    resolves separately on every request.
     """
-    if credentials is None:
-        raise HTTPException(
-            status_code=401,
-            detail="send your API key as 'Authorization: Bearer smx_...'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    key = credentials.credentials
-    cache: KeyCache = request.app.state.key_cache
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    caller = cache.get(digest)
-    if caller is None:
-        caller = await run_in_threadpool(_check_key, request.app.state.session_factory, key)
-        cache.put(digest, caller)
-    return caller
+
+    async def __call__(self, request: Request) -> Caller:  # type: ignore[override]
+        """Check the request's key (cached), or refuse it.
+
+        Raises:
+            HTTPException: 401 when no bearer key was sent (a wrong key raises
+                AuthenticationError, which becomes 401 as well).
+        """
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            raise HTTPException(
+                status_code=401,
+                detail="send your API key as 'Authorization: Bearer smx_...'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        cache: KeyCache = request.app.state.key_cache
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        caller = cache.get(digest)
+        if caller is None:
+            caller = await run_in_threadpool(_check_key, request.app.state.session_factory, key)
+            cache.put(digest, caller)
+        return caller
 
 
+get_tenant = BearerKey(
+    auto_error=False,
+    scheme_name="HTTPBearer",
+    description="An API key from `sharpmix keys create --tenant NAME` (smx_...).",
+)
 TenantDep = Annotated[Caller, Depends(get_tenant)]

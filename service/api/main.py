@@ -16,6 +16,7 @@ from service.api.routes import health, sweeps
 from service.config import Settings, get_settings
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.migrate import upgrade
+from service.db.reads import SweepReader
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ``state.metrics`` set.
     """
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url, Timeouts.of(settings))
+    timeouts = Timeouts.of(settings)
+    engine = make_engine(settings.resolved_database_url, timeouts)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if app.state.sweep_reader is not None:
+                await app.state.sweep_reader.close()
             engine.dispose()
 
     app = FastAPI(
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine if settings.is_embedded else engine.execution_options(isolation_level="AUTOCOMMIT")
     )
     app.state.key_cache = KeyCache(settings.auth_cache_seconds)
+    app.state.sweep_reader = SweepReader.for_url(settings.resolved_database_url, timeouts)
     app.state.metrics = Metrics(app.state.session_factory)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     # Added last, so outermost: requests refused by the body limit are counted too.

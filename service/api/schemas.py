@@ -68,8 +68,8 @@ class SweepOut(BaseModel):
     study_name: str = Field(description="The sweep's Optuna study, in the same database.")
 
     @classmethod
-    def from_row(cls, sweep: Sweep) -> SweepOut:
-        """The API's view of a stored sweep."""
+    def from_row(cls, sweep: Sweep, spec: SweepSpec | None = None) -> SweepOut:
+        """The API's view of a stored sweep (``spec``: its spec, when already parsed)."""
         return cls(
             id=sweep.id,
             state=sweep.state,
@@ -77,7 +77,7 @@ class SweepOut(BaseModel):
             updated_at=_utc(sweep.updated_at) or sweep.updated_at,
             started_at=_utc(sweep.started_at),
             finished_at=_utc(sweep.finished_at),
-            spec=SweepSpec.model_validate(sweep.spec),
+            spec=spec if spec is not None else SweepSpec.model_validate(sweep.spec),
             progress=Progress.from_row(sweep),
             error=sweep.error,
             cancel_requested=sweep.cancel_requested,

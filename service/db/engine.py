@@ -24,12 +24,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+
+class _TimeoutSettings(Protocol):
+    # The fields of service.config.Settings read here (the db layer does not import settings).
+    @property
+    def database_connect_timeout(self) -> float: ...
+    @property
+    def database_statement_timeout(self) -> float: ...
+    @property
+    def database_pool_timeout(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class Timeouts:
     pool: float = 5.0
 
     @classmethod
-    def of(cls, settings: Any) -> Timeouts:
+    def of(cls, settings: _TimeoutSettings) -> Timeouts:
         """The limits an operator set (``SHARPMIX_DATABASE_*_TIMEOUT`` of `service.config`)."""
         return cls(
             connect=settings.database_connect_timeout,

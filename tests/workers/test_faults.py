@@ -39,6 +39,15 @@ LEASE = 3.0
 
 
 @pytest.fixture
+def db_url(db_url: str) -> str:
+    # Several worker processes on one database is the PostgreSQL deployment; the guards
+    # themselves are tested on both backends in tests/service/db/test_queue.py.
+    if not db_url.startswith("postgresql"):
+        pytest.skip("process-level fault tests run on PostgreSQL")
+    return db_url
+
+
+@pytest.fixture
 def env(db_url: str, sweep_assets: SweepAssets, tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,

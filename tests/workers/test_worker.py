@@ -3,6 +3,7 @@ recommendation, its Optuna study records it, and shutdown or cancel stop it clea
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -146,3 +147,48 @@ def test_bad_data_fails_the_sweep_with_the_field(
         assert sweep.state == SweepState.failed
         assert sweep.error and "pretraining" in sweep.error and "tokens" in sweep.error
     engine.dispose()
+
+
+def test_a_corrupt_model_fails_at_once_naming_the_field_and_the_fix(
+    db_url: str, sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    # A model that broke after submission (submit-time checks passed): the worker's own
+    # classification must still call it the user's, not retry it three times.
+    broken = sweep_assets.root / "broken-model"
+    shutil.copytree(sweep_assets.root / sweep_assets.model_dir, broken, dirs_exist_ok=True)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    settings = settings_for(db_url, sweep_assets, tmp_path)
+    sweep_id = submit(settings, sweep_assets.spec(model={"path": "broken-model"}))
+    worker = Worker(settings, worker_id="w1")
+    try:
+        worker.run(exit_when_idle=True)
+    finally:
+        worker.close()
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        attempts = [t.attempts for t in sweep.tasks]
+    engine.dispose()
+    assert sweep.state == SweepState.failed
+    assert max(attempts) == 1  # not retried
+    assert sweep.error is not None
+    assert sweep.error.startswith("model.path:") and "save_pretrained" in sweep.error
+
+
+def test_errors_are_the_users_or_transient() -> None:
+    from safetensors import SafetensorError
+
+    from service.errors import DatabaseError
+    from workers.data import DataError
+    from workers.worker import classify
+
+    assert classify(DataError("pretraining.path", "no such file")) == (
+        True,
+        "pretraining.path: no such file",
+    )
+    user, message = classify(SafetensorError("Error while deserializing header: incomplete"))
+    assert user and message.startswith("model.path:") and "incomplete" in message
+    assert classify(DatabaseError("connection lost"))[0] is False
+    assert classify(OSError(28, "No space left on device"))[0] is False
+    assert classify(RuntimeError("CUDA error: an illegal memory access"))[0] is False

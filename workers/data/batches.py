@@ -117,7 +117,7 @@ def token_batches(
             prefix,
             f"'{src.path or src.hub_id}' has {len(stream.tokens):,} tokens, but {num_batches} "
             f"batches x {batch_size} sequences x {seq_len} tokens{skipped} need {needed:,}; "
-            "lower num_batches, batch_size or seq_len, or add data to this domain",
+            "lower the sweep's batches, batch_tokens or seq_len, or add data to this domain",
         )
     return sample_batches(
         rows, batch_size=batch_size, num_batches=num_batches, seed=seed, first_batch=first_batch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from service.db import tenants
@@ -36,7 +38,20 @@ def test_requests_without_a_valid_key_get_401(api: Api, headers: dict[str, str])
         assert "Bearer" in response.json()["detail"] or "sharpmix keys" in response.json()["detail"]
 
 
-def test_a_revoked_key_stops_working(api: Api) -> None:
+def test_a_revoked_key_stops_working_within_the_cache_time(api: Api) -> None:
+    api.app.state.key_cache.ttl = 0.5  # SHARPMIX_AUTH_CACHE_SECONDS
+    assert api.client.get("/v1/sweeps", headers=api.headers).status_code == 200
+    key_id = api.headers["Authorization"].split("_")[1]
+    with api.session() as session:
+        tenants.revoke_api_key(session, key_id)
+    time.sleep(0.6)
+    for method, path in [("GET", "/v1/sweeps"), *SWEEP_ROUTES]:
+        response = api.client.request(method, path.format(id="0" * 32), headers=api.headers)
+        assert response.status_code == 401, (method, path)
+
+
+def test_without_the_cache_a_revoked_key_stops_at_once(api: Api) -> None:
+    api.app.state.key_cache.ttl = 0.0
     assert api.client.get("/v1/sweeps", headers=api.headers).status_code == 200
     key_id = api.headers["Authorization"].split("_")[1]
     with api.session() as session:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from pathlib import Path
 
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from service.api.main import create_app
 from service.db.migrate import downgrade, head_revision
-from tests.service.support import Api
+from tests.service.support import Api, make_settings, sweep_body
 
 pytestmark = pytest.mark.db
 
@@ -72,3 +78,55 @@ def test_metrics_answer_while_the_database_is_unmigrated(api: Api, db_url: str) 
     api.app.state.engine.dispose()
     downgrade(db_url, "base")
     assert samples(api)[("sharpmix_database_up", frozenset())] == 0
+
+
+def test_made_up_methods_cannot_grow_the_metrics(api: Api) -> None:
+    api.app.state.metrics.render_seconds = 0.0
+
+    def flood(tag: str) -> int:
+        for i in range(100):
+            api.client.request(f"{tag}{i}", "/v1/sweeps")
+            api.client.request(f"{tag}{i}", f"/no/route/{tag}{i}")
+        return api.client.get("/metrics").text.count("\n")
+
+    api.client.get("/metrics")  # the scrape's own series exist from here on
+    first = flood("BREW")
+    assert flood("MAKEUP") == first  # a hundred new methods, paths: not one new series
+    methods = {dict(labels)["method"] for name, labels in samples(api) if "method" in dict(labels)}
+    assert methods == {"GET", "other"}, methods
+
+
+def test_the_metrics_token_protects_metrics_and_leaves_probes_open(db_url: str, root: Path) -> None:
+    app = create_app(make_settings(root, db_url, metrics_token="s3cret-token"))
+    with TestClient(app) as client:
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and "SHARPMIX_METRICS_TOKEN" in refused.json()["detail"]
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200 and "sharpmix_database_up" in ok.text
+        assert client.get("/healthz").status_code == 200
+
+
+def test_readyz_is_503_on_a_read_only_database(api: Api, db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("a read-only SQLite file cannot be made for root, who may write anyway")
+    name = make_url(db_url).database
+    admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+    try:
+        api.app.state.engine.dispose()  # new connections see the setting
+        response = api.client.get("/readyz")
+        assert response.status_code == 503 and "read-only" in response.json()["detail"]
+        write = api.client.post("/v1/sweeps", json=sweep_body(), headers=api.headers)
+        assert write.status_code == 503 and "read-only" in write.json()["detail"]
+        assert "migrated" not in write.json()["detail"]
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = off')
+            )
+        admin.dispose()
+        api.app.state.engine.dispose()
+    assert api.client.get("/readyz").status_code == 200

@@ -138,7 +138,7 @@ def test_too_few_tokens_says_what_to_lower(
     assert info.value.field == "pretraining"
     assert f"has {available:,} tokens" in info.value.message
     assert "need 32,768" in info.value.message
-    assert "lower num_batches, batch_size or seq_len" in info.value.message
+    assert "lower the sweep's batches, batch_tokens or seq_len" in info.value.message
 
 
 def test_sizes_are_checked_before_loading(
