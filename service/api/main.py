@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import health, sweeps
+from service.api.routes import deliveries, health, sweeps
 from service.config import Settings, get_settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.migrate import upgrade
+from service.notify import DeliveryLoop
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,9 +40,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.is_embedded:
             settings.home.mkdir(parents=True, exist_ok=True)
             await run_in_threadpool(upgrade, settings.resolved_database_url)
+        # Webhooks and MLflow runs of finished sweeps, in a thread of this process.
+        notifier = DeliveryLoop(settings, app.state.session_factory)
+        if settings.notify:
+            notifier.start()
         try:
             yield
         finally:
+            notifier.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -60,5 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(sweeps.router)
+    app.include_router(deliveries.router)
     app.include_router(health.router)
     return app

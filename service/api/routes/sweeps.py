@@ -15,6 +15,7 @@ from service.api.deps import SessionDep, SettingsDep, TenantDep
 from service.api.schemas import Message, SweepOut, SweepPage, TrialOut, ValidationMessage
 from service.db import sweeps
 from service.db.models import SweepState
+from service.notify import check_notify_url
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -56,6 +57,7 @@ def submit_sweep(
     """Queue a mix sweep; workers pick it up. Returns the sweep with its ``id`` (201)."""
     check_limits(spec, settings)
     check_paths(spec, settings)
+    check_notify_url(spec, tenant.name, settings)
     sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
     if not created:
         response.status_code = 200

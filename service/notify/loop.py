@@ -1,0 +1,134 @@
+"""The delivery loop: turns finished sweeps into webhook POSTs and MLflow runs.
+
+It runs in a thread of the API process (``create_app`` starts it; ``SHARPMIX_NOTIFY=0`` turns it
+off) and does three things per pass, each in its own short transaction: queue a delivery row for
+every sweep that ended without one, claim the rows that are due, and write each attempt's outcome.
+The POST or the MLflow logging runs between those transactions, with no row lock held, and never
+on a worker, so a slow receiver cannot hold up GPU work. Several API processes may run the loop
+at once: claims skip each other's rows, and the outbox's unique (sweep, channel) key stops a sweep
+from being queued twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db import deliveries
+from service.db.deliveries import DueDelivery, FinishedSweep, Outcome
+from service.db.models import DeliveryState, utcnow
+from service.errors import SharpmixError
+from service.notify import mlflow_runs, webhooks
+
+__all__ = ["DeliveryLoop", "backoff_seconds"]
+
+log = logging.getLogger("sharpmix.notify")
+
+WEBHOOK = "webhook"
+MLFLOW = "mlflow"
+
+
+def backoff_seconds(settings: Settings, attempt: int) -> float:
+    """Wait after failed attempt ``attempt`` (1-based): doubling from the base, capped."""
+    return min(
+        settings.webhook_backoff_seconds * 2.0 ** max(attempt - 1, 0),
+        settings.webhook_backoff_max_seconds,
+    )
+
+
+class DeliveryLoop:
+    """Deliveries of finished sweeps, one pass at a time (`run_once`) or in a thread (`start`)."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels this server delivers on: webhooks always, MLflow when configured."""
+        return [WEBHOOK, MLFLOW] if self.settings.mlflow_tracking_uri else [WEBHOOK]
+
+    def _target(self, channel: str, sweep: FinishedSweep) -> str | None:
+        if channel == MLFLOW:
+            return self.settings.mlflow_tracking_uri
+        return webhooks.target_for(sweep.spec, sweep.tenant, self.settings)
+
+    def run_once(self) -> dict[DeliveryState, int]:
+        """One pass: queue new deliveries, attempt the due ones, record the outcomes.
+
+        Returns:
+            How many attempts ended in each state (``pending`` means: will be retried).
+        """
+        since = utcnow() - timedelta(hours=self.settings.notify_lookback_hours)
+        for channel in self.channels:
+            deliveries.enqueue_finished(
+                self.sessions, channel, functools.partial(self._target, channel), since=since
+            )
+        # Long enough for the slowest attempt (a POST's timeout, or an MLflow run with its plot).
+        lease = max(2 * self.settings.webhook_timeout_seconds, 60.0) + 30.0
+        counts = dict.fromkeys(DeliveryState, 0)
+        for due in deliveries.claim_due(self.sessions, lease_seconds=lease):
+            outcome = self._attempt(due)
+            state = deliveries.record_attempt(
+                self.sessions,
+                due,
+                outcome,
+                max_attempts=self.settings.webhook_max_attempts,
+                backoff=lambda n: backoff_seconds(self.settings, n),
+            )
+            if state is not None:
+                counts[state] += 1
+                level = logging.INFO if outcome.ok else logging.WARNING
+                log.log(
+                    level,
+                    "%s delivery %s of sweep %s, attempt %d: %s",
+                    due.channel,
+                    due.id,
+                    due.sweep_id,
+                    due.attempt,
+                    "delivered" if outcome.ok else f"{outcome.error} ({state.value})",
+                )
+        return counts
+
+    def _attempt(self, due: DueDelivery) -> Outcome:
+        try:
+            sweep, measurements = deliveries.load_sweep(self.sessions, due.sweep_id)
+        except SharpmixError as exc:
+            return Outcome(ok=False, error=str(exc))
+        if due.channel == MLFLOW:
+            return mlflow_runs.log_sweep(due, sweep, measurements, self.settings)
+        if due.channel == WEBHOOK:
+            return webhooks.post(due, webhooks.payload(due, sweep), self.settings)
+        return Outcome(ok=False, error=f"unknown channel {due.channel!r}", retry=False)
+
+    def start(self) -> None:
+        """Run passes every ``SHARPMIX_NOTIFY_POLL_SECONDS`` in a daemon thread until `stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="sharpmix-deliveries", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the thread to stop after its current attempt, and wait for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except SharpmixError as exc:  # the database is away: try again next pass
+                log.warning("delivery pass skipped: %s", exc)
+            except Exception:  # a bug must not end deliveries for the life of the process
+                log.exception("delivery pass failed")
+            self._stop.wait(self.settings.notify_poll_seconds)
