@@ -5,7 +5,8 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 
 - a candidate list fixes the trial's ratio (``PartialFixedSampler``); a range lets TPE choose it;
 - objective ``flat_pretraining``: minimise the ratio subject to the flat-pre-training constraint
-  ``log10(lr / lower bound of eta_c on retention sets) <= 0`` (feasible = in the basin);
+  ``log10(lr / lower bound of eta_c on retention sets) <= 0`` (feasible = in the basin); an
+  infeasible trial's value is ``1 + margin``, so the best trial is the smallest feasible ratio;
 - ``balanced``: maximise ``log10(min over sets of eta_c)``; ``pareto``: minimise the one-step
   fine-tuning and pre-training loss changes at the planned rate (two objectives);
 - per-batch intermediate values (single-objective studies) feed a pruner that stops ratios that
@@ -31,6 +32,7 @@ from workers.recommend import RETENTION_ROLES
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
+CONSTRAINTS_KEY = "constraints"
 CLEARLY_OUT_OF_BASIN = math.log10(4.0)
 
 
@@ -120,14 +122,17 @@ def tell(
     lows = [m.eta_c_low or 0.0 for r in RETENTION_ROLES for m in by_role.get(r, [])]
     margin = math.log10(spec.learning_rate / max(min(lows, default=0.0), 1e-30))
     if spec.objective == "flat_pretraining":
-        trial.set_constraint(CONSTRAINT_ATTR, margin)
+        # The list under "constraints" is the format both Optuna and optuna-dashboard read;
+        # Optuna 5's set_constraint writes "constraints:<name>", which the dashboard ignores.
+        trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [margin])
     trial.set_user_attr(CONSTRAINT_ATTR, margin)
     trial.set_user_attr("forwards", sum(m.forwards for m in measurements))
+    set_measurement_attrs(trial, measurements)
     if pruned:
         study.tell(trial, state=TrialState.PRUNED)
         return
     if spec.objective == "flat_pretraining":
-        study.tell(trial, ratio)
+        study.tell(trial, flat_objective(ratio, margin))
     elif spec.objective == "balanced":
         smallest = min((m.eta_c or 0.0) for m in measurements)
         study.tell(trial, math.log10(max(smallest, 1e-30)))
@@ -135,6 +140,33 @@ def tell(
         ft = [m.loss_change or 0.0 for m in by_role.get("finetuning", [])]
         pt = [m.loss_change or 0.0 for m in by_role.get("pretraining", [])]
         study.tell(trial, [sum(ft) / max(len(ft), 1), sum(pt) / max(len(pt), 1)])
+
+
+def flat_objective(ratio: float, margin: float) -> float:
+    """The flat-pre-training objective value: the ratio when feasible, else ``1 + margin``.
+
+    Every infeasible trial ranks behind every feasible one (ratios lie in [0, 1]), so the study's
+    best trial, which optuna-dashboard shows, is the smallest feasible ratio: the flat rule's
+    answer, not the smallest ratio measured.
+    """
+    return ratio if margin <= 0 else 1.0 + margin
+
+
+def set_measurement_attrs(trial: optuna.Trial, measurements: list[MeasurementResult]) -> None:
+    """Per evaluation set: eta_c, its interval, the one-step loss change and the status, as
+    user attributes (``<set>.eta_c``, ...) that optuna-dashboard lists beside each trial."""
+    for m in measurements:
+        values: dict[str, float | None] = {
+            "eta_c": m.eta_c,
+            "eta_c_low": m.eta_c_low,
+            "eta_c_high": m.eta_c_high,
+            "loss_change": m.loss_change,
+            "loss": m.loss,
+        }
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                trial.set_user_attr(f"{m.eval_set}.{name}", value)
+        trial.set_user_attr(f"{m.eval_set}.status", m.status)
 
 
 def abandon(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -173,8 +205,10 @@ __all__ = [
     "abandon",
     "ask",
     "fail_stale_trial",
+    "flat_objective",
     "open_study",
     "report",
+    "set_measurement_attrs",
     "storage",
     "tell",
 ]

@@ -52,6 +52,7 @@ class FinishedSweep:
     tenant: str
     state: SweepState
     spec: dict[str, Any]
+    study_name: str
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,15 @@ def enqueue_finished(
         # Every path to a final state sets finished_at; updated_at covers a row that lacks it.
         ended = func.coalesce(Sweep.finished_at, Sweep.updated_at)
         rows = session.execute(
-            select(Sweep.id, Tenant.name, Sweep.state, Sweep.spec)
+            select(Sweep.id, Tenant.name, Sweep.state, Sweep.spec, Sweep.study_name)
             .join(Tenant, Tenant.id == Sweep.tenant_id)
             .where(Sweep.state.in_(FINAL_STATES), ended >= since, ~has_row)
             .order_by(ended)
             .limit(limit)
         ).all()
         now = utcnow()
-        for sweep_id, tenant, state, spec in rows:
-            target = resolve(FinishedSweep(sweep_id, tenant, state, spec))
+        for sweep_id, tenant, state, spec, study_name in rows:
+            target = resolve(FinishedSweep(sweep_id, tenant, state, spec, study_name))
             session.add(
                 SweepDelivery(
                     id=uuid.uuid4().hex,

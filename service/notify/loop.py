@@ -16,14 +16,15 @@ import logging
 import threading
 from datetime import timedelta
 
+from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import deliveries
 from service.db.deliveries import DueDelivery, FinishedSweep, Outcome
-from service.db.models import DeliveryState, utcnow
+from service.db.models import DeliveryState, SweepState, utcnow
 from service.errors import SharpmixError
-from service.notify import mlflow_runs, webhooks
+from service.notify import mlflow_runs, study_attrs, webhooks
 
 __all__ = ["DeliveryLoop", "backoff_seconds"]
 
@@ -31,6 +32,7 @@ log = logging.getLogger("sharpmix.notify")
 
 WEBHOOK = "webhook"
 MLFLOW = "mlflow"
+OPTUNA = "optuna"
 
 
 def backoff_seconds(settings: Settings, attempt: int) -> float:
@@ -49,16 +51,31 @@ class DeliveryLoop:
         self.sessions = sessions
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._optuna: RDBStorage | None = None
 
     @property
     def channels(self) -> list[str]:
-        """The channels this server delivers on: webhooks always, MLflow when configured."""
-        return [WEBHOOK, MLFLOW] if self.settings.mlflow_tracking_uri else [WEBHOOK]
+        """The channels this server delivers on: webhooks and the answer into the sweep's Optuna
+        study always, MLflow when configured."""
+        extra = [MLFLOW] if self.settings.mlflow_tracking_uri else []
+        return [WEBHOOK, OPTUNA, *extra]
 
     def _target(self, channel: str, sweep: FinishedSweep) -> str | None:
         if channel == MLFLOW:
             return self.settings.mlflow_tracking_uri
+        if channel == OPTUNA:
+            # Only a succeeded sweep has an answer to write into its study.
+            return sweep.study_name if sweep.state == SweepState.succeeded else None
         return webhooks.target_for(sweep.spec, sweep.tenant, self.settings)
+
+    def _optuna_storage(self) -> RDBStorage:
+        if self._optuna is None:
+            url = self.settings.resolved_database_url
+            kwargs: dict[str, object] = {"pool_pre_ping": True}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 60}
+            self._optuna = RDBStorage(url, engine_kwargs=kwargs)
+        return self._optuna
 
     def run_once(self) -> dict[DeliveryState, int]:
         """One pass: queue new deliveries, attempt the due ones, record the outcomes.
@@ -104,6 +121,8 @@ class DeliveryLoop:
             return Outcome(ok=False, error=str(exc))
         if due.channel == MLFLOW:
             return mlflow_runs.log_sweep(due, sweep, measurements, self.settings)
+        if due.channel == OPTUNA:
+            return study_attrs.annotate_study(due, sweep, self._optuna_storage())
         if due.channel == WEBHOOK:
             return webhooks.post(due, webhooks.payload(due, sweep), self.settings)
         return Outcome(ok=False, error=f"unknown channel {due.channel!r}", retry=False)
@@ -122,6 +141,9 @@ class DeliveryLoop:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._optuna is not None:
+            self._optuna.engine.dispose()
+            self._optuna = None
 
     def _run(self) -> None:
         while not self._stop.is_set():
