@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--measures", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=None, help="result file (default: results/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -145,8 +146,8 @@ def main() -> None:
         "fraction_of_a_step": fraction,
         "amortised_every_N": {str(n): fraction / n for n in (10, 50, 100)},
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"monitor_overhead_{device.type}.json"
+    out = args.out or RESULTS / f"monitor_overhead_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("fraction_of_a_step", "forwards_per_measure")}))
     print(f"step {step_s:.4f} s, measure {measure_s:.4f} s warm -> {out}")
