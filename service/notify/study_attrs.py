@@ -59,14 +59,15 @@ def annotate_study(delivery: DueDelivery, sweep: Sweep, store: RDBStorage) -> Ou
         answer = (sweep.recommendation or {}).get("ratio")
         trial = None
         if answer is not None:
-            trial = next(
-                (
-                    t.number
-                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.params.get(RATIO_PARAM) == answer
-                ),
-                None,
-            )
+            # Any state: the worker that finished the sweep may not have told its trial yet
+            # (it writes the result first), but the trial holds its ratio from the start.
+            matching = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if t.params.get(RATIO_PARAM) == answer and t.state != TrialState.FAIL
+            ]
+            matching.sort(key=lambda t: (t.state != TrialState.COMPLETE, t.number))
+            trial = matching[0].number if matching else None
         for key, value in study_attrs(sweep, trial).items():
             study.set_user_attr(key, value)
     except KeyError:
