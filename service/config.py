@@ -54,6 +54,8 @@ class Settings(BaseSettings):
             deliveries.
         notify_lookback_hours: Sweeps that finished longer ago than this are not delivered (so
             turning deliveries on does not replay a year of history).
+        notify_lease_seconds: How long one delivery attempt may take before another loop may
+            try again (a process that died mid-attempt holds it this long).
         webhook_secret: HMAC-SHA256 key that signs every webhook POST; a tenant's own key in
             ``webhook_tenant_secrets`` takes precedence.
         webhook_tenant_secrets: Per-tenant signing keys, JSON ``{"tenant": "secret"}``.
@@ -98,6 +100,7 @@ class Settings(BaseSettings):
     notify: bool = True
     notify_poll_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     notify_lookback_hours: float = Field(default=168.0, gt=0, allow_inf_nan=False)
+    notify_lease_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     webhook_secret: SecretStr | None = None
     webhook_tenant_secrets: dict[str, SecretStr] = Field(default_factory=dict)
     webhook_tenant_urls: dict[str, str] = Field(default_factory=dict)
@@ -147,6 +150,11 @@ class Settings(BaseSettings):
                     "SHARPMIX_ENVIRONMENT=production needs SHARPMIX_ALLOWED_ROOTS: the directories "
                     "that sweeps may read models and data from"
                 )
+        if self.notify_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "SHARPMIX_NOTIFY_LEASE_SECONDS must be above SHARPMIX_WEBHOOK_TIMEOUT_SECONDS, or "
+                "a slow POST is sent again while it is still in flight"
+            )
         secrets = [("SHARPMIX_WEBHOOK_SECRET", self.webhook_secret)]
         secrets += [
             (f"SHARPMIX_WEBHOOK_TENANT_SECRETS[{name!r}]", key)

@@ -88,8 +88,7 @@ class DeliveryLoop:
             deliveries.enqueue_finished(
                 self.sessions, channel, functools.partial(self._target, channel), since=since
             )
-        # Long enough for the slowest attempt (a POST's timeout, or an MLflow run with its plot).
-        lease = max(2 * self.settings.webhook_timeout_seconds, 60.0) + 30.0
+        lease = self.settings.notify_lease_seconds
         counts = dict.fromkeys(DeliveryState, 0)
         for due in deliveries.claim_due(self.sessions, lease_seconds=lease):
             outcome = self._attempt(due)

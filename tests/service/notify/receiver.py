@@ -4,6 +4,7 @@ of the tests)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,11 +26,17 @@ class Receiver:
     url: str
     requests: list[Received] = field(default_factory=list)
     statuses: list[int] = field(default_factory=lambda: [200])
+    delays: list[float] = field(default_factory=list)  # seconds before answering, in order
     lock: threading.Lock = field(default_factory=threading.Lock)
+    got: threading.Event = field(default_factory=threading.Event)  # set on every request
 
     def next_status(self) -> int:
         with self.lock:
             return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def next_delay(self) -> float:
+        with self.lock:
+            return self.delays.pop(0) if self.delays else 0.0
 
 
 def serve() -> tuple[Receiver, ThreadingHTTPServer]:
@@ -45,6 +52,8 @@ def serve() -> tuple[Receiver, ThreadingHTTPServer]:
                 receiver.requests.append(
                     Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 )
+            receiver.got.set()
+            time.sleep(receiver.next_delay())
             status = receiver.next_status()
             self.send_response(status)
             if 300 <= status < 400:
@@ -57,6 +66,8 @@ def serve() -> tuple[Receiver, ThreadingHTTPServer]:
             return  # quiet test output
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True  # a deliberately hanging answer must not block shutdown
+    server.block_on_close = False
     holder.append(Receiver(url=f"http://127.0.0.1:{server.server_address[1]}/hook"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return holder[0], server

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -193,6 +195,48 @@ def test_a_claimed_delivery_whose_process_died_is_sent_again(
     assert row["state"] == "delivered" and row["attempts"] == 2
 
 
+CHILD = """
+import sys
+from service.config import Settings
+from service.db.engine import make_engine, make_session_factory
+from service.notify import DeliveryLoop
+
+settings = Settings(
+    database_url=sys.argv[1], webhook_secret=sys.argv[2], notify_lease_seconds=3,
+    webhook_timeout_seconds=2.5,
+)
+DeliveryLoop(settings, make_session_factory(make_engine(sys.argv[1]))).run_once()
+"""
+
+
+@pytest.mark.slow
+def test_a_delivery_process_killed_mid_post_loses_nothing(
+    hooks_api: ApiFactory, receiver: Receiver, db_url: str
+) -> None:
+    api = hooks_api(notify_lease_seconds=3, webhook_timeout_seconds=2.5)
+    receiver.delays = [60.0]  # the first POST hangs: its sender is killed while it waits
+    sweep = api.submit(notify_url=receiver.url)
+    finish(api, sweep["id"])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, db_url, SECRET])
+    try:
+        assert receiver.got.wait(60), "the child process never posted"
+        child.kill()  # SIGKILL: no cleanup, no outcome written
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    (row,) = _deliveries(api, sweep["id"])
+    assert row["state"] == "pending" and row["attempts"] == 1 and row["log"] == []
+
+    _run_until(api, lambda: _deliveries(api, sweep["id"])[0]["state"] == "delivered")
+    first, second = receiver.requests
+    assert first.headers["x-sharpmix-delivery"] == second.headers["x-sharpmix-delivery"]
+    assert first.body == second.body
+    (row,) = _deliveries(api, sweep["id"])
+    assert row["attempts"] == 2
+    assert [entry["attempt"] for entry in row["log"]] == [2]
+
+
 def test_tenant_default_url_and_sweeps_without_a_target(
     hooks_api: ApiFactory, receiver: Receiver
 ) -> None:
@@ -335,6 +379,8 @@ def test_settings_refuse_weak_or_missing_signing_keys() -> None:
         Settings(webhook_secret="short")
     with pytest.raises(ValueError, match="no signing key"):
         Settings(webhook_tenant_urls={"acme": "https://hooks.example.com/x"})
+    with pytest.raises(ValueError, match="SHARPMIX_NOTIFY_LEASE_SECONDS"):
+        Settings(notify_lease_seconds=5, webhook_timeout_seconds=10)
     with pytest.raises(ValueError, match="not an http"):
         Settings(webhook_secret=SECRET, webhook_tenant_urls={"acme": "ftp://x/y"})
     tenant_only = Settings(
