@@ -26,9 +26,10 @@ started from the last `eta_c`) per evaluation set, no backward pass; `bench/moni
 measures it as a fraction of a training step. The parameters are restored bit for bit and the
 gradients and optimizer state are not touched, so training continues exactly as without it.
 
-Limits: single-process parameters only (not FSDP/DeepSpeed shards); with fp16 loss scaling
-(`torch.amp.GradScaler`) the gradients seen before `step()` are still scaled, so measure in fp32
-or bf16.
+Limits: whole parameters only (not FSDP/DeepSpeed shards). Loss scaling: `GradScaler.step`
+unscales the gradients before it calls `optimizer.step()`, so the hook sees true gradients; a
+`Trainer` in fp16 with gradient clipping off (``max_grad_norm=0``) reaches the callback with
+still-scaled ones, so use bf16 there or keep clipping on.
 """
 
 from __future__ import annotations
