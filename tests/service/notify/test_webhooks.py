@@ -245,12 +245,16 @@ def test_tenant_default_url_and_sweeps_without_a_target(
     mine = api.submit()
     theirs = api.client.post("/v1/sweeps", json=sweep_body(), headers=other).json()
     own_url = api.submit(notify_url=receiver.url + "/own", seed=2)
+    old = api.submit(seed=3)
     for sweep in (mine, theirs, own_url):
         finish(api, sweep["id"])
+    # Ended before the lookback window (SHARPMIX_NOTIFY_LOOKBACK_HOURS): history is not replayed.
+    set_state(api, old["id"], SweepState.failed, finished_at=utcnow() - timedelta(hours=200))
 
     _loop(api).run_once()
 
     assert sorted(r.path for r in receiver.requests) == ["/hook", "/hook/own"]
+    assert _deliveries(api, old["id"]) == []
     (skipped,) = _deliveries(api, theirs["id"], headers=other)
     assert skipped["state"] == "skipped"
     assert skipped["attempts"] == 0
