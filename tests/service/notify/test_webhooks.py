@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.db import deliveries
-from service.db.models import DeliveryState, SweepDelivery, SweepState, utcnow
+from service.db.models import SweepDelivery, SweepState, utcnow
 from service.notify import DeliveryLoop, backoff_seconds, verify_signature
 from service.notify.webhooks import host_allowed
 from service.spec import SweepSpec
@@ -39,6 +39,11 @@ def _deliveries(api: Api, sweep_id: str, headers: dict[str, str] | None = None) 
     assert response.status_code == 200, response.text
     rows: list[dict] = [row for row in response.json() if row["channel"] == "webhook"]
     return rows
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    parse = datetime.fromisoformat
+    return (parse(later.rstrip("Z")) - parse(earlier.rstrip("Z"))).total_seconds()
 
 
 def _run_until(api: Api, done: object, timeout: float = 15.0) -> None:
@@ -97,10 +102,11 @@ def test_final_state_is_posted_once_signed_with_an_idempotency_id(
     assert row["log"][0]["status"] == 200 and row["log"][0]["ok"] is True
 
 
+@pytest.mark.slow
 def test_failures_are_retried_with_backoff_and_the_same_id(
     hooks_api: ApiFactory, receiver: Receiver
 ) -> None:
-    api = hooks_api(webhook_backoff_seconds=0.2)
+    api = hooks_api(webhook_backoff_seconds=1.0)
     receiver.statuses = [500, 503, 200]
     sweep = api.submit(notify_url=receiver.url)
     api.client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=api.headers)
@@ -123,7 +129,10 @@ def test_failures_are_retried_with_backoff_and_the_same_id(
     assert row["attempts"] == 3
     # The second wait is twice the first.
     settings = api.app.state.settings
-    assert backoff_seconds(settings, 2) == 2 * backoff_seconds(settings, 1) == 0.4
+    assert backoff_seconds(settings, 2) == 2 * backoff_seconds(settings, 1) == 2.0
+    first, second, third = (entry["at"] for entry in row["log"])
+    assert _seconds_between(first, second) >= 1.0
+    assert _seconds_between(second, third) >= 2.0
     assert backoff_seconds(settings.model_copy(update={"webhook_backoff_max_seconds": 1}), 9) == 1
 
 
@@ -155,6 +164,7 @@ def test_a_delivery_fails_after_its_attempts_and_an_unreachable_host_is_retried(
     assert "ConnectError" in row["last_error"]
 
 
+@pytest.mark.slow
 def test_a_claimed_delivery_whose_process_died_is_sent_again(
     hooks_api: ApiFactory, receiver: Receiver
 ) -> None:
@@ -172,14 +182,17 @@ def test_a_claimed_delivery_whose_process_died_is_sent_again(
         lambda s: str(s.spec["notify_url"]),
         since=utcnow() - timedelta(hours=1),
     )
-    (claimed,) = deliveries.claim_due(sessions, lease_seconds=0.3)
-    assert deliveries.claim_due(sessions, lease_seconds=0.3) == []  # leased: nobody else
+    (claimed,) = deliveries.claim_due(sessions, lease_seconds=4.0)
+    assert deliveries.claim_due(sessions, lease_seconds=4.0) == []  # leased: nobody else
     loop.run_once()
     assert receiver.requests == []
 
-    time.sleep(0.4)
-    counts = DeliveryLoop(settings, sessions).run_once()  # a fresh process after the lease
-    assert counts[DeliveryState.delivered] == 1
+    # A fresh process once the lease has run out.
+    fresh = DeliveryLoop(settings, sessions)
+    deadline = time.monotonic() + 30
+    while not receiver.requests and time.monotonic() < deadline:
+        time.sleep(0.2)
+        fresh.run_once()
     assert len(receiver.requests) == 1
     assert receiver.requests[0].headers["x-sharpmix-delivery"] == claimed.id
     # The dead process's late outcome does not overwrite the newer attempt.
