@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.is_embedded:
             settings.home.mkdir(parents=True, exist_ok=True)
             await run_in_threadpool(upgrade, settings.resolved_database_url)
-        # Webhooks and MLflow runs of finished sweeps, in a thread of this process.
+        # Webhooks, MLflow runs and Optuna answers of finished sweeps, in a thread of this process.
         notifier = DeliveryLoop(settings, app.state.session_factory)
         if settings.notify:
             notifier.start()

@@ -2,7 +2,8 @@
 
 The run (experiment ``SHARPMIX_MLFLOW_EXPERIMENT``, named ``sweep-<id>``) holds:
 
-- params: the spec, flattened to dotted keys (``finetuning.0.path``, ``optimizer.betas.1``, ...);
+- params: the spec, flattened to dotted keys (``finetuning.0.path``, ``optimizer.betas.1``, ...),
+  without ``notify_url`` (webhook URLs often carry a token);
 - metrics: per ratio and evaluation set ``eta_c/<set>``, ``eta_c_low/<set>``, ``eta_c_high/<set>``,
   ``sharpness/<set>``, ``loss/<set>`` and ``loss_change/<set>``, logged at step
   ``round(1000 * ratio)`` so MLflow's charts draw them against the ratio (in thousandths), and
@@ -32,7 +33,7 @@ from service.db.deliveries import DueDelivery, Outcome
 from service.db.models import Measurement, Sweep, SweepState
 from service.spec import Recommendation, SweepSpec
 
-__all__ = ["flatten_params", "log_sweep", "ratio_step"]
+__all__ = ["flatten_params", "log_sweep", "public_spec", "ratio_step"]
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
@@ -43,6 +44,16 @@ RUN_STATUS = {
     SweepState.failed: "FAILED",
     SweepState.cancelled: "KILLED",
 }
+
+
+# Left out of params and spec.json: a webhook URL often carries its receiver's token, and an
+# MLflow store is usually shared more widely than the sweep.
+PRIVATE_FIELDS = ("notify_url",)
+
+
+def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as logged to MLflow: without the fields in PRIVATE_FIELDS."""
+    return {k: v for k, v in spec.items() if k not in PRIVATE_FIELDS}
 
 
 def ratio_step(ratio: float) -> int:
@@ -95,7 +106,7 @@ def _metrics(
 def _write_artifacts(folder: Path, sweep: Sweep, measurements: list[Measurement]) -> list[Path]:
     spec = SweepSpec.model_validate(sweep.spec)
     files = [folder / "spec.json"]
-    files[0].write_text(json.dumps(sweep.spec, indent=2, sort_keys=True))
+    files[0].write_text(json.dumps(public_spec(sweep.spec), indent=2, sort_keys=True))
     recommendation = None
     if sweep.recommendation is not None:
         recommendation = Recommendation.model_validate(sweep.recommendation)
@@ -151,7 +162,7 @@ def log_sweep(
         )
         run_id = run.info.run_id
         stamp = int(time.time() * 1000)
-        params = [Param(k, v) for k, v in flatten_params(sweep.spec).items()]
+        params = [Param(k, v) for k, v in flatten_params(public_spec(sweep.spec)).items()]
         for i in range(0, len(params), PARAMS_PER_BATCH):
             client.log_batch(run_id, params=params[i : i + PARAMS_PER_BATCH])
         metrics = [Metric(k, v, stamp, step) for k, v, step in _metrics(sweep, measurements, stamp)]

@@ -33,7 +33,7 @@ def test_a_finished_sweep_is_logged_as_one_run(hooks_api: ApiFactory, tmp_path: 
         mlflow_experiment="mixing",
         mlflow_artifact_location=str(tmp_path / "artifacts"),
     )
-    sweep = api.submit(ratios=[0.0, 0.25, 0.5])
+    sweep = api.submit(ratios=[0.0, 0.25, 0.5], notify_url="http://127.0.0.1:9/t0ken")
     for ratio, eta in ((0.0, 1e-4), (0.25, 2e-3), (0.5, 3e-3)):
         add_measurement(api, sweep["id"], ratio, "web", eta)
         add_measurement(api, sweep["id"], ratio, "code", eta * 2)
@@ -47,7 +47,7 @@ def test_a_finished_sweep_is_logged_as_one_run(hooks_api: ApiFactory, tmp_path: 
     by_channel = {row["channel"]: row for row in rows}
     assert by_channel["mlflow"]["state"] == "delivered", by_channel["mlflow"]
     assert by_channel["mlflow"]["target"] == store
-    assert by_channel["webhook"]["state"] == "skipped"
+    assert by_channel["webhook"]["state"] == "pending"  # nothing listens on port 9: retried
 
     client = mlflow.tracking.MlflowClient(tracking_uri=store)
     experiment = client.get_experiment_by_name("mixing")
@@ -61,6 +61,7 @@ def test_a_finished_sweep_is_logged_as_one_run(hooks_api: ApiFactory, tmp_path: 
     assert params["learning_rate"] == "0.001"
     assert params["finetuning.0.path"] == "data/code.jsonl"
     assert params["ratios.1"] == "0.25"
+    assert "notify_url" not in params  # webhook URLs often carry a token
     assert float(run.data.metrics["recommended_ratio"]) == recommendation.ratio
     history = client.get_metric_history(run.info.run_id, "eta_c/web")
     assert sorted((m.step, m.value) for m in history) == [(0, 1e-4), (250, 2e-3), (500, 3e-3)]
@@ -70,6 +71,8 @@ def test_a_finished_sweep_is_logged_as_one_run(hooks_api: ApiFactory, tmp_path: 
     assert artifacts == {"plot.png", "recommendation.json", "spec.json"}
     local = Path(client.download_artifacts(run.info.run_id, "recommendation.json", str(tmp_path)))
     assert json.loads(local.read_text())["ratio"] == 0.25
+    spec_file = Path(client.download_artifacts(run.info.run_id, "spec.json", str(tmp_path)))
+    assert "t0ken" not in spec_file.read_text()
     png = Path(client.download_artifacts(run.info.run_id, "plot.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
