@@ -12,6 +12,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,6 +61,27 @@ class Settings(BaseSettings):
             within this many seconds.
         url: Client side: the server ``sharpmix submit`` talks to.
         api_key: Client side: the key ``sharpmix submit`` sends (``SHARPMIX_API_KEY``).
+        notify: Run the delivery loop (webhooks, MLflow) in the API process.
+        notify_poll_seconds: How often the delivery loop looks for finished sweeps and due
+            deliveries.
+        notify_lookback_hours: Sweeps that finished longer ago than this are not delivered (so
+            turning deliveries on does not replay a year of history).
+        notify_lease_seconds: How long one delivery attempt may take before another loop may
+            try again (a process that died mid-attempt holds it this long).
+        webhook_secret: HMAC-SHA256 key that signs every webhook POST; a tenant's own key in
+            ``webhook_tenant_secrets`` takes precedence.
+        webhook_tenant_secrets: Per-tenant signing keys, JSON ``{"tenant": "secret"}``.
+        webhook_tenant_urls: Per-tenant default ``notify_url``, JSON ``{"tenant": "https://..."}``.
+        webhook_allowed_hosts: Hosts a ``notify_url`` may point at (``hooks.example.com`` or
+            ``*.example.com``); empty allows any host.
+        webhook_max_attempts: Tries per delivery before it counts as failed.
+        webhook_backoff_seconds: Wait after the first failed try; doubles after each further one.
+        webhook_backoff_max_seconds: Longest wait between tries.
+        webhook_timeout_seconds: Timeout of one POST.
+        mlflow_tracking_uri: When set, each finished sweep is logged as an MLflow run there
+            (``sqlite:///mlflow.db``, ``file:///path/mlruns`` or ``http://mlflow:5000``).
+        mlflow_experiment: The MLflow experiment the runs go to.
+        mlflow_artifact_location: Artifact root for a new experiment (default: MLflow's).
     """
 
     model_config = SettingsConfigDict(env_prefix="SHARPMIX_", env_file=".env", extra="ignore")
@@ -94,12 +116,36 @@ class Settings(BaseSettings):
     url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 
+    notify: bool = True
+    notify_poll_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    notify_lookback_hours: float = Field(default=168.0, gt=0, allow_inf_nan=False)
+    notify_lease_seconds: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    webhook_secret: SecretStr | None = None
+    webhook_tenant_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    webhook_tenant_urls: dict[str, str] = Field(default_factory=dict)
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    webhook_backoff_max_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = Field(default="sharpmix", min_length=1)
+    mlflow_artifact_location: str = ""
+
     @field_validator("allowed_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
         # An environment variable holds the roots as an os.pathsep-separated list (like PATH).
         if isinstance(value, str):
             return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        # A comma-separated list in the environment: hooks.example.com,*.internal.example.com
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
     @model_validator(mode="after")
@@ -123,7 +169,37 @@ class Settings(BaseSettings):
                     "SHARPMIX_ENVIRONMENT=production needs SHARPMIX_ALLOWED_ROOTS: the directories "
                     "that sweeps may read models and data from"
                 )
+        if self.notify_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "SHARPMIX_NOTIFY_LEASE_SECONDS must be above SHARPMIX_WEBHOOK_TIMEOUT_SECONDS, or "
+                "a slow POST is sent again while it is still in flight"
+            )
+        secrets = [("SHARPMIX_WEBHOOK_SECRET", self.webhook_secret)]
+        secrets += [
+            (f"SHARPMIX_WEBHOOK_TENANT_SECRETS[{name!r}]", key)
+            for name, key in self.webhook_tenant_secrets.items()
+        ]
+        for variable, key in secrets:
+            if key is not None and len(key.get_secret_value()) < 16:
+                raise ValueError(
+                    f"{variable} is shorter than 16 characters; use a long random key, e.g. "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                )
+        for tenant, url in self.webhook_tenant_urls.items():
+            if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+                raise ValueError(
+                    f"SHARPMIX_WEBHOOK_TENANT_URLS[{tenant!r}] is not an http(s)://host/... URL"
+                )
+            if self.webhook_secret_for(tenant) is None:
+                raise ValueError(
+                    f"SHARPMIX_WEBHOOK_TENANT_URLS names tenant {tenant!r}, which has no signing "
+                    "key: set SHARPMIX_WEBHOOK_SECRET or add it to SHARPMIX_WEBHOOK_TENANT_SECRETS"
+                )
         return self
+
+    def webhook_secret_for(self, tenant: str) -> SecretStr | None:
+        """The key that signs ``tenant``'s webhooks: its own, else the global one, else None."""
+        return self.webhook_tenant_secrets.get(tenant, self.webhook_secret)
 
     @property
     def resolved_database_url(self) -> str:

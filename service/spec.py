@@ -13,8 +13,9 @@ import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from service.config import Settings
@@ -300,6 +301,20 @@ class SweepSpec(_Strict):
         description="Step on each mix and watch the losses and critical sharpness (recommended: "
         "steps 100-300, measure_every 10-25); without it the answer is a first-step verdict.",
     )
+    notify_url: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=2048,
+        description="http(s) URL that gets a signed POST when the sweep reaches a final state "
+        "(default: the tenant's, if the operator set one).",
+    )
+
+    @field_validator("notify_url")
+    @classmethod
+    def _notify_url_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_url_form(value)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
@@ -402,6 +417,29 @@ class SweepSpec(_Strict):
     def sha256(self) -> str:
         """Fingerprint of the canonical JSON."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def check_url_form(url: str) -> None:
+    """Refuse a notification URL that is not a plain ``http(s)://host[:port]/path``.
+
+    Raises:
+        ValueError: naming what to change (credentials, fragments and other schemes are refused).
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"notify_url must start with https:// or http://, not {url[:16]!r}")
+    if not parts.hostname:
+        raise ValueError("notify_url has no host; give e.g. https://hooks.example.com/sharpmix")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("notify_url must not carry credentials; the POST is signed instead")
+    if parts.fragment:
+        raise ValueError("notify_url must not have a '#fragment'; it is never sent")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise ValueError("notify_url contains whitespace or control characters")
+    try:
+        _ = parts.port  # raises on a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ValueError(f"notify_url has an invalid port: {exc}") from None
 
 
 def check_limits(spec: SweepSpec, settings: Settings) -> None:

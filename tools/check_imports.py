@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPUTE_CORE = ("workers/curvature", "workers/data")
+COMPUTE_CORE = ("workers/curvature", "workers/data", "workers/integrations")
 FORBIDDEN = (
     "service",
     "sqlalchemy",

@@ -5,7 +5,8 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 
 - a candidate list fixes the trial's ratio (``PartialFixedSampler``); a range lets TPE choose it;
 - objective ``flat_pretraining``: minimise the ratio subject to the flat-pre-training constraint
-  ``log10(lr / lower bound of eta_c on retention sets) <= 0`` (feasible = in the basin);
+  ``log10(lr / lower bound of eta_c on retention sets) <= 0`` (feasible = in the basin); an
+  infeasible trial's value is ``1 + margin``, so the best trial is the smallest feasible ratio;
 - ``balanced``: maximise ``log10(min over sets of eta_c)``; ``pareto``: minimise the one-step
   fine-tuning and pre-training loss changes at the planned rate (two objectives);
 - per-batch intermediate values (single-objective studies) feed a pruner that stops ratios that
@@ -39,6 +40,7 @@ from workers.trajectory import RISING_OVER, Trajectory, TrajectoryPoint
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
+CONSTRAINTS_KEY = "constraints"
 CLEARLY_OUT_OF_BASIN = math.log10(4.0)
 
 
@@ -136,9 +138,12 @@ def annotate(trial: optuna.Trial, spec: SweepSpec, measurements: list[Measuremen
     """
     margin = _margin(spec, measurements)
     if spec.objective == "flat_pretraining":
-        trial.set_constraint(CONSTRAINT_ATTR, margin)
+        # The list under "constraints" is the format both Optuna and optuna-dashboard read;
+        # Optuna 5's set_constraint writes "constraints:<name>", which the dashboard ignores.
+        trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [margin])
     trial.set_user_attr(CONSTRAINT_ATTR, margin)
     trial.set_user_attr("forwards", sum(m.forwards for m in measurements))
+    set_measurement_attrs(trial, measurements)
 
 
 def finish(
@@ -180,13 +185,40 @@ def _values(
     spec: SweepSpec, ratio: float, measurements: list[MeasurementResult]
 ) -> float | list[float]:
     if spec.objective == "flat_pretraining":
-        return ratio
+        return flat_objective(ratio, _margin(spec, measurements))
     if spec.objective == "balanced":
         smallest = min((m.eta_c or 0.0) for m in measurements)
         return math.log10(max(smallest, 1e-30))
     ft = [m.loss_change or 0.0 for m in measurements if m.role == "finetuning"]
     pt = [m.loss_change or 0.0 for m in measurements if m.role == "pretraining"]
     return [sum(ft) / max(len(ft), 1), sum(pt) / max(len(pt), 1)]
+
+
+def flat_objective(ratio: float, margin: float) -> float:
+    """The flat-pre-training objective value: the ratio when feasible, else ``1 + margin``.
+
+    Every infeasible trial ranks behind every feasible one (ratios lie in [0, 1]), so the study's
+    best trial, which optuna-dashboard shows, is the smallest feasible ratio: the flat rule's
+    answer, not the smallest ratio measured.
+    """
+    return ratio if margin <= 0 else 1.0 + margin
+
+
+def set_measurement_attrs(trial: optuna.Trial, measurements: list[MeasurementResult]) -> None:
+    """Per evaluation set: eta_c, its interval, the one-step loss change and the status, as
+    user attributes (``<set>.eta_c``, ...) that optuna-dashboard lists beside each trial."""
+    for m in measurements:
+        values: dict[str, float | None] = {
+            "eta_c": m.eta_c,
+            "eta_c_low": m.eta_c_low,
+            "eta_c_high": m.eta_c_high,
+            "loss_change": m.loss_change,
+            "loss": m.loss,
+        }
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                trial.set_user_attr(f"{m.eval_set}.{name}", value)
+        trial.set_user_attr(f"{m.eval_set}.status", m.status)
 
 
 def abandon(study: optuna.Study, trial: optuna.Trial | int) -> None:
@@ -265,7 +297,7 @@ def annotate_trajectory(trial: optuna.Trial, spec: SweepSpec, result: Trajectory
     retention = [f for f in result.forecast if spec.guarded(f.eval_set)]
     high = max((f.high for f in retention), default=math.inf)
     margin = high - spec.tolerance if math.isfinite(high) else 1e9
-    trial.set_constraint(CONSTRAINT_ATTR, margin)
+    trial.storage.set_trial_system_attr(trial._trial_id, CONSTRAINTS_KEY, [margin])
     trial.set_user_attr(CONSTRAINT_ATTR, margin)
     trial.set_user_attr("steps_done", result.steps_done)
     trial.set_user_attr("forwards", result.forwards)
@@ -336,10 +368,12 @@ __all__ = [
     "close_trajectory_orphans",
     "finish",
     "finish_trajectory",
+    "flat_objective",
     "open_study",
     "open_trajectory_study",
     "report",
     "report_trajectory",
+    "set_measurement_attrs",
     "storage",
     "tell",
 ]

@@ -12,11 +12,12 @@ from service.api.deps import KeyCache
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import health, sweeps
+from service.api.routes import deliveries, health, sweeps
 from service.config import Settings, get_settings
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.db.reads import SweepReader
+from service.notify import DeliveryLoop
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,11 +43,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.is_embedded:
             settings.home.mkdir(parents=True, exist_ok=True)
             await run_in_threadpool(upgrade, settings.resolved_database_url)
+        # Webhooks, MLflow runs and Optuna answers of finished sweeps, in a thread of this process.
+        notifier = DeliveryLoop(settings, app.state.session_factory)
+        if settings.notify:
+            notifier.start()
         try:
             yield
         finally:
             if app.state.sweep_reader is not None:
                 await app.state.sweep_reader.close()
+            notifier.stop()
             engine.dispose()
 
     app = FastAPI(
@@ -71,5 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     app.include_router(sweeps.router)
+    app.include_router(deliveries.router)
     app.include_router(health.router)
     return app

@@ -6,7 +6,15 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TrajectoryPoint
+from service.db.models import (
+    DeliveryState,
+    Measurement,
+    Sweep,
+    SweepDelivery,
+    SweepState,
+    SweepTask,
+    TrajectoryPoint,
+)
 from service.spec import SetForecast, SweepSpec, finite
 
 
@@ -242,3 +250,51 @@ class Readiness(BaseModel):
 
     status: str
     revision: str
+
+
+class DeliveryAttempt(BaseModel):
+    """One try of a delivery."""
+
+    attempt: int
+    at: datetime
+    ok: bool
+    status: int | None = Field(description="The receiver's HTTP status, when it answered.")
+    error: str | None = Field(description="What went wrong, when it did.")
+    seconds: float
+
+
+class DeliveryOut(BaseModel):
+    """A webhook POST or an MLflow run of a finished sweep, with every attempt so far."""
+
+    id: str = Field(description="Idempotency id: the same on every attempt of this delivery.")
+    channel: str = Field(description="'webhook' or 'mlflow'.")
+    event: str = Field(description="sweep.succeeded, sweep.failed or sweep.cancelled.")
+    target: str = Field(description="The URL posted to, or the MLflow tracking URI.")
+    state: DeliveryState = Field(
+        description="pending (due again at next_attempt_at), delivered, failed (attempts spent "
+        "or target refused) or skipped (no target configured)."
+    )
+    attempts: int
+    next_attempt_at: datetime | None = Field(description="When a pending delivery is tried next.")
+    delivered_at: datetime | None
+    last_status: int | None
+    last_error: str | None
+    log: list[DeliveryAttempt]
+
+    @classmethod
+    def from_row(cls, row: SweepDelivery) -> DeliveryOut:
+        """The API's view of a stored delivery."""
+        pending = row.state == DeliveryState.pending
+        return cls(
+            id=row.id,
+            channel=row.channel,
+            event=row.event,
+            target=row.target,
+            state=row.state,
+            attempts=row.attempts,
+            next_attempt_at=_utc(row.next_attempt_at) if pending else None,
+            delivered_at=_utc(row.delivered_at),
+            last_status=row.last_status,
+            last_error=row.last_error,
+            log=[DeliveryAttempt.model_validate(entry) for entry in row.attempts_log],
+        )

@@ -273,3 +273,44 @@ class TrajectoryPoint(Base):
     loss_change: Mapped[float | None] = mapped_column(Float, default=None)
     forwards: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class DeliveryState(enum.StrEnum):
+    """Lifecycle of one delivery of a finished sweep (a webhook POST or an MLflow run)."""
+
+    pending = "pending"  # due at ``next_attempt_at``; also while an attempt is in flight
+    delivered = "delivered"
+    failed = "failed"  # every attempt was spent, or the target is refused for good
+    skipped = "skipped"  # nothing to deliver to (no notify_url and no tenant default)
+
+
+class SweepDelivery(Base):
+    """One outbound delivery of a sweep's final state, kept until it is done (the outbox).
+
+    A row is written once per (sweep, channel) by the delivery loop when it first sees the sweep in
+    a final state; its ``id`` is the idempotency id receivers see on every attempt. ``attempts_log``
+    holds one entry per attempt (time, HTTP status or error), so the API can show them.
+    """
+
+    __tablename__ = "sweep_deliveries"
+    __table_args__ = (
+        UniqueConstraint("sweep_id", "channel", name="uq_sweep_deliveries_sweep_channel"),
+        Index("ix_sweep_deliveries_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(2048))
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState), default=DeliveryState.pending
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)

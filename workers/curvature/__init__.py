@@ -11,6 +11,8 @@ Read in this order:
 - `mixture`: per-domain gradients mixed for any simplex weights, then the optimizer transform.
 - `hessian`: directional sharpness and `lambda_max` for validation on small models.
 - `stats`: mean, spread and confidence interval over batches.
+- `monitor`: lambda_c along the optimizer's own steps inside a training loop (a step pre-hook;
+  `workers.integrations` has the `transformers.Trainer` callback).
 
 Imports only torch, transformers, datasets, numpy and the standard library, so it runs on a bare
 GPU box and inside someone else's training loop.
@@ -44,6 +46,12 @@ from workers.curvature.mixture import (
     mixed_direction,
     optimizer_transform,
 )
+from workers.curvature.monitor import (
+    BasinWarning,
+    MonitorReport,
+    SharpnessMonitor,
+    SharpnessReading,
+)
 from workers.curvature.perturb import Perturbation, Precision
 from workers.curvature.search import CriticalLR, SearchMethod, Status, critical_lr, is_increase
 from workers.curvature.stats import SharpnessStats, SpreadWarning, summarize, t_quantile
@@ -51,6 +59,8 @@ from workers.curvature.stats import SharpnessStats, SpreadWarning, summarize, t_
 __all__ = [
     # directions
     "AdamState",
+    # training-loop monitoring
+    "BasinWarning",
     # line search
     "CriticalLR",
     # errors
@@ -64,10 +74,13 @@ __all__ = [
     "HessianOperator",
     # measurement on a model
     "LossChange",
+    "MonitorReport",
     "Perturbation",
     "Precision",
     "SearchMethod",
     # statistics
+    "SharpnessMonitor",
+    "SharpnessReading",
     "SharpnessStats",
     "SpreadWarning",
     "Status",

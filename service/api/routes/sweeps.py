@@ -25,6 +25,7 @@ from service.db import sweeps
 from service.db.models import SweepState
 from service.db.reads import SweepReader
 from service.preflight import check_files
+from service.notify import check_notify_url
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
 
@@ -69,6 +70,7 @@ def submit_sweep(
     check_limits(spec, settings)
     check_paths(spec, settings)
     check_files(spec, settings)
+    check_notify_url(spec, tenant.name, settings)
     sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
     if not created:
         response.status_code = 200

@@ -1,0 +1,310 @@
+"""The delivery outbox: one row per (finished sweep, channel), claimed and retried by the delivery
+loop (``service/notify``).
+
+A sweep's final state is already durable in ``sweeps``; the loop turns each such sweep into a
+delivery row the first time it sees it (``enqueue_finished``), so nothing has to be written at the
+places where a sweep ends, and a process that dies between the sweep's end and the POST loses
+nothing: the next loop finds the sweep without a row, or the row still pending.
+
+Attempts are claimed like the job queue's tasks: one statement bumps ``attempts`` and pushes
+``next_attempt_at`` past the attempt's lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), then the
+transaction commits and the POST runs with no transaction open. The outcome is written only while
+the row is still at the claimed attempt, so a loop whose lease ran out cannot overwrite a newer
+attempt. A lease that runs out (the process died mid-POST) makes the row due again: delivery is
+at least once, and receivers deduplicate by the row's id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db._errors import database_errors, transaction
+from service.db.models import (
+    DeliveryState,
+    Measurement,
+    Sweep,
+    SweepDelivery,
+    SweepState,
+    Tenant,
+    utcnow,
+)
+from service.db.sweeps import get_sweep
+
+FINAL_STATES = (SweepState.succeeded, SweepState.failed, SweepState.cancelled)
+# Entries kept in attempts_log; the count in ``attempts`` goes on past it.
+MAX_LOGGED_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class FinishedSweep:
+    """A sweep in a final state that has no delivery row on a channel yet."""
+
+    sweep_id: str
+    tenant: str
+    state: SweepState
+    spec: dict[str, Any]
+    study_name: str
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    """A delivery attempt this loop now owns until ``lease_until``."""
+
+    id: str
+    sweep_id: str
+    channel: str
+    event: str
+    target: str
+    attempt: int
+    tenant: str
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt achieved.
+
+    Attributes:
+        ok: The target accepted it (a 2xx answer, or the MLflow run is logged).
+        status: The HTTP status, when there was an answer.
+        error: What went wrong, in words, when not ok.
+        retry: Whether another attempt may succeed (False for a refused target).
+        seconds: How long the attempt took.
+    """
+
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+    retry: bool = True
+    seconds: float = 0.0
+
+
+Resolver = Callable[[FinishedSweep], str | None]
+
+
+def enqueue_finished(
+    sessions: sessionmaker[Session],
+    channel: str,
+    resolve: Resolver,
+    *,
+    since: datetime,
+    limit: int = 100,
+) -> int:
+    """Give every sweep that ended after ``since`` and has no row on ``channel`` its row.
+
+    Args:
+        sessions: Session factory.
+        channel: ``webhook`` or ``mlflow``.
+        resolve: The target of a sweep on this channel, or None when it has none (the row is
+            then ``skipped``, so the sweep is not looked at again).
+        since: Sweeps that finished before this are left alone.
+        limit: Most rows written per call.
+
+    Returns:
+        Rows written (0 when another process wrote the same rows first).
+    """
+    with _session(sessions, "queue deliveries") as session:
+        has_row = (
+            select(SweepDelivery.id)
+            .where(SweepDelivery.sweep_id == Sweep.id, SweepDelivery.channel == channel)
+            .exists()
+        )
+        # Every path to a final state sets finished_at; updated_at covers a row that lacks it.
+        ended = func.coalesce(Sweep.finished_at, Sweep.updated_at)
+        rows = session.execute(
+            select(Sweep.id, Tenant.name, Sweep.state, Sweep.spec, Sweep.study_name)
+            .join(Tenant, Tenant.id == Sweep.tenant_id)
+            .where(Sweep.state.in_(FINAL_STATES), ended >= since, ~has_row)
+            .order_by(ended)
+            .limit(limit)
+        ).all()
+        now = utcnow()
+        for sweep_id, tenant, state, spec, study_name in rows:
+            target = resolve(FinishedSweep(sweep_id, tenant, state, spec, study_name))
+            session.add(
+                SweepDelivery(
+                    id=uuid.uuid4().hex,
+                    sweep_id=sweep_id,
+                    channel=channel,
+                    event=f"sweep.{state.value}",
+                    target=target or "",
+                    state=DeliveryState.pending if target else DeliveryState.skipped,
+                    attempts=0,
+                    next_attempt_at=now,
+                    attempts_log=[],
+                    last_error=None if target else f"no {channel} target for this sweep",
+                )
+            )
+        try:
+            session.commit()
+        except IntegrityError:
+            # Another API process queued the same sweeps between our read and our insert.
+            session.rollback()
+            return 0
+        return len(rows)
+
+
+def claim_due(
+    sessions: sessionmaker[Session], *, lease_seconds: float, limit: int = 16
+) -> list[DueDelivery]:
+    """Claim up to ``limit`` pending deliveries that are due, for one attempt each.
+
+    Args:
+        sessions: Session factory.
+        lease_seconds: How long the attempt may take before another loop may try again.
+        limit: Most deliveries claimed at once.
+    """
+    now = utcnow()
+    lease_until = now + timedelta(seconds=lease_seconds)
+    with _session(sessions, "claim deliveries") as session:
+        due = (
+            select(SweepDelivery.id)
+            .where(SweepDelivery.state == DeliveryState.pending)
+            .where(SweepDelivery.next_attempt_at <= now)
+            .order_by(SweepDelivery.next_attempt_at)
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        claimed = session.execute(
+            update(SweepDelivery)
+            .where(SweepDelivery.id.in_(due.scalar_subquery()))
+            .values(attempts=SweepDelivery.attempts + 1, next_attempt_at=lease_until)
+            .returning(
+                SweepDelivery.id,
+                SweepDelivery.sweep_id,
+                SweepDelivery.channel,
+                SweepDelivery.event,
+                SweepDelivery.target,
+                SweepDelivery.attempts,
+            )
+        ).all()
+        tenants = {
+            sweep_id: name
+            for sweep_id, name in session.execute(
+                select(Sweep.id, Tenant.name)
+                .join(Tenant, Tenant.id == Sweep.tenant_id)
+                .where(Sweep.id.in_([row.sweep_id for row in claimed]))
+            )
+        }
+        session.commit()
+    return [
+        DueDelivery(
+            id=row.id,
+            sweep_id=row.sweep_id,
+            channel=row.channel,
+            event=row.event,
+            target=row.target,
+            attempt=row.attempts,
+            tenant=tenants[row.sweep_id],
+            lease_until=lease_until,
+        )
+        for row in claimed
+    ]
+
+
+def record_attempt(
+    sessions: sessionmaker[Session],
+    delivery: DueDelivery,
+    outcome: Outcome,
+    *,
+    max_attempts: int,
+    backoff: Callable[[int], float],
+) -> DeliveryState | None:
+    """Write the outcome of a claimed attempt: delivered, due again after a backoff, or failed.
+
+    Args:
+        sessions: Session factory.
+        delivery: The claimed attempt.
+        outcome: What it achieved.
+        max_attempts: Attempts after which a delivery that still fails counts as failed.
+        backoff: Seconds to wait after failed attempt number n (1-based).
+
+    Returns:
+        The delivery's new state, or None when the row had moved on (another loop took over after
+        this attempt's lease ran out; its own outcome counts).
+    """
+    now = utcnow()
+    with _session(sessions, "record a delivery attempt") as session:
+        row = session.scalars(
+            select(SweepDelivery)
+            .where(
+                SweepDelivery.id == delivery.id,
+                SweepDelivery.attempts == delivery.attempt,
+                SweepDelivery.state == DeliveryState.pending,
+            )
+            .with_for_update()
+        ).one_or_none()
+        if row is None:
+            session.rollback()
+            return None
+        entry = {
+            "attempt": delivery.attempt,
+            "at": now.isoformat() + "Z",
+            "status": outcome.status,
+            "ok": outcome.ok,
+            "error": outcome.error,
+            "seconds": round(outcome.seconds, 4),
+        }
+        row.attempts_log = [*row.attempts_log, entry][-MAX_LOGGED_ATTEMPTS:]
+        row.last_status = outcome.status
+        row.last_error = outcome.error
+        if outcome.ok:
+            row.state = DeliveryState.delivered
+            row.delivered_at = now
+        elif not outcome.retry or delivery.attempt >= max_attempts:
+            row.state = DeliveryState.failed
+        else:
+            row.next_attempt_at = now + timedelta(seconds=backoff(delivery.attempt))
+        state = row.state
+        session.commit()
+    return state
+
+
+def load_sweep(sessions: sessionmaker[Session], sweep_id: str) -> tuple[Sweep, list[Measurement]]:
+    """A sweep and its measurements, read in one short transaction, for building a delivery."""
+    with _session(sessions, "read the sweep for its delivery") as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        measurements = list(
+            session.scalars(
+                select(Measurement)
+                .where(Measurement.sweep_id == sweep_id)
+                .order_by(Measurement.ratio, Measurement.eval_set)
+            )
+        )
+        session.commit()
+    return sweep, measurements
+
+
+def list_deliveries(session: Session, tenant_id: int, sweep_id: str) -> list[SweepDelivery]:
+    """The deliveries of one of the tenant's sweeps, oldest first.
+
+    Raises:
+        NotFoundError: when the tenant has no such sweep.
+        DatabaseError: when the database cannot be reached.
+    """
+    get_sweep(session, tenant_id, sweep_id)
+    with transaction(session, "list the sweep's deliveries"):
+        rows = list(
+            session.scalars(
+                select(SweepDelivery)
+                .where(SweepDelivery.sweep_id == sweep_id)
+                .order_by(SweepDelivery.created_at, SweepDelivery.channel)
+            )
+        )
+    return rows
+
+
+@contextmanager
+def _session(sessions: sessionmaker[Session], action: str) -> Iterator[Session]:
+    with database_errors(action), sessions() as session:
+        yield session

@@ -1,0 +1,83 @@
+"""The answer of a succeeded sweep written into its Optuna study, as study user attributes.
+
+optuna-dashboard (and ``optuna.load_study(...).user_attrs``) then shows, beside the trials, what
+the sweep concluded: ``answer_ratio`` (the recommended fraction of pre-training tokens, or None),
+``answer_trial`` (the number of the trial that measured it), ``objective``, ``planned_lr``,
+``reason``, ``flat_ratio``, ``balanced_ratio``, ``least_forgetting_ratio``, ``max_stable_lr``,
+``in_basin``, ``confidence``, ``warnings`` and ``sweep_id``. Setting an attribute twice is
+harmless, so a retried delivery simply writes them again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from service.db.deliveries import DueDelivery, Outcome
+from service.db.models import Sweep
+
+__all__ = ["annotate_study", "study_attrs"]
+
+RATIO_PARAM = "ratio"  # the parameter name the workers' studies use
+
+
+def study_attrs(sweep: Sweep, answer_trial: int | None) -> dict[str, Any]:
+    """The study user attributes for a succeeded sweep's recommendation."""
+    rec = sweep.recommendation or {}
+    return {
+        "sweep_id": sweep.id,
+        "answer_ratio": rec.get("ratio"),
+        "answer_trial": answer_trial,
+        "objective": rec.get("objective"),
+        "planned_lr": rec.get("learning_rate"),
+        "reason": rec.get("reason"),
+        "flat_ratio": rec.get("flat_ratio"),
+        "balanced_ratio": rec.get("balanced_ratio"),
+        "least_forgetting_ratio": rec.get("least_forgetting_ratio"),
+        "max_stable_lr": rec.get("max_stable_lr"),
+        "in_basin": rec.get("in_basin"),
+        "confidence": rec.get("confidence"),
+        "warnings": list(rec.get("warnings") or []),
+    }
+
+
+def annotate_study(delivery: DueDelivery, sweep: Sweep, store: RDBStorage) -> Outcome:
+    """Write the sweep's answer into its study; never raises for what the storage does.
+
+    Args:
+        delivery: The claimed delivery (its target is the study's name).
+        sweep: The succeeded sweep.
+        store: Optuna's storage on the sweep database.
+    """
+    started = time.monotonic()
+    try:
+        study = optuna.load_study(study_name=delivery.target, storage=store)
+        answer = (sweep.recommendation or {}).get("ratio")
+        trial = None
+        if answer is not None:
+            # Any state: the worker that finished the sweep may not have told its trial yet
+            # (it writes the result first), but the trial holds its ratio from the start.
+            matching = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if t.params.get(RATIO_PARAM) == answer and t.state != TrialState.FAIL
+            ]
+            matching.sort(key=lambda t: (t.state != TrialState.COMPLETE, t.number))
+            trial = matching[0].number if matching else None
+        for key, value in study_attrs(sweep, trial).items():
+            study.set_user_attr(key, value)
+    except KeyError:
+        return Outcome(
+            ok=False,
+            error=f"the Optuna study {delivery.target!r} does not exist",
+            retry=False,
+            seconds=time.monotonic() - started,
+        )
+    except Exception as exc:  # a storage error: retried with backoff
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        return Outcome(ok=False, error=error, seconds=time.monotonic() - started)
+    return Outcome(ok=True, seconds=time.monotonic() - started)
