@@ -15,6 +15,7 @@ from service.api.routes import health, sweeps
 from service.config import Settings, get_settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.migrate import upgrade
+from service.web import install_web
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "critical sharpness.",
         version="1",
         lifespan=lifespan,
+        # Served offline by install_web instead of FastAPI's CDN-loading pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -61,4 +65,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(sweeps.router)
     app.include_router(health.router)
+    install_web(app)
     return app
