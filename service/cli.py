@@ -551,8 +551,20 @@ def _demo_assets(args: argparse.Namespace, settings: Settings) -> int:
     from workers.data.demo import build_demo_assets
 
     assets = build_demo_assets(settings.home, force=args.force)
+    paths = {
+        "model": assets.model_dir,
+        "general corpus (pre-training)": assets.general_path,
+        "math corpus (fine-tuning)": assets.math_path,
+        "general held-out": assets.general_eval_path,
+        "math held-out": assets.math_eval_path,
+    }
+    if args.json:
+        _print_json({"paths": {k: str(v) for k, v in paths.items()}, "manifest": assets.manifest()})
+        return 0
     print(json.dumps(assets.manifest(), indent=2, default=str))
-    print(assets.model_dir)
+    for name, path in paths.items():
+        print(f"{name + ':':<31} {path}")
+    print("a ready spec for them: examples/demo.yaml (paths relative to SHARPMIX_HOME)")
     return 0
 
 
@@ -576,7 +588,9 @@ def _add_process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo assets first")
     demo.set_defaults(run=_demo)
 
-    assets = sub.add_parser("demo-assets", help="build the demo corpora and tiny model")
+    assets = sub.add_parser(
+        "demo-assets", help="build the demo corpora and tiny model", parents=[_json_flag()]
+    )
     assets.add_argument("--force", action="store_true", help="rebuild even when present")
     assets.set_defaults(run=_demo_assets)
 

@@ -21,11 +21,16 @@ from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
 from service.spec import Recommendation
 
-DEMO_RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+# Dense where the demo model's answer lies (0.1-0.2), sparse above: each ratio costs the same.
+DEMO_RATIOS = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
 
 
 def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
-    """The demo sweep: how much general text to mix into arithmetic fine-tuning."""
+    """The demo sweep: how much general text to mix into arithmetic fine-tuning.
+
+    The one place the demo's request is built. ``examples/demo.yaml`` is the same request with
+    the paths relative to ``SHARPMIX_HOME`` (a test keeps the two equal), for ``sharpmix submit``.
+    """
     return {
         "model": {"path": str(model_dir)},
         "pretraining": {"name": "general", "path": str(general)},
@@ -78,9 +83,11 @@ def demo_sweep(settings: Settings, spec: dict[str, Any], *, plot_dir: Path) -> i
             def progress(s: SweepOut) -> None:
                 if s.progress.tasks_done != last[0]:
                     last[0] = s.progress.tasks_done
+                    eta = s.progress.eta_seconds
+                    left = "" if eta is None or s.state.is_final else f", about {eta:.0f} s left"
                     _say(
                         f"  {s.state}: {s.progress.tasks_done}/{s.progress.tasks_total} ratios, "
-                        f"{s.progress.forwards} forward passes"
+                        f"{s.progress.forwards} forward passes{left}"
                     )
 
             done = client.wait(sweep.id, on_progress=progress, poll=0.5, max_poll=2.0)
