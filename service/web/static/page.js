@@ -482,13 +482,13 @@ async function showSweep(id, first = true) {
     ["Created (UTC)", sweep.created_at.replace("T", " ").slice(0, 19)],
     ["Optuna study", sweep.study_name],
   ]);
+  $("sweep-view").hidden = false; // before drawing: plotly sizes a chart from its shown box
   renderRecommendation(sweep, rec);
   renderSharpness(sweep, trials, rec);
   renderTrajectories(traj);
   renderTrials(trials);
   renderCost(sweep);
   if (first) renderEndpoints(id);
-  $("sweep-view").hidden = false;
   say(FINAL.has(sweep.state) ? `Sweep ${sweep.state}.` : `Sweep ${sweep.state}; this page refreshes itself.`);
   if (!FINAL.has(sweep.state)) refreshTimer = setTimeout(() => showSweep(id, false).catch(failed), REFRESH_MS);
 }
