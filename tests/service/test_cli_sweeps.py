@@ -144,3 +144,25 @@ def test_db_upgrade_on_a_fresh_home_creates_it_and_keys_name_their_database(
         assert out.splitlines()[-1].startswith("smx_") and "SHARPMIX_DATABASE_URL" in err
     finally:
         get_settings.cache_clear()
+
+
+def test_demo_assets_prints_where_the_model_and_corpora_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from workers.data.demo import DEMO_VERSION, DemoAssets
+
+    assets = DemoAssets.under(tmp_path)
+    assets.manifest_path.parent.mkdir(parents=True)  # a complete build's manifest: reused as is
+    assets.manifest_path.write_text(json.dumps({"version": DEMO_VERSION, "seed": 0}))
+    monkeypatch.setenv("SHARPMIX_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        code, out, _ = run(capsys, "demo-assets")
+        assert code == 0
+        for path in (assets.model_dir, assets.general_path, assets.math_path):
+            assert f" {path}\n" in out
+        assert "examples/demo.yaml" in out
+        code, out, _ = run(capsys, "demo-assets", "--json")
+        assert json.loads(out)["paths"]["model"] == str(assets.model_dir)
+    finally:
+        get_settings.cache_clear()
