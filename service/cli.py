@@ -263,7 +263,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         help="submit a sweep spec (YAML or JSON) to a server; prints JSON",
         parents=[_server_options(), _json_flag()],
     )
-    submit.add_argument("spec", type=Path, help="sweep.yaml").complete = _FILE  # type: ignore[attr-defined]
+    submit.add_argument("spec", type=Path, help="sweep.yaml").complete = _file_completion()  # type: ignore[attr-defined]
     submit.add_argument("--wait", action="store_true", help="wait for the result, with progress")
     submit.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to --wait")
     submit.add_argument("--idempotency-key", help="makes retrying this command safe")
@@ -275,7 +275,11 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 # One verb per function; each prints a table for people, or JSON with --json. The export verb
 # (`sharpmix sweeps export`) joins them in _add_sweeps_commands when the server gains the route.
 
-_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+
+def _file_completion() -> object:
+    import shtab
+
+    return shtab.FILE  # per shell: complete this argument with file names
 
 
 def _json_flag() -> argparse.ArgumentParser:
