@@ -1,4 +1,15 @@
-"""The ``sharpmix`` command: parse, build, run, clean up. Each subcommand is a short function."""
+"""The ``sharpmix`` command: parse, build, run, clean up. Each subcommand is a short function.
+
+Exit codes (also in ``sharpmix --help`` and the README):
+
+- 0: done (a waited-for sweep succeeded);
+- 1: the sweep ended failed or cancelled;
+- 2: a usage error, or the server refused the request (bad key, unknown sweep, invalid spec);
+- 3: the server could not be reached, or answered with a server error;
+- 4: ``--timeout`` ran out while waiting;
+- 5: not available yet (the recommendation of an unfinished sweep, a plot before any measurement);
+- 130: interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -18,14 +29,24 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from service.api.schemas import SweepOut
+    from service.client import SharpmixClient
 
 Command = Callable[[argparse.Namespace, Settings], int]
+
+EXIT_OK, EXIT_SWEEP_FAILED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_NOT_READY = range(6)
+EXIT_INTERRUPTED = 130
+EXIT_CODES = """exit codes:
+  0  done (a waited-for sweep succeeded)      1  the sweep failed or was cancelled
+  2  usage error, or the server refused        3  server unreachable or a server error
+  4  --timeout ran out while waiting           5  not available yet (e.g. unfinished sweep)
+  130 interrupted"""
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> int:
     from service.db import migrate
 
     url = settings.resolved_database_url
+    _sqlite_directory(url)
     if args.action == "revision":
         migrate.new_revision(url, args.revision or "schema change")
         return 0
@@ -33,8 +54,31 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
         migrate.upgrade(url, args.revision or "head")
     elif args.action == "downgrade":
         migrate.downgrade(url, args.revision or "base")
-    print(f"database at revision {migrate.current_revision(url)} (head {migrate.head_revision()})")
+    current, head = migrate.current_revision(url), migrate.head_revision()
+    if getattr(args, "json", False):
+        _print_json({"database": _redacted(url), "revision": current, "head": head})
+    else:
+        print(f"database {_redacted(url)} at revision {current} (head {head})")
     return 0
+
+
+def _sqlite_directory(url: str) -> None:
+    # SQLite creates the file but not its directory: a fresh SHARPMIX_HOME would fail to open.
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, default=str))
 
 
 @contextmanager
@@ -60,8 +104,19 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
     with _session(settings) as session:
         tenant = tenants.create_tenant(session, args.tenant)
         row, key = tenants.create_api_key(session, tenant.id)
-    print(f"tenant {tenant.name}: new key {row.key_id} (revoke: sharpmix keys revoke {row.key_id})")
-    print("the key is shown once; only its hash is stored:", file=sys.stderr)
+    database = _redacted(settings.resolved_database_url)
+    if args.json:
+        _print_json({"tenant": tenant.name, "key_id": row.key_id, "database": database, "key": key})
+        return 0
+    print(
+        f"tenant {tenant.name}: new key {row.key_id} in database {database} "
+        f"(revoke: sharpmix keys revoke {row.key_id})"
+    )
+    print(
+        "the key is shown once; only its hash is stored. It works on servers using this database "
+        "(same SHARPMIX_DATABASE_URL, or SHARPMIX_HOME for the embedded SQLite):",
+        file=sys.stderr,
+    )
     print(key)
     return 0
 
@@ -71,7 +126,10 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
 
     with _session(settings) as session:
         row = tenants.revoke_api_key(session, args.key_id)
-    print(f"revoked key {row.key_id}")
+    if args.json:
+        _print_json({"revoked": row.key_id})
+    else:
+        print(f"revoked key {row.key_id}")
     return 0
 
 
@@ -80,21 +138,18 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
 
     import yaml
 
-    from service.client import ClientError, SharpmixClient
+    from service.client import ClientError
 
-    api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else "")
-    if not api_key:
-        raise ClientError("no API key: pass --api-key or set SHARPMIX_API_KEY")
     try:
         body = yaml.safe_load(args.spec.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ClientError(f"cannot read the sweep spec {args.spec}: {exc}") from exc
     if not isinstance(body, dict):
         raise ClientError(f"{args.spec} must hold a mapping (model, pretraining, ...)")
-    with SharpmixClient(args.url or settings.url, api_key) as client:
+    with _client(args, settings) as client:
         sweep = client.submit(body, idempotency_key=args.idempotency_key)
         if args.wait:
-            sweep = client.wait(sweep.id, timeout=args.timeout, on_progress=_progress_bar())
+            sweep = client.wait(sweep.id, timeout=args.timeout, on_progress=_progress(args))
         recommendation = None
         if sweep.state == "succeeded":
             recommendation = client.recommendation(sweep.id).model_dump(mode="json")
@@ -109,44 +164,354 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(result, indent=2))
     if sweep.state in ("failed", "cancelled"):
         print(f"sharpmix: sweep {sweep.id} {sweep.state}: {sweep.error or ''}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_SWEEP_FAILED
+    return EXIT_OK
 
 
-def _progress_bar() -> Callable[[SweepOut], None]:
-    from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+def _client(args: argparse.Namespace, settings: Settings) -> SharpmixClient:
+    from service.client import ClientError, SharpmixClient
 
-    bar: list[Any] = []  # made on the first state seen, once the task count is known
+    api_key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else "")
+    if not api_key:
+        raise ClientError(
+            "no API key: pass --api-key or set SHARPMIX_API_KEY (create one with "
+            "`sharpmix keys create --tenant NAME` against the server's database)",
+            status_code=401,
+        )
+    return SharpmixClient(args.url or settings.url, api_key)
 
-    def show(sweep: SweepOut) -> None:
-        if not bar:
-            bar.append(tqdm(total=sweep.progress.tasks_total, unit="ratio", file=sys.stderr))
-        bar[0].n = sweep.progress.tasks_done
-        bar[0].set_postfix(state=sweep.state, forwards=sweep.progress.forwards, refresh=True)
-        if sweep.state.is_final:
-            bar[0].close()
 
-    return show
+def _progress(args: argparse.Namespace) -> Callable[[SweepOut], None] | None:
+    if getattr(args, "quiet", False):
+        return None
+    return ProgressBar().show
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressBar:
+    """A bar on stderr for a sweep being waited on: ratios done of the total, forward passes,
+    time spent and the server's estimate of the time left (``eta_seconds``).
+
+    Drawn once per state seen; a final state (succeeded, failed, cancelled) draws the last line
+    once and closes the bar, so a failed sweep's bar is not printed twice.
+    """
+
+    _FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} ratios [{elapsed}{postfix}]"
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._closed = False
+
+    def show(self, sweep: SweepOut) -> None:
+        """Draw ``sweep``'s progress (the client's ``on_progress`` callback)."""
+        from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type information
+
+        if self._closed:
+            return
+        progress = sweep.progress
+        final = sweep.state.is_final
+        left = 0.0 if final else progress.eta_seconds
+        postfix = f"{sweep.state.value}, {progress.forwards} forwards, left {_clock(left)}"
+        if self._bar is None and final:
+            # Finished before the first look: one line, no bar to open and close.
+            line = tqdm.format_meter(
+                progress.tasks_done,
+                progress.tasks_total,
+                0.0,
+                prefix=f"sweep {sweep.id}",
+                bar_format=self._FORMAT,
+                postfix=postfix,
+            )
+            print(line, file=sys.stderr)
+            self._closed = True
+            return
+        if self._bar is None:
+            self._bar = tqdm(
+                total=progress.tasks_total,
+                initial=progress.tasks_done,
+                desc=f"sweep {sweep.id}",
+                file=sys.stderr,
+                bar_format=self._FORMAT,
+                dynamic_ncols=True,
+                postfix=postfix,
+            )
+        self._bar.n = progress.tasks_done
+        self._bar.set_postfix_str(postfix, refresh=False)
+        if final:
+            self._closed = True
+            self._bar.close()  # draws the final line once
+        else:
+            self._bar.refresh()
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="create or revoke API keys")
     actions = keys.add_subparsers(dest="action", required=True)
-    create = actions.add_parser("create", help="create a key (the tenant too, if new)")
+    create = actions.add_parser(
+        "create", help="create a key (the tenant too, if new)", parents=[_json_flag()]
+    )
     create.add_argument("--tenant", required=True, help="team name; created on first use")
     create.set_defaults(run=_keys_create)
-    revoke = actions.add_parser("revoke", help="revoke a key by its id (smx_<KEY_ID>_...)")
+    revoke = actions.add_parser(
+        "revoke", help="revoke a key by its id (smx_<KEY_ID>_...)", parents=[_json_flag()]
+    )
     revoke.add_argument("key_id")
     revoke.set_defaults(run=_keys_revoke)
 
-    submit = sub.add_parser("submit", help="submit a sweep spec (YAML or JSON) to a server")
-    submit.add_argument("spec", type=Path, help="sweep.yaml")
-    submit.add_argument("--url", help="server URL (default SHARPMIX_URL or http://127.0.0.1:8000)")
-    submit.add_argument("--api-key", help="API key (default SHARPMIX_API_KEY)")
+    submit = sub.add_parser(
+        "submit",
+        help="submit a sweep spec (YAML or JSON) to a server; prints JSON",
+        parents=[_server_options(), _json_flag()],
+    )
+    submit.add_argument("spec", type=Path, help="sweep.yaml").complete = _file_completion()  # type: ignore[attr-defined]
     submit.add_argument("--wait", action="store_true", help="wait for the result, with progress")
     submit.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to --wait")
     submit.add_argument("--idempotency-key", help="makes retrying this command safe")
     submit.set_defaults(run=_submit)
+    _add_sweeps_commands(sub)
+
+
+# ---------------------------------------------------------------------------- sharpmix sweeps
+# One verb per function; each prints a table for people, or JSON with --json. The export verb
+# (`sharpmix sweeps export`) joins them in _add_sweeps_commands when the server gains the route.
+
+
+def _file_completion() -> object:
+    import shtab
+
+    return shtab.FILE  # per shell: complete this argument with file names
+
+
+def _json_flag() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parent
+
+
+def _server_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--url", help="server URL (default SHARPMIX_URL or http://127.0.0.1:8000)")
+    parent.add_argument("--api-key", help="API key (default SHARPMIX_API_KEY)")
+    return parent
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Rows as a plain text table, columns padded to their widest cell."""
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _sweep_row(sweep: SweepOut, answer: str) -> list[object]:
+    p = sweep.progress
+    left = "-" if sweep.state.is_final else _clock(p.eta_seconds)
+    created = sweep.created_at.strftime("%Y-%m-%d %H:%M")
+    return [sweep.id, sweep.state.value, created, f"{p.tasks_done}/{p.tasks_total}", answer, left]
+
+
+def _answer(client: SharpmixClient, sweep: SweepOut) -> str:
+    if sweep.state != "succeeded":
+        return "-"
+    ratio = client.recommendation(sweep.id).ratio
+    return "none" if ratio is None else f"{ratio:g}"
+
+
+def _sweeps_list(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        items: list[SweepOut] = []
+        cursor: str | None = None
+        while True:
+            page = client.list_sweeps(limit=min(args.limit - len(items), 100), cursor=cursor)
+            items += page.items
+            cursor = page.next_cursor
+            if cursor is None or len(items) >= args.limit:
+                break
+        if args.json:
+            _print_json(
+                {"items": [s.model_dump(mode="json") for s in items], "next_cursor": cursor}
+            )
+            return EXIT_OK
+        rows = [_sweep_row(s, _answer(client, s)) for s in items]
+    headers = ["id", "state", "created (UTC)", "ratios", "answer", "time left"]
+    print(table(headers, rows) if rows else "no sweeps yet (sharpmix submit sweep.yaml)")
+    if cursor is not None:
+        print(f"(more: --limit {args.limit * 2})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _print_sweep(sweep: SweepOut) -> None:
+    p = sweep.progress
+    facts = [
+        ("sweep", sweep.id),
+        ("state", sweep.state.value + (" (cancel requested)" if sweep.cancel_requested else "")),
+        ("progress", f"{p.tasks_done}/{p.tasks_total} ratios"),
+        ("time left", "-" if sweep.state.is_final else _clock(p.eta_seconds)),
+        ("cost", f"{p.forwards} forwards, {p.backwards} backwards, {p.compute_seconds:.0f} s"),
+        ("model", sweep.spec.model.path or sweep.spec.model.hub_id or "-"),
+        ("learning rate", f"{sweep.spec.learning_rate:g}"),
+        ("objective", sweep.spec.objective),
+        ("created", sweep.created_at.isoformat()),
+        ("finished", sweep.finished_at.isoformat() if sweep.finished_at else "-"),
+        ("optuna study", sweep.study_name),
+    ]
+    if sweep.error:
+        facts.append(("error", sweep.error))
+    width = max(len(name) for name, _ in facts)
+    for name, value in facts:
+        print(f"{name:<{width}}  {value}")
+
+
+def _final_code(sweep: SweepOut) -> int:
+    if sweep.state in ("failed", "cancelled"):
+        print(f"sharpmix: sweep {sweep.id} {sweep.state}: {sweep.error or ''}", file=sys.stderr)
+        return EXIT_SWEEP_FAILED
+    return EXIT_OK
+
+
+def _sweeps_show(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        sweep = client.get(args.sweep_id)
+    if args.json:
+        _print_json(sweep.model_dump(mode="json"))
+    else:
+        _print_sweep(sweep)
+    return EXIT_OK
+
+
+def _sweeps_wait(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        sweep = client.wait(args.sweep_id, timeout=args.timeout, on_progress=_progress(args))
+    if args.json:
+        _print_json(sweep.model_dump(mode="json"))
+    else:
+        _print_sweep(sweep)
+    return _final_code(sweep)
+
+
+def _sweeps_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        sweep = client.cancel(args.sweep_id)
+    if args.json:
+        _print_json(sweep.model_dump(mode="json"))
+    else:
+        print(f"sweep {sweep.id}: {sweep.state.value}, cancel requested")
+    return EXIT_OK
+
+
+def _sweeps_trials(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        trials = client.trials(args.sweep_id)
+    if args.json:
+        _print_json([t.model_dump(mode="json") for t in trials])
+        return EXIT_OK
+    headers = [
+        "ratio",
+        "set",
+        "role",
+        "status",
+        "eta_c",
+        "95% interval",
+        "lambda_c",
+        "loss",
+        "dL at lr",
+        "fwd",
+    ]
+    rows = [
+        [
+            f"{t.ratio:g}",
+            t.eval_set,
+            t.role,
+            t.status,
+            _num(t.eta_c),
+            f"[{_num(t.eta_c_low)}, {_num(t.eta_c_high)}]",
+            _num(t.sharpness),
+            _num(t.loss),
+            _num(t.loss_change),
+            t.forwards,
+        ]
+        for t in trials
+    ]
+    print(table(headers, rows) if rows else "nothing measured yet")
+    return EXIT_OK
+
+
+def _sweeps_recommendation(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        rec = client.recommendation(args.sweep_id)
+    if args.json:
+        _print_json(rec.model_dump(mode="json"))
+        return EXIT_OK
+    answer = "none qualifies" if rec.ratio is None else f"{rec.ratio:g}"
+    print(
+        f"recommended pre-training ratio: {answer} (objective {rec.objective}, "
+        f"confidence {rec.confidence})"
+    )
+    print(f"  {rec.reason}")
+    print(
+        f"  flat rule {_num(rec.flat_ratio)}, balanced {_num(rec.balanced_ratio)}, loss-change "
+        f"rule {_num(rec.least_forgetting_ratio)}, max stable lr {_num(rec.max_stable_lr)}"
+    )
+    for warning in rec.warnings:
+        print(f"  warning: {warning}")
+    return EXIT_OK
+
+
+def _sweeps_plot(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        png = client.plot(args.sweep_id)
+    output: Path = args.output or Path(f"plot-{args.sweep_id}.png")
+    output.write_bytes(png)
+    if args.json:
+        _print_json({"path": str(output), "bytes": len(png)})
+    else:
+        print(output)
+    return EXIT_OK
+
+
+def _add_sweeps_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sweeps = sub.add_parser("sweeps", help="list, follow, cancel and read sweeps on a server")
+    verbs = sweeps.add_subparsers(dest="verb", required=True, metavar="VERB")
+    common = [_server_options(), _json_flag()]
+
+    listing = verbs.add_parser("list", help="your sweeps, newest first", parents=common)
+    listing.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    listing.set_defaults(run=_sweeps_list)
+    for name, run, text in (
+        ("show", _sweeps_show, "a sweep's state, progress and cost"),
+        ("wait", _sweeps_wait, "wait until the sweep has finished, with a progress bar"),
+        ("cancel", _sweeps_cancel, "cancel a queued or running sweep"),
+        ("trials", _sweeps_trials, "its measurements: one row per ratio and evaluation set"),
+        ("recommendation", _sweeps_recommendation, "the answer of a succeeded sweep"),
+        ("plot", _sweeps_plot, "save the critical-sharpness plot as a PNG"),
+    ):
+        verb = verbs.add_parser(name, help=text, description=text, parents=common)
+        verb.add_argument("sweep_id", metavar="SWEEP_ID")
+        verb.set_defaults(run=run)
+        if name == "wait":
+            verb.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds")
+            verb.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "plot":
+            verb.add_argument("-o", "--output", type=Path, help="file (default plot-ID.png)")
+
+
+def _completion(args: argparse.Namespace, settings: Settings) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -197,8 +562,20 @@ def _demo_assets(args: argparse.Namespace, settings: Settings) -> int:
     from workers.data.demo import build_demo_assets
 
     assets = build_demo_assets(settings.home, force=args.force)
+    paths = {
+        "model": assets.model_dir,
+        "general corpus (pre-training)": assets.general_path,
+        "math corpus (fine-tuning)": assets.math_path,
+        "general held-out": assets.general_eval_path,
+        "math held-out": assets.math_eval_path,
+    }
+    if args.json:
+        _print_json({"paths": {k: str(v) for k, v in paths.items()}, "manifest": assets.manifest()})
+        return 0
     print(json.dumps(assets.manifest(), indent=2, default=str))
-    print(assets.model_dir)
+    for name, path in paths.items():
+        print(f"{name + ':':<31} {path}")
+    print("a ready spec for them: examples/demo.yaml (paths relative to SHARPMIX_HOME)")
     return 0
 
 
@@ -222,7 +599,9 @@ def _add_process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo assets first")
     demo.set_defaults(run=_demo)
 
-    assets = sub.add_parser("demo-assets", help="build the demo corpora and tiny model")
+    assets = sub.add_parser(
+        "demo-assets", help="build the demo corpora and tiny model", parents=[_json_flag()]
+    )
     assets.add_argument("--force", action="store_true", help="rebuild even when present")
     assets.set_defaults(run=_demo_assets)
 
@@ -232,10 +611,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sharpmix",
         description="Recommend a pre-training mix ratio from relative critical sharpness.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"sharpmix {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser("db", help="apply or inspect database migrations")
+    db = sub.add_parser("db", help="apply or inspect database migrations", parents=[_json_flag()])
     db.add_argument("action", choices=["upgrade", "downgrade", "current", "revision"])
     db.add_argument(
         "revision",
@@ -245,7 +627,38 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(run=_db)
     _add_client_commands(sub)
     _add_process_commands(sub)
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="bash: sharpmix completion bash > ~/.local/share/bash-completion/completions/"
+        "sharpmix; zsh: sharpmix completion zsh > ~/.zfunc/_sharpmix",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    completion.set_defaults(run=_completion)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sharpmix")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def exit_code(error: SharpmixError) -> int:
+    """The documented exit code of an error (see the module docstring)."""
+    from service.client import ClientError, WaitTimeoutError
+
+    if isinstance(error, WaitTimeoutError):
+        return EXIT_TIMEOUT
+    if isinstance(error, ClientError):
+        if error.status_code is None or error.status_code >= 500:
+            return EXIT_UNREACHABLE
+        if error.status_code == 409:
+            return EXIT_NOT_READY
+    return EXIT_REFUSED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,7 +674,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, get_settings())
     except SharpmixError as exc:
         print(f"sharpmix: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        print("sharpmix: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -34,6 +34,10 @@ class ClientError(SharpmixError):
         self.detail = detail
 
 
+class WaitTimeoutError(ClientError):
+    """A wait ran out of time before the sweep finished (the sweep itself goes on)."""
+
+
 def _describe(detail: Any) -> str:
     # 422 carries a list of {"loc", "msg"}; say "body.ratios.0: Input should be ..." per field.
     if isinstance(detail, list):
@@ -171,7 +175,8 @@ class SharpmixClient:
             The finished sweep.
 
         Raises:
-            ClientError: when the time runs out or the server refuses (401, 404).
+            WaitTimeoutError: when the time runs out.
+            ClientError: when the server refuses (401, 404).
         """
         deadline = time.monotonic() + timeout
         pause = poll
@@ -187,6 +192,9 @@ class SharpmixClient:
                 if sweep.state.is_final:
                     return sweep
             if time.monotonic() + pause > deadline:
-                raise ClientError(f"sweep {sweep_id} did not finish within {timeout:g} s")
+                raise WaitTimeoutError(
+                    f"sweep {sweep_id} did not finish within {timeout:g} s; it goes on: "
+                    f"wait again with `sharpmix sweeps wait {sweep_id}`"
+                )
             time.sleep(pause)
             pause = min(pause * 1.5, max_poll)

@@ -28,7 +28,11 @@ DEMO_TRAJECTORY = {"steps": 24, "measure_every": 6, "ratios": 3}
 
 
 def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
-    """The demo sweep: how much general text to mix into arithmetic fine-tuning."""
+    """The demo sweep: how much general text to mix into arithmetic fine-tuning.
+
+    The one place the demo's request is built. ``examples/demo.yaml`` is the same request with
+    the paths relative to ``SHARPMIX_HOME`` (a test keeps the two equal), for ``sharpmix submit``.
+    """
     return {
         "model": {"path": str(model_dir)},
         "pretraining": {"name": "general", "path": str(general)},
@@ -84,10 +88,12 @@ def demo_sweep(settings: Settings, spec: dict[str, Any], *, plot_dir: Path) -> i
             def progress(s: SweepOut) -> None:
                 if s.progress.tasks_done != last[0]:
                     last[0] = s.progress.tasks_done
+                    eta = s.progress.eta_seconds
+                    left = "" if eta is None or s.state.is_final else f", about {eta:.0f} s left"
                     _say(
                         f"  {s.state}: {s.progress.tasks_done}/{s.progress.tasks_total} tasks, "
                         f"{s.progress.forwards} forward passes, "
-                        f"{s.progress.optimizer_steps} optimizer steps"
+                        f"{s.progress.optimizer_steps} optimizer steps{left}"
                     )
 
             done = client.wait(sweep.id, on_progress=progress, poll=0.5, max_poll=2.0)

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -55,9 +55,27 @@ class ModelRef(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
-    path: str | None = Field(default=None, min_length=1, max_length=4096)
-    hub_id: str | None = Field(default=None, min_length=1, max_length=256)
-    revision: str | None = Field(default=None, min_length=1, max_length=256)
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Local Hugging Face model directory (safetensors weights), absolute or "
+        "relative to an allowed root (SHARPMIX_ALLOWED_ROOTS).",
+        examples=["models/olmo2-1b"],
+    )
+    hub_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Hugging Face hub id, instead of 'path' (refused when the server is offline).",
+        examples=["allenai/OLMo-2-0425-1B"],
+    )
+    revision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Hub revision (branch, tag or commit) to pin 'hub_id' to.",
+    )
     optimizer_state: str | None = Field(
         default=None,
         min_length=1,
@@ -79,12 +97,36 @@ class DataRef(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
 
-    name: Name
-    path: str | None = Field(default=None, min_length=1, max_length=4096)
-    hub_id: str | None = Field(default=None, min_length=1, max_length=256)
-    config: str | None = Field(default=None, max_length=256)
-    split: str = Field(default="train", min_length=1, max_length=64)
-    text_field: str = Field(default="text", min_length=1, max_length=128)
+    name: Name = Field(
+        description="Short unique name of the set; results and plots are labelled with it.",
+        examples=["general"],
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Local jsonl, json, parquet, csv or txt file, or a directory of them, "
+        "absolute or relative to an allowed root.",
+        examples=["data/dclm-sample"],
+    )
+    hub_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Hugging Face data set id, instead of 'path'.",
+    )
+    config: str | None = Field(
+        default=None, max_length=256, description="The hub data set's configuration name."
+    )
+    split: str = Field(
+        default="train", min_length=1, max_length=64, description="The split to read."
+    )
+    text_field: str = Field(
+        default="text",
+        min_length=1,
+        max_length=128,
+        description="Column holding the text (prompt/completion and chat records are read too).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataRef:
@@ -108,15 +150,17 @@ class PretrainingRef(DataRef):
 class FinetuneRef(DataRef):
     """A fine-tuning data set; several are mixed by their weights."""
 
-    weight: PositiveFloat = 1.0
+    weight: PositiveFloat = Field(
+        default=1.0, description="Share of this set among the fine-tuning sets (normalised)."
+    )
 
 
 class RatioRange(_Strict):
     """A continuous range of ratios searched by a model-based sampler."""
 
-    low: Ratio
-    high: Ratio
-    trials: int = Field(ge=2, le=10_000)
+    low: Ratio = Field(description="Smallest pre-training ratio to try.")
+    high: Ratio = Field(description="Largest pre-training ratio to try.")
+    trials: int = Field(ge=2, le=10_000, description="How many ratios the sampler measures.")
 
     @model_validator(mode="after")
     def _ordered(self) -> RatioRange:
@@ -129,10 +173,15 @@ class AdamWSpec(_Strict):
     """AdamW (decoupled weight decay) as the fine-tuning run will use it; fresh state unless the
     model comes with one (``model.optimizer_state``)."""
 
-    name: Literal["adamw"] = "adamw"
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: PositiveFloat = 1e-8
-    weight_decay: NonNegativeFloat = 0.0
+    name: Literal["adamw"] = Field(default="adamw", description="Selects AdamW.")
+    betas: tuple[Beta, Beta] = Field(
+        default=(0.9, 0.999),
+        description="AdamW's (beta1, beta2), as the fine-tuning run sets them.",
+    )
+    eps: PositiveFloat = Field(default=1e-8, description="AdamW's epsilon.")
+    weight_decay: NonNegativeFloat = Field(
+        default=0.0, description="Decoupled weight decay of the fine-tuning run."
+    )
     amsgrad: bool = Field(
         default=False,
         description="Use the running maximum of the second moment (with a given state, it must "
@@ -143,22 +192,36 @@ class AdamWSpec(_Strict):
 class AdamSpec(_Strict):
     """Adam with coupled (L2) weight decay, added to the gradient before the moments."""
 
-    name: Literal["adam"] = "adam"
-    betas: tuple[Beta, Beta] = (0.9, 0.999)
-    eps: PositiveFloat = 1e-8
-    weight_decay: NonNegativeFloat = 0.0
-    amsgrad: bool = False
+    name: Literal["adam"] = Field(default="adam", description="Selects Adam.")
+    betas: tuple[Beta, Beta] = Field(
+        default=(0.9, 0.999), description="Adam's (beta1, beta2), as the fine-tuning run sets them."
+    )
+    eps: PositiveFloat = Field(default=1e-8, description="Adam's epsilon.")
+    weight_decay: NonNegativeFloat = Field(
+        default=0.0, description="Coupled (L2) weight decay, added to the gradient."
+    )
+    amsgrad: bool = Field(
+        default=False, description="Use the running maximum of the second moment."
+    )
 
 
 class SGDSpec(_Strict):
     """SGD with optional momentum; buffers start empty unless the model comes with them
     (``model.optimizer_state`` holding ``momentum_buffer.<name>``)."""
 
-    name: Literal["sgd"] = "sgd"
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
-    dampening: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
-    nesterov: bool = False
-    weight_decay: NonNegativeFloat = 0.0
+    name: Literal["sgd"] = Field(default="sgd", description="Selects SGD.")
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = Field(
+        default=0.0, description="SGD momentum (its buffer starts empty)."
+    )
+    dampening: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = Field(
+        default=0.0, description="Scales each new gradient by 1 - dampening (not the first)."
+    )
+    nesterov: bool = Field(
+        default=False, description="Nesterov momentum (needs momentum > 0 and dampening 0)."
+    )
+    weight_decay: NonNegativeFloat = Field(
+        default=0.0, description="Coupled weight decay, added to the gradient."
+    )
 
     @model_validator(mode="after")
     def _nesterov(self) -> SGDSpec:
@@ -251,14 +314,44 @@ def _ratios_kind(value: object) -> str:
     return "auto" if isinstance(value, str) else "list"
 
 
+# The request body shown in the API docs (/docs, /redoc): the demo's sweep, paths relative to
+# SHARPMIX_HOME.
+EXAMPLE: dict[str, Any] = {
+    "model": {"path": "demo/model"},
+    "pretraining": {"name": "general", "path": "demo/general.jsonl"},
+    "finetuning": [{"name": "math", "path": "demo/math.jsonl"}],
+    "ratios": [0.0, 0.05, 0.1, 0.2, 0.5, 1.0],
+    "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
+    "learning_rate": 1.5e-4,
+    "seq_len": 128,
+    "batch_tokens": 16384,
+    "batches": 3,
+}
+
+
 class SweepSpec(_Strict):
     """A mix sweep: which model, which data, which ratios, and how to measure."""
 
-    model: ModelRef
-    pretraining: PretrainingRef
-    finetuning: list[FinetuneRef] = Field(min_length=1)
-    retention: list[DataRef] = Field(default_factory=list)
-    targets: list[DataRef] = Field(default_factory=list)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra={"examples": [EXAMPLE]}
+    )
+
+    model: ModelRef = Field(description="The model to fine-tune, as it is before fine-tuning.")
+    pretraining: PretrainingRef = Field(
+        description="Data like the model's pre-training data: the replay data of a mix, and a "
+        "loss that must stay flat."
+    )
+    finetuning: list[FinetuneRef] = Field(
+        min_length=1, description="The fine-tuning data; several sets are mixed by 'weight'."
+    )
+    retention: list[DataRef] = Field(
+        default_factory=list,
+        description="Further sets whose loss must stay flat too (e.g. general knowledge).",
+    )
+    targets: list[DataRef] = Field(
+        default_factory=list,
+        description="Further sets measured for information only (e.g. a benchmark's text).",
+    )
     ratios: (
         Annotated[
             Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
@@ -268,20 +361,36 @@ class SweepSpec(_Strict):
     ) = Field(
         default=None,
         min_length=1,
-        description="Candidate pre-training ratios, or 'auto' (with a trajectory): a quick "
-        "first-step screen picks where the trajectories run.",
+        description="Candidate pre-training ratios (fraction of pre-training tokens, 0 to 1), "
+        "or 'auto' (with a trajectory: a quick first-step screen picks where the trajectories "
+        "run); or give 'ratio_range'.",
+        examples=[[0.0, 0.1, 0.2, 0.5, 1.0], "auto"],
     )
-    ratio_range: RatioRange | None = None
-    optimizer: OptimizerSpec = AdamWSpec()
+    ratio_range: RatioRange | None = Field(
+        default=None, description="A range searched by Optuna's sampler, instead of 'ratios'."
+    )
+    optimizer: OptimizerSpec = Field(
+        default=AdamWSpec(), description="The fine-tuning run's optimizer; sets the direction."
+    )
     learning_rate: PositiveFloat = Field(description="Planned (peak) fine-tuning learning rate.")
-    seq_len: int = Field(default=256, ge=8)
+    seq_len: int = Field(default=256, ge=8, description="Tokens per sequence.")
     batch_tokens: int = Field(
         default=32768, ge=8, description="Tokens per direction batch and per evaluation batch."
     )
     batches: int = Field(default=4, ge=1, description="Batches per domain (B).")
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    objective: Objective = "flat_pretraining"
-    tol: float = Field(default=1 / 16, gt=0.0, le=0.5, allow_inf_nan=False)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed of batch draws.")
+    objective: Objective = Field(
+        default="flat_pretraining",
+        description="Which rule answers: flat_pretraining (smallest ratio keeping the "
+        "pre-training loss flat), balanced (where the per-set curves cross) or pareto.",
+    )
+    tol: float = Field(
+        default=1 / 16,
+        gt=0.0,
+        le=0.5,
+        allow_inf_nan=False,
+        description="Relative precision of each critical-learning-rate search (1/16: 4 halvings).",
+    )
     planned_steps: int = Field(
         default=1000, ge=1, le=1_000_000, description="N: optimizer steps of the planned run."
     )

@@ -18,6 +18,7 @@ from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.migrate import upgrade
 from service.db.reads import SweepReader
 from service.notify import DeliveryLoop
+from service.web import install_web
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "critical sharpness.",
         version="1",
         lifespan=lifespan,
+        # Served offline by install_web instead of FastAPI's CDN-loading pages.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -79,4 +83,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sweeps.router)
     app.include_router(deliveries.router)
     app.include_router(health.router)
+    install_web(app)
     return app

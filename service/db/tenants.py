@@ -91,7 +91,9 @@ def authenticate(session: Session, key: str) -> Tenant:
         DatabaseError: when the database cannot be reached.
     """
     refused = AuthenticationError(
-        "invalid or revoked API key; create one with `sharpmix keys create --tenant NAME`"
+        "invalid or revoked API key. A key works only on servers using the database it was "
+        "created in: run `sharpmix keys create --tenant NAME` with this server's "
+        "SHARPMIX_DATABASE_URL (or, on the embedded SQLite default, its SHARPMIX_HOME)"
     )
     match = _KEY_RE.match(key)
     if match is None:

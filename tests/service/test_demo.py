@@ -51,3 +51,11 @@ def test_failed_sweep_exits_non_zero(sweep_assets: SweepAssets, tmp_path: Path) 
     settings = Settings(home=tmp_path / "home", allowed_roots=[sweep_assets.root], device="cpu")
     spec = sweep_assets.spec(ratios=[0.5], batches=64, batch_tokens=4096)  # more than the data
     assert demo_sweep(settings, spec, plot_dir=tmp_path) == 1
+
+
+def test_the_example_demo_spec_is_the_demo_s_request() -> None:
+    import yaml
+
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "demo.yaml").read_text())
+    rel = Path("demo")
+    assert example == demo_spec(rel / "model", rel / "general.jsonl", rel / "math.jsonl")

@@ -126,6 +126,11 @@ def _complete(assets: DemoAssets, seed: int) -> bool:
 
 def _build(assets: DemoAssets, seed: int) -> None:
     started = time.perf_counter()
+    log.info(
+        "building the demo assets once (later runs reuse them): 4 corpora, a tokenizer, then "
+        "%d pre-training steps of a tiny model",
+        PRETRAIN_STEPS,
+    )
     root = assets.manifest_path.parent
     root.mkdir(parents=True)
     corpora = {
@@ -251,7 +256,17 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == PRETRAIN_STEPS - 1:
-            log.info("demo pre-training step %d loss %.3f lr %.2e", step, loss.item(), lr)
+            spent = time.perf_counter() - started
+            left = spent / (step + 1) * (PRETRAIN_STEPS - step - 1)
+            log.info(
+                "demo pre-training step %d/%d loss %.3f lr %.2e (%.0f s spent, about %.0f s left)",
+                step + 1,
+                PRETRAIN_STEPS,
+                loss.item(),
+                lr,
+                spent,
+                left,
+            )
     model.train(False)  # eval mode
     return time.perf_counter() - started
 
