@@ -110,6 +110,79 @@ class SGDSpec(_Strict):
 
 Objective = Literal["flat_pretraining", "balanced", "pareto"]
 
+# The quick screen's candidates when a trajectory sweep is asked to choose its own (`ratios: auto`).
+AUTO_SCREEN_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+DEFAULT_TOLERANCE = 0.02  # nats: about 7x the seed noise of a held-out loss seen on real text
+
+
+class ScheduleSpec(_Strict):
+    """The learning-rate schedule of the planned run; its peak is the sweep's `learning_rate`."""
+
+    kind: Literal["constant", "cosine", "linear"] = Field(
+        default="constant",
+        description="constant, or after the warm-up a cosine or linear decay to "
+        "min_lr_ratio x peak at planned_steps.",
+    )
+    warmup_steps: int = Field(
+        default=0, ge=0, le=10_000_000, description="Linear warm-up from 0 to the peak."
+    )
+    min_lr_ratio: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Final rate of a decay, as a fraction of the peak.",
+    )
+
+    def lr_at(self, step: int, *, peak: float, total: int) -> float:
+        """The rate of step ``step`` (0-based) of a ``total``-step run peaking at ``peak``."""
+        if step < self.warmup_steps:
+            return peak * (step + 1) / (self.warmup_steps + 1)
+        if self.kind == "constant":
+            return peak
+        span = max(total - self.warmup_steps, 1)
+        progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
+        floor = self.min_lr_ratio
+        if self.kind == "linear":
+            return peak * (floor + (1.0 - floor) * (1.0 - progress))
+        return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class TrajectorySpec(_Strict):
+    """Real optimizer steps on each candidate mix, measured as they go (method.md §9)."""
+
+    steps: int = Field(
+        ge=1, le=1_000_000, description="K: optimizer steps taken on each candidate mix."
+    )
+    measure_every: int = Field(
+        ge=1,
+        le=1_000_000,
+        description="m: every m steps (and at step 0 and K) the held-out loss, eta_c along the "
+        "optimizer's current update direction and the one-step loss change of every evaluation "
+        "set are recorded.",
+    )
+    ratios: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="With ratios 'auto': how many ratios of the quick screen get a trajectory, "
+        "chosen around its boundary.",
+    )
+    precision: Literal["auto", "float32", "bf16_autocast"] = Field(
+        default="auto",
+        description="How the steps are computed: bf16 autocast over float32 master weights "
+        "(auto on a GPU), or float32 throughout (auto on a CPU).",
+    )
+
+    @model_validator(mode="after")
+    def _every(self) -> TrajectorySpec:
+        if self.measure_every > self.steps:
+            raise ValueError(
+                f"'measure_every' ({self.measure_every}) is above 'steps' ({self.steps}); "
+                "measure at most every K steps"
+            )
+        return self
+
 
 class SweepSpec(_Strict):
     """A mix sweep: which model, which data, which ratios, and how to measure."""
@@ -119,7 +192,12 @@ class SweepSpec(_Strict):
     finetuning: list[FinetuneRef] = Field(min_length=1)
     retention: list[DataRef] = Field(default_factory=list)
     targets: list[DataRef] = Field(default_factory=list)
-    ratios: list[Ratio] | None = Field(default=None, min_length=1)
+    ratios: list[Ratio] | Literal["auto"] | None = Field(
+        default=None,
+        min_length=1,
+        description="Candidate pre-training ratios, or 'auto' (with a trajectory): a quick "
+        "first-step screen picks where the trajectories run.",
+    )
     ratio_range: RatioRange | None = None
     optimizer: Annotated[AdamWSpec | SGDSpec, Field(discriminator="name")] = AdamWSpec()
     learning_rate: PositiveFloat = Field(description="Planned (peak) fine-tuning learning rate.")
@@ -131,12 +209,46 @@ class SweepSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     objective: Objective = "flat_pretraining"
     tol: float = Field(default=1 / 16, gt=0.0, le=0.5, allow_inf_nan=False)
+    planned_steps: int = Field(
+        default=1000, ge=1, le=1_000_000, description="N: optimizer steps of the planned run."
+    )
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec, description="The planned run's learning-rate schedule."
+    )
+    tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        gt=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="Largest acceptable rise (nats) of the pre-training and every retention "
+        "loss over the planned run.",
+    )
+    trajectory: TrajectorySpec | None = Field(
+        default=None,
+        description="Step on each mix and watch the losses and critical sharpness (recommended: "
+        "steps 100-300, measure_every 10-25); without it the answer is a first-step verdict.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
         if (self.ratios is None) == (self.ratio_range is None):
             raise ValueError("give exactly one of 'ratios' (a list) or 'ratio_range'")
-        if self.ratios is not None and len(set(self.ratios)) != len(self.ratios):
+        if self.ratios == "auto" and self.trajectory is None:
+            raise ValueError(
+                "'ratios: auto' lets a first-step screen choose where trajectories run; "
+                "add 'trajectory' (steps, measure_every) or list the ratios"
+            )
+        if self.trajectory is not None and self.ratio_range is not None:
+            raise ValueError(
+                "'trajectory' runs on listed ratios: give 'ratios' (a list, or 'auto') instead "
+                "of 'ratio_range'"
+            )
+        if self.schedule.warmup_steps >= self.planned_steps:
+            raise ValueError(
+                f"'schedule.warmup_steps' ({self.schedule.warmup_steps}) must be below "
+                f"'planned_steps' ({self.planned_steps})"
+            )
+        if isinstance(self.ratios, list) and len(set(self.ratios)) != len(self.ratios):
             raise ValueError("'ratios' holds a value twice; list each candidate once")
         names = [ref.name for ref in self.eval_sets()]
         doubled = sorted({n for n in names if names.count(n) > 1})
@@ -172,12 +284,32 @@ class SweepSpec(_Strict):
         return self.batch_tokens // self.seq_len
 
     @property
+    def screen_ratios(self) -> list[float]:
+        """The ratios of the first-step measurements: the list, or the auto screen's grid."""
+        if self.ratios == "auto":
+            return list(AUTO_SCREEN_RATIOS)
+        return list(self.ratios or [])
+
+    @property
     def slots(self) -> int:
-        """Tasks the sweep is split into: one per candidate ratio, or one per trial of a range."""
+        """Measurement tasks: one per candidate ratio, or one per trial of a range."""
         if self.ratios is not None:
-            return len(self.ratios)
+            return len(self.screen_ratios)
         assert self.ratio_range is not None
         return self.ratio_range.trials
+
+    @property
+    def trajectory_slots(self) -> int:
+        """Trajectory tasks the sweep will run (for 'auto' they are created after the screen)."""
+        if self.trajectory is None:
+            return 0
+        if self.ratios == "auto":
+            return min(self.trajectory.ratios, len(AUTO_SCREEN_RATIOS))
+        return len(self.screen_ratios)
+
+    def lr_at(self, step: int) -> float:
+        """The planned run's learning rate at optimizer step ``step`` (0-based)."""
+        return self.schedule.lr_at(step, peak=self.learning_rate, total=self.planned_steps)
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON (sorted keys), the basis of idempotency."""
@@ -198,7 +330,13 @@ def check_limits(spec: SweepSpec, settings: Settings) -> None:
         ("batches", spec.batches, settings.max_batches, "SHARPMIX_MAX_BATCHES"),
         ("batch_tokens", spec.batch_tokens, settings.max_batch_tokens, "SHARPMIX_MAX_BATCH_TOKENS"),
         ("seq_len", spec.seq_len, settings.max_seq_len, "SHARPMIX_MAX_SEQ_LEN"),
-        ("ratios", len(spec.ratios or []), settings.max_ratios, "SHARPMIX_MAX_RATIOS"),
+        ("ratios", len(spec.screen_ratios), settings.max_ratios, "SHARPMIX_MAX_RATIOS"),
+        (
+            "trajectory.steps",
+            spec.trajectory.steps if spec.trajectory else 0,
+            settings.max_trajectory_steps,
+            "SHARPMIX_MAX_TRAJECTORY_STEPS",
+        ),
         (
             "ratio_range.trials",
             spec.ratio_range.trials if spec.ratio_range else 0,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
 from service.db.queue import MeasurementResult
 from service.spec import AdamWSpec, DataRef, SweepSpec
@@ -88,6 +89,10 @@ class PreparedSweep:
     setup_forwards: int
     setup_seconds: float
     warm: dict[str, float] = field(default_factory=dict)  # last eta_c per set: warm starts
+    # What a trajectory needs beside the model: the tokenizer and policy to read training rows.
+    tokenizer: PreTrainedTokenizerBase | None = None
+    policy: LoadPolicy | None = None
+    optimizer_state: dict[str, Tensor] | None = None
 
     def loss_fn(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token loss of a (sequences, seq_len) batch, in micro-batches of equal size."""
@@ -190,6 +195,7 @@ def prepare(
     micro_batch_tokens: int = 8192,
     gradient_memory_fraction: float = 0.25,
     checkpoint: Callable[[], None] | None = None,
+    gradients: bool = True,
 ) -> PreparedSweep:
     """Load the model and data of a sweep and compute what every ratio shares.
 
@@ -201,6 +207,8 @@ def prepare(
         checkpoint: Called between the expensive steps (after loading, after each gradient
             batch); it may raise :class:`TaskAbortedError` to stop a set-up that is no longer
             wanted (shutdown, cancel, lost lease).
+        gradients: False skips the per-domain gradients (a worker that only runs trajectories
+            of this sweep needs the model and the evaluation batches alone).
 
     Raises:
         DataError: For anything the user must fix (paths, formats, sizes), before GPU work.
@@ -228,7 +236,7 @@ def prepare(
 
     def batches(ref: DataRef, group: str, first: int) -> Tensor:
         return token_batches(
-            _source(ref),
+            data_source(ref),
             tokenizer,
             policy,
             seq_len=spec.seq_len,
@@ -239,7 +247,7 @@ def prepare(
             first_batch=first,
         ).to(device)
 
-    groups = _field_names(spec)
+    groups = field_names(spec)
     direction_batches = [batches(ref, groups[ref.name], 0) for ref in direction_sets]
     eval_batches = {
         ref.name: batches(ref, groups[ref.name], spec.batches if ref.name in direction_names else 0)
@@ -257,11 +265,14 @@ def prepare(
         backwards=0,
         setup_forwards=0,
         setup_seconds=0.0,
+        tokenizer=tokenizer,
+        policy=policy,
+        optimizer_state=loaded.optimizer_state,
     )
     # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
     model.train()
     storage = _gradient_device(model, len(direction_sets) * spec.batches, gradient_memory_fraction)
-    for b in range(spec.batches):
+    for b in range(spec.batches if gradients else 0):
         domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
         grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32, device=storage)
         prepared.gradients.append(grads)
@@ -269,7 +280,12 @@ def prepare(
         check()
     model.train(False)
     model.zero_grad(set_to_none=True)
-    prepared.loss0 = _reference_losses(prepared, prepared.gradients[0].params)
+    params: list[Tensor] = (
+        prepared.gradients[0].params
+        if prepared.gradients
+        else [p for p in model.parameters() if p.requires_grad]
+    )
+    prepared.loss0 = _reference_losses(prepared, params)
     prepared.setup_forwards += sum(len(t) for t in eval_batches.values())
     prepared.setup_seconds = time.perf_counter() - start
     return prepared
@@ -333,7 +349,8 @@ def _transform(spec: SweepSpec, model: nn.Module, state: dict[str, Tensor] | Non
     return with_state  # type: ignore[return-value]
 
 
-def _source(ref: DataRef) -> DataSource:
+def data_source(ref: DataRef) -> DataSource:
+    """The data loader's view of a spec's data set."""
     return DataSource(
         name=ref.name,
         path=ref.path,
@@ -344,7 +361,8 @@ def _source(ref: DataRef) -> DataSource:
     )
 
 
-def _field_names(spec: SweepSpec) -> dict[str, str]:
+def field_names(spec: SweepSpec) -> dict[str, str]:
+    """Each data set's field in the spec (``finetuning[0]``), for error messages."""
     names = {spec.pretraining.name: "pretraining"}
     for group in ("finetuning", "retention", "targets"):
         for i, ref in enumerate(getattr(spec, group)):
@@ -430,7 +448,9 @@ __all__ = [
     "PreparedSweep",
     "RatioMeasurement",
     "TaskAbortedError",
+    "data_source",
     "default_micro_batch_tokens",
+    "field_names",
     "mix_weights",
     "prepare",
 ]

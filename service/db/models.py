@@ -9,6 +9,11 @@ States:
 - a task (one Optuna trial's worth of work: one ratio, all evaluation sets) is ``queued`` until a
   worker claims it, ``running`` while the worker heartbeats, ``done`` when its measurements are
   written. A running task whose heartbeat is older than the lease goes back to ``queued``.
+
+Tasks are of two kinds: ``measure`` (the first-step measurements of one ratio at theta0) and
+``trajectory`` (real optimizer steps on one ratio's mix, with a point per evaluation set every few
+steps). A trajectory's points are written while it runs, each write guarded by the lease; a worker
+that takes a trajectory over starts it again from step 0 and replaces the points.
 """
 
 from __future__ import annotations
@@ -79,6 +84,13 @@ class TaskState(enum.StrEnum):
     cancelled = "cancelled"
 
 
+class TaskKind(enum.StrEnum):
+    """What a task computes."""
+
+    measure = "measure"
+    trajectory = "trajectory"
+
+
 def _enum(kind: type[enum.Enum]) -> Enum:
     # Stored as short strings (no native enum types), so adding a state is a plain migration.
     return Enum(kind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
@@ -131,6 +143,7 @@ class Sweep(Base):
     tasks_done: Mapped[int] = mapped_column(Integer, default=0)
     forwards: Mapped[int] = mapped_column(Integer, default=0)
     backwards: Mapped[int] = mapped_column(Integer, default=0)
+    optimizer_steps: Mapped[int] = mapped_column(Integer, default=0)
     compute_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -155,6 +168,7 @@ class SweepTask(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), index=True)
     slot: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[TaskKind] = mapped_column(_enum(TaskKind), default=TaskKind.measure)
     # Fixed for a candidate list; chosen by the Optuna sampler at claim time for a range.
     ratio: Mapped[float | None] = mapped_column(Float, default=None)
     state: Mapped[TaskState] = mapped_column(_enum(TaskState), default=TaskState.queued)
@@ -163,6 +177,10 @@ class SweepTask(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     optuna_trial_number: Mapped[int | None] = mapped_column(Integer, default=None)
     forwards: Mapped[int] = mapped_column(Integer, default=0)
+    # Trajectory tasks: optimizer steps taken so far, and once done the forecast per evaluation set.
+    steps_done: Mapped[int] = mapped_column(Integer, default=0)
+    pruned: Mapped[bool] = mapped_column(Boolean, default=False)
+    forecast: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -196,4 +214,32 @@ class Measurement(Base):
     forwards: Mapped[int] = mapped_column(Integer)
     batches: Mapped[int] = mapped_column(Integer)
     per_batch: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TrajectoryPoint(Base):
+    """One evaluation set at one step of a trajectory task."""
+
+    __tablename__ = "trajectory_points"
+    __table_args__ = (
+        UniqueConstraint("task_id", "step", "eval_set", name="uq_trajectory_points_task_step_set"),
+        Index("ix_trajectory_points_sweep_ratio", "sweep_id", "ratio"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(ForeignKey("sweep_tasks.id", ondelete="CASCADE"))
+    ratio: Mapped[float] = mapped_column(Float)
+    step: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    eval_set: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
+    loss: Mapped[float] = mapped_column(Float)
+    drift: Mapped[float] = mapped_column(Float)
+    eta_c: Mapped[float | None] = mapped_column(Float, default=None)
+    eta_c_low: Mapped[float | None] = mapped_column(Float, default=None)
+    eta_c_high: Mapped[float | None] = mapped_column(Float, default=None)
+    loss_change: Mapped[float | None] = mapped_column(Float, default=None)
+    forwards: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -20,7 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db._errors import database_errors, transaction
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
+from service.db.models import (
+    Measurement,
+    Sweep,
+    SweepState,
+    SweepTask,
+    TaskKind,
+    TaskState,
+    utcnow,
+)
 from service.errors import (
     ConflictError,
     DatabaseError,
@@ -101,14 +109,23 @@ def _add_sweep_without_commit(
         spec_sha256=digest,
         idempotency_key=idempotency_key,
         study_name=f"sharpmix-{sweep_id}",
-        tasks_total=spec.slots,
+        tasks_total=spec.slots + spec.trajectory_slots,
     )
     # A range's ratios are chosen by the sampler when a worker claims the task.
-    ratios: list[float | None] = list(spec.ratios) if spec.ratios else [None] * spec.slots
+    ratios: list[float | None] = list(spec.screen_ratios) if spec.ratios else [None] * spec.slots
     sweep.tasks = [
-        SweepTask(slot=slot, ratio=ratio, state=TaskState.queued)
+        SweepTask(slot=slot, ratio=ratio, kind=TaskKind.measure, state=TaskState.queued)
         for slot, ratio in enumerate(ratios)
     ]
+    if spec.trajectory is not None and spec.ratios != "auto":
+        # Listed ratios: every one gets a trajectory at once. For 'auto' the screen chooses them
+        # when its last measurement lands (queue.complete_task).
+        sweep.tasks += [
+            SweepTask(
+                slot=spec.slots + i, ratio=r, kind=TaskKind.trajectory, state=TaskState.queued
+            )
+            for i, r in enumerate(spec.screen_ratios)
+        ]
     session.add(sweep)
     return sweep
 

@@ -10,7 +10,7 @@ Read in this order: ``policy`` and ``paths`` (what may be loaded), ``models`` an
 (generated demo assets).
 """
 
-from workers.data.batches import token_batches, token_stream
+from workers.data.batches import token_batches, token_stream, training_rows
 from workers.data.cache import TokenStream, tokenizer_identity
 from workers.data.demo import DemoAssets, Forgetting, build_demo_assets, measure_forgetting
 from workers.data.errors import DataError
@@ -52,5 +52,6 @@ __all__ = [
     "token_stream",
     "tokenizer_identity",
     "train_tokenizer",
+    "training_rows",
     "validate_simplex_weights",
 ]

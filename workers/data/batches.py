@@ -9,6 +9,7 @@ no packed sequence appears in both.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -121,3 +122,39 @@ def token_batches(
     return sample_batches(
         rows, batch_size=batch_size, num_batches=num_batches, seed=seed, first_batch=first_batch
     )
+
+
+def training_rows(
+    src: DataSource,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: LoadPolicy,
+    *,
+    seq_len: int,
+    seed: int,
+    skip_rows: int,
+    field: str | None = None,
+) -> torch.Tensor:
+    """The rows of a domain a trajectory trains on: its seeded row order after ``skip_rows``.
+
+    Direction and evaluation batches are the first rows of the same seeded order (see
+    :func:`token_batches`), so skipping them keeps the held-out losses of a trajectory on tokens
+    it never stepped on.
+
+    Returns:
+        ``(rows, seq_len)`` int64 token ids, in the order to train on.
+
+    Raises:
+        DataError: When nothing is left after the skipped rows.
+    """
+    prefix = field or src.name
+    stream = token_stream(src, tokenizer, policy, field=prefix)
+    rows = pack_rows(stream.tokens, seq_len)
+    order = np.random.default_rng(seed).permutation(len(rows))[skip_rows:]
+    if len(order) == 0:
+        raise DataError(
+            prefix,
+            f"'{src.path or src.hub_id}' has {len(rows):,} sequences of {seq_len} tokens, all of "
+            "them used by direction and evaluation batches; a trajectory needs more data to "
+            "train on (add data, or lower batches or batch_tokens)",
+        )
+    return torch.from_numpy(rows[order].astype(np.int64))

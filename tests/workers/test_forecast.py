@@ -1,0 +1,81 @@
+"""The drift forecast (workers/forecast.py) against closed forms."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from service.spec import SweepSpec
+from workers.forecast import cumulative_lr, forecast_drift
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    eval_set: str
+    role: str
+    drift: float
+
+
+def _spec(**overrides: object) -> SweepSpec:
+    body: dict[str, object] = {
+        "model": {"path": "m"},
+        "pretraining": {"name": "general", "path": "a"},
+        "finetuning": [{"name": "math", "path": "b"}],
+        "ratios": [0.5],
+        "learning_rate": 1e-4,
+        "planned_steps": 300,
+        "trajectory": {"steps": 100, "measure_every": 10},
+    }
+    body.update(overrides)
+    return SweepSpec.model_validate(body)
+
+
+def test_cumulative_lr_of_a_constant_and_a_warmed_up_schedule() -> None:
+    assert cumulative_lr(_spec(), 50) == pytest.approx(50 * 1e-4)
+    warm = _spec(schedule={"kind": "cosine", "warmup_steps": 9, "min_lr_ratio": 0.1})
+    assert cumulative_lr(warm, 10) == pytest.approx(1e-4 * sum(range(1, 11)) / 10)
+    assert warm.lr_at(299) == pytest.approx(1e-5, rel=1e-3)
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0])
+def test_a_power_law_in_steps_is_recovered_under_a_constant_rate(exponent: float) -> None:
+    spec = _spec()
+    points = [
+        Point(s, "general", "pretraining", 0.01 * (s / 100) ** exponent) for s in range(0, 101, 10)
+    ]
+    (forecast,) = forecast_drift(spec, points)
+    truth = 0.01 * 3.0**exponent
+    assert forecast.drift == pytest.approx(truth, rel=1e-6)
+    assert forecast.low <= truth <= forecast.high
+    assert not forecast.measured and "least squares over 10 points" in forecast.method
+
+
+def test_noise_widens_the_interval_around_the_truth() -> None:
+    spec = _spec()
+    wiggle = [0.0, 0.002, -0.002, 0.001, -0.001, 0.002, -0.002, 0.001, -0.001, 0.0]
+    points = [
+        Point(s, "general", "pretraining", 0.02 * math.sqrt(s / 100) + w)
+        for s, w in zip(range(10, 101, 10), wiggle, strict=True)
+    ]
+    (forecast,) = forecast_drift(spec, points)
+    truth = 0.02 * math.sqrt(3.0)
+    assert forecast.low < truth < forecast.high
+    assert forecast.high - forecast.low > 0.004
+
+
+def test_a_decaying_schedule_forecasts_less_than_a_constant_one() -> None:
+    points = [Point(s, "general", "pretraining", 1e-4 * s) for s in range(0, 101, 10)]
+    constant = forecast_drift(_spec(), points)[0]
+    # Same measured points, but the planned run decays: the rest of the run moves less far.
+    cosine = forecast_drift(_spec(schedule={"kind": "cosine"}), points)[0]
+    assert cosine.drift < constant.drift
+
+
+def test_a_measured_step_is_the_forecast() -> None:
+    spec = _spec(planned_steps=50)
+    points = [Point(s, "math", "finetuning", -0.01 * s) for s in range(0, 51, 10)]
+    (forecast,) = forecast_drift(spec, points)
+    assert forecast.measured and forecast.drift == forecast.low == forecast.high == -0.5

@@ -1,0 +1,143 @@
+"""Trajectory tasks (workers/trajectory.py): real steps on the mix, measured as they go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.spec import SweepSpec
+from tests.conftest import SweepAssets
+from workers.data import LoadPolicy
+from workers.sweep import prepare
+from workers.trajectory import (
+    TrajectoryPoint,
+    _counts,
+    left_basin,
+    planned_measure_steps,
+    run_trajectory,
+)
+
+
+def _spec(assets: SweepAssets, **overrides: object) -> SweepSpec:
+    body = assets.spec(
+        ratios=[0.0, 1.0],
+        batches=1,
+        trajectory={"steps": 6, "measure_every": 3},
+        planned_steps=20,
+        learning_rate=3e-3,
+    )
+    body.update(overrides)
+    return SweepSpec.model_validate(body)
+
+
+def _prepared(assets: SweepAssets, tmp_path: Path, spec: SweepSpec, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    policy = LoadPolicy(allowed_roots=(assets.root,), cache_dir=tmp_path / "cache")
+    return prepare(spec, policy, device="cpu", dtype=dtype, gradients=False)
+
+
+def test_counts_keep_the_running_share_and_the_batch_size() -> None:
+    owed = [0.0, 0.0, 0.0]
+    weights = [0.05, 0.665, 0.285]
+    total = [0, 0, 0]
+    for _ in range(200):
+        counts = _counts(weights, 16, owed)
+        assert sum(counts) == 16
+        total = [t + c for t, c in zip(total, counts, strict=True)]
+    shares = [t / (200 * 16) for t in total]
+    assert shares == pytest.approx(weights, abs=1 / (200 * 16))
+
+
+def test_measure_steps_cover_zero_every_m_and_the_end() -> None:
+    body = {
+        "model": {"path": "m"},
+        "pretraining": {"name": "a", "path": "a"},
+        "finetuning": [{"name": "b", "path": "b"}],
+        "ratios": [0.5],
+        "learning_rate": 1e-4,
+    }
+    spec = SweepSpec.model_validate({**body, "trajectory": {"steps": 25, "measure_every": 10}})
+    assert planned_measure_steps(spec) == [0, 10, 20, 25]
+    short = SweepSpec.model_validate(
+        {**body, "planned_steps": 12, "trajectory": {"steps": 25, "measure_every": 10}}
+    )
+    assert planned_measure_steps(short) == [0, 10, 12]  # N < K: stop at N, measure there
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trajectory_steps_measures_and_restores_the_model(
+    sweep_assets: SweepAssets, tmp_path: Path, dtype: torch.dtype
+) -> None:
+    spec = _spec(sweep_assets)
+    prepared = _prepared(sweep_assets, tmp_path, spec, dtype)
+    before = {n: t.clone() for n, t in prepared.model.state_dict().items()}
+    seen: list[int] = []
+    result = run_trajectory(prepared, 0.0, on_measure=lambda step, pts: seen.append(step) or True)
+    assert seen == [0, 3, 6]
+    assert result.steps_done == 6 and not result.pruned
+    assert result.backwards == 6
+    names = {p.eval_set for p in result.points}
+    assert names == {"general", "math"}
+    first = [p for p in result.points if p.step == 0]
+    assert all(p.drift == 0.0 for p in first)
+    # Pure fine-tuning data at a high rate: the fine-tuning loss falls over six real steps.
+    math_end = next(p for p in result.points if p.step == 6 and p.eval_set == "math")
+    assert math_end.drift < 0
+    # Measured points carry eta_c along the optimizer's current direction; the last has none.
+    assert all(p.eta_c is not None or p.status != "ok" for p in result.points if p.step < 6)
+    assert all(p.status == "loss_only" for p in result.points if p.step == 6)
+    after = prepared.model.state_dict()
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype
+        assert torch.equal(after[name], tensor), name
+    assert {f.eval_set for f in result.forecast} == {"general", "math"}
+    assert all(f.steps == 20 and not f.measured for f in result.forecast)
+
+
+def test_trajectory_mixes_pretraining_text_by_ratio(
+    sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    spec = _spec(sweep_assets)
+    prepared = _prepared(sweep_assets, tmp_path, spec, torch.float32)
+    pure_ft = run_trajectory(prepared, 0.0)
+    pure_pt = run_trajectory(prepared, 1.0)
+
+    def drift(result, name):  # type: ignore[no-untyped-def]
+        return next(p.drift for p in result.points if p.step == 6 and p.eval_set == name)
+
+    # Stepping on pre-training text forgets less of it than stepping on fine-tuning text alone.
+    assert drift(pure_pt, "general") < drift(pure_ft, "general")
+    assert drift(pure_ft, "math") < drift(pure_pt, "math")
+
+
+def _points(step: int, drift: float, eta: float | None, lr: float) -> list[TrajectoryPoint]:
+    return [
+        TrajectoryPoint(
+            step, lr, "general", "pretraining", "ok", 3.0 + drift, drift, eta, eta, eta, None, 5
+        ),
+        TrajectoryPoint(step, lr, "math", "finetuning", "ok", 2.0, -0.1, 1e-3, 1e-3, 1e-3, None, 5),
+    ]
+
+
+def test_left_basin_needs_two_measurements_in_a_row() -> None:
+    body = {
+        "model": {"path": "m"},
+        "pretraining": {"name": "general", "path": "a"},
+        "finetuning": [{"name": "math", "path": "b"}],
+        "ratios": [0.5],
+        "learning_rate": 1e-4,
+        "tolerance": 0.05,
+        "trajectory": {"steps": 30, "measure_every": 10},
+    }
+    spec = SweepSpec.model_validate(body)
+    flat = [_points(0, 0.0, 1e-3, 1e-4), _points(10, 0.01, 1e-3, 1e-4)]
+    assert left_basin(spec, flat) is None
+    once = [*flat, _points(20, 0.06, 1e-3, 1e-4)]
+    assert left_basin(spec, once) is None
+    twice = [*once, _points(30, 0.08, 1e-3, 1e-4)]
+    reason = left_basin(spec, twice)
+    assert reason is not None and "tolerance" in reason
+    sharp = [*flat, _points(20, 0.01, 1e-6, 1e-4), _points(30, 0.02, 1e-6, 1e-4)]
+    reason = left_basin(spec, sharp)
+    assert reason is not None and "critical rate" in reason

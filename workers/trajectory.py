@@ -1,0 +1,402 @@
+"""Trajectory tasks: real optimizer steps on one candidate mix, measured as they go (method.md §9).
+
+The first-step measurements of `workers.sweep` look at theta0 only; on real text the basin is left
+along the trajectory, not at theta0. So for one ratio ``r`` a trajectory:
+
+1. takes ``min(K, N)`` optimizer steps (K = ``trajectory.steps``, N = ``planned_steps``) with the
+   user's optimizer (fresh, or with the AdamW state the model came with) at the planned schedule's
+   rate, on batches of ``batch_tokens`` tokens of which a share ``r`` is pre-training text (whole
+   sequences; the count per step is chosen so the running share stays at ``r``);
+2. at step 0, every ``measure_every`` steps and at the last step, for every evaluation set on its
+   first held-out evaluation batch: the loss and its drift from step 0, eta_c along the optimizer's
+   *current* update direction (its state included: the direction of the very step it is about to
+   take), and the one-step loss change at the current rate;
+3. stops early when the mix has clearly left the pre-training basin (`left_basin`).
+
+The model the worker keeps for the sweep is restored bit for bit afterwards (parameters and
+buffers), so the same worker can go on with other tasks of the sweep.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from service.spec import AdamWSpec, SweepSpec
+from workers.curvature import direction_params, loss_change, measure, update_direction
+from workers.data import training_rows
+from workers.forecast import Forecast, forecast_drift
+from workers.sweep import PreparedSweep, data_source, field_names, mix_weights
+
+RETENTION_ROLES = ("pretraining", "retention")
+# eta_c this far below the current rate, with the loss already rising, twice in a row: out.
+FAR_BELOW = 8.0
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    """One evaluation set at one step of a trajectory.
+
+    Attributes:
+        step: Optimizer steps taken before this measurement.
+        lr: The rate of the next step (the planned schedule at ``step``).
+        drift: ``loss - loss at step 0`` on the same held-out batch (positive: forgetting).
+        eta_c, eta_c_low, eta_c_high: Critical learning rate along the optimizer's next update
+            and its bracket (None where the search found no finite value).
+        loss_change: ``L(theta_t - lr d_t) - L(theta_t)``: the next step's own effect.
+        forwards: Forward passes this point cost.
+    """
+
+    step: int
+    lr: float
+    eval_set: str
+    role: str
+    status: str
+    loss: float
+    drift: float
+    eta_c: float | None
+    eta_c_low: float | None
+    eta_c_high: float | None
+    loss_change: float | None
+    forwards: int
+
+
+@dataclass
+class Trajectory:
+    """What one trajectory task measured."""
+
+    ratio: float
+    points: list[TrajectoryPoint] = field(default_factory=list)
+    steps_done: int = 0
+    pruned: bool = False
+    prune_reason: str | None = None
+    forwards: int = 0
+    backwards: int = 0
+    seconds: float = 0.0
+    forecast: list[Forecast] = field(default_factory=list)
+
+
+def planned_measure_steps(spec: SweepSpec) -> list[int]:
+    """The steps at which a trajectory measures: 0, every m, the last step, and N when N < K."""
+    assert spec.trajectory is not None
+    last = min(spec.trajectory.steps, spec.planned_steps)
+    steps = set(range(0, last + 1, spec.trajectory.measure_every)) | {0, last}
+    return sorted(steps)
+
+
+def left_basin(spec: SweepSpec, history: Sequence[Sequence[TrajectoryPoint]]) -> str | None:
+    """Why the mix has clearly left the pre-training basin, or None while it has not.
+
+    Clearly means at two measurements in a row: a pre-training or retention loss above the
+    tolerance, or eta_c of the pre-training set more than ``FAR_BELOW`` times below the current
+    rate while its loss is already rising (one such measurement can be noise).
+    """
+    if len(history) < 2:
+        return None
+    last_two = history[-2:]
+
+    def over(points: Sequence[TrajectoryPoint]) -> bool:
+        return any(p.role in RETENTION_ROLES and p.drift > spec.tolerance for p in points)
+
+    def far_below(points: Sequence[TrajectoryPoint]) -> bool:
+        pt = next((p for p in points if p.role == "pretraining"), None)
+        return (
+            pt is not None
+            and pt.drift > 0
+            and pt.step > 0
+            and (pt.eta_c_high if pt.eta_c_high is not None else math.inf) * FAR_BELOW < pt.lr
+        )
+
+    if all(over(points) for points in last_two):
+        step = last_two[-1][0].step
+        worst = max(p.drift for p in last_two[-1] if p.role in RETENTION_ROLES)
+        return (
+            f"the retention loss rose {worst:+.3g} nats by step {step}, above the tolerance "
+            f"{spec.tolerance:g}"
+        )
+    if all(far_below(points) for points in last_two):
+        step = last_two[-1][0].step
+        return (
+            f"by step {step} the pre-training loss is rising and its critical rate is more than "
+            f"{FAR_BELOW:g}x below the current rate"
+        )
+    return None
+
+
+def run_trajectory(
+    prepared: PreparedSweep,
+    ratio: float,
+    *,
+    on_measure: Callable[[int, list[TrajectoryPoint]], bool] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+) -> Trajectory:
+    """Step on the mix at ``ratio`` and measure as it goes; the model is restored afterwards.
+
+    Args:
+        prepared: The worker's sweep (model, held-out batches, tokenizer and loading policy).
+        ratio: Fraction of pre-training tokens in every batch.
+        on_measure: Called with the step and its points after each measurement (to write them
+            and report them to Optuna); returning False prunes the ratio there.
+        checkpoint: Called before every step; it may raise to abort (lease lost, cancel).
+
+    Returns:
+        The trajectory, with its forecast to ``planned_steps``.
+    """
+    spec = prepared.spec
+    if spec.trajectory is None:
+        raise ValueError("the sweep has no 'trajectory' block")
+    check = checkpoint or (lambda: None)
+    start = time.perf_counter()
+    model = prepared.model
+    device = next(model.parameters()).device
+    autocast = _autocast(spec, device)
+    streams = _Streams(prepared, ratio)
+    measure_at = set(planned_measure_steps(spec))
+    last = max(measure_at)
+    result = Trajectory(ratio=ratio)
+    history: list[list[TrajectoryPoint]] = []
+    loss_start: dict[str, float] = {}
+    warm: dict[str, float] = {}
+    with _restored(model):
+        model.float()  # float32 master weights, as mixed-precision training keeps them
+        params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _optimizer(spec, model, params, prepared.optimizer_state)
+        for step in range(last + 1):
+            check()
+            lr = spec.lr_at(step)
+            measuring = step in measure_at
+            if step == last and not measuring:
+                break
+            # The gradient of the batch about to be stepped on: it gives the direction that is
+            # measured (state included) and then the step itself.
+            if step < last:
+                batch = streams.next_batch()
+                model.train()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    _backward(model, batch, prepared.micro_batch)
+                result.backwards += 1
+                result.forwards += 1
+            if measuring:
+                points = _measure(prepared, optimizer, step, lr, step < last, loss_start, warm)
+                result.forwards += sum(p.forwards for p in points)
+                result.points += points
+                history.append(points)
+                reason = left_basin(spec, history)
+                go_on = on_measure(step, points) if on_measure is not None else True
+                if reason is not None or not go_on:
+                    result.pruned = step < last
+                    result.prune_reason = reason or "pruned by the study"
+                    result.steps_done = step
+                    if result.pruned:
+                        break
+            if step < last:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.step()
+                result.steps_done = step + 1
+        del optimizer
+    model.zero_grad(set_to_none=True)
+    result.forecast = forecast_drift(spec, result.points)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _measure(
+    prepared: PreparedSweep,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    lr: float,
+    has_gradient: bool,
+    loss_start: dict[str, float],
+    warm: dict[str, float],
+) -> list[TrajectoryPoint]:
+    spec = prepared.spec
+    model = prepared.model
+    points = []
+    direction = update_direction(optimizer) if has_gradient else None
+    params = direction_params(optimizer) if has_gradient else None
+    for ref in spec.eval_sets():
+        batch = prepared.eval_batches[ref.name][0]
+        if direction is None:
+            # The last step of the run: no next update, only the loss.
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                loss = float(prepared.loss_fn(model, batch))
+                model.train(was)
+            forwards, result, change = 1, None, None
+        else:
+            result = measure(
+                model,
+                prepared.loss_fn,
+                direction,
+                batch,
+                lr_guess=warm.get(ref.name, max(lr, 1e-12)),
+                tol=spec.tol,
+                params=params,
+            )
+            loss = result.loss0
+            delta = loss_change(
+                model, prepared.loss_fn, direction, batch, lr, loss0=loss, params=params
+            )
+            forwards, change = result.forwards + delta.forwards, delta.delta
+            if result.status == "ok":
+                warm[ref.name] = result.eta
+        loss_start.setdefault(ref.name, loss)
+        points.append(
+            TrajectoryPoint(
+                step=step,
+                lr=lr,
+                eval_set=ref.name,
+                role=spec.role(ref.name),
+                status="loss_only" if result is None else result.status,
+                loss=loss,
+                drift=loss - loss_start[ref.name],
+                eta_c=_finite(result.eta) if result is not None else None,
+                eta_c_low=_finite(result.lower) if result is not None else None,
+                eta_c_high=_finite(result.upper) if result is not None else None,
+                loss_change=change,
+                forwards=forwards,
+            )
+        )
+    return points
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _backward(model: nn.Module, batch: Tensor, micro_batch: int) -> None:
+    """Mean next-token loss of the (S, T) batch, backpropagated in equal micro-batches."""
+    total = len(batch)
+    for chunk in torch.split(batch, micro_batch):
+        loss = model(input_ids=chunk, labels=chunk).loss.float() * (len(chunk) / total)
+        loss.backward()
+
+
+def _autocast(spec: SweepSpec, device: torch.device) -> torch.autocast | nullcontext[None]:
+    assert spec.trajectory is not None
+    mode = spec.trajectory.precision
+    if mode == "float32" or (mode == "auto" and device.type != "cuda"):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _optimizer(
+    spec: SweepSpec, model: nn.Module, params: list[Tensor], state: dict[str, Tensor] | None
+) -> torch.optim.Optimizer:
+    """The user's optimizer over float32 parameters, with the AdamW state the model came with."""
+    opt = spec.optimizer
+    lr = spec.lr_at(0)
+    if not isinstance(opt, AdamWSpec):
+        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+    )
+    if state is not None:
+        steps = float(state["step"].item())
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                optimizer.state[p] = {
+                    "step": torch.tensor(steps),
+                    "exp_avg": state[f"exp_avg.{name}"].to(p.device, torch.float32).clone(),
+                    "exp_avg_sq": state[f"exp_avg_sq.{name}"].to(p.device, torch.float32).clone(),
+                }
+    return optimizer
+
+
+@contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Put every parameter and buffer back exactly (values and dtypes) when the block ends."""
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.data = params[name]
+                p.grad = None
+            for name, saved in buffers.items():
+                owner, _, attr = name.rpartition(".")
+                module = model.get_submodule(owner) if owner else model
+                module._buffers[attr] = saved
+
+
+class _Streams:
+    """Mixed training batches at a pre-training share ``ratio``, from rows no evaluation uses."""
+
+    def __init__(self, prepared: PreparedSweep, ratio: float) -> None:
+        spec = prepared.spec
+        if prepared.tokenizer is None or prepared.policy is None:
+            raise ValueError("the prepared sweep has no tokenizer or loading policy")
+        self.size = spec.sequences_per_batch
+        self.device = next(prepared.model.parameters()).device
+        self.weights = mix_weights(spec, ratio)
+        refs = [spec.pretraining, *spec.finetuning]
+        groups = field_names(spec)
+        # Rows 0 .. 2B*S-1 of each direction set's seeded order are its direction and
+        # evaluation batches (workers.sweep.prepare); training starts after them.
+        skip = 2 * spec.batches * self.size
+        self.rows = [
+            training_rows(
+                data_source(ref),
+                prepared.tokenizer,
+                prepared.policy,
+                seq_len=spec.seq_len,
+                seed=spec.seed,
+                skip_rows=skip,
+                field=groups[ref.name],
+            )
+            if w > 0
+            else None
+            for ref, w in zip(refs, self.weights, strict=True)
+        ]
+        self.cursor = [0] * len(refs)
+        self.owed = [0.0] * len(refs)
+
+    def next_batch(self) -> Tensor:
+        """The next (S, T) batch; per-domain counts keep the running token shares at the weights."""
+        counts = _counts(self.weights, self.size, self.owed)
+        parts = []
+        for k, n in enumerate(counts):
+            rows = self.rows[k]
+            if n == 0 or rows is None:
+                continue
+            index = (torch.arange(n) + self.cursor[k]) % len(rows)  # wraps: another epoch
+            parts.append(rows[index])
+            self.cursor[k] += n
+        return torch.cat(parts).to(self.device)
+
+
+def _counts(weights: Sequence[float], size: int, owed: list[float]) -> list[int]:
+    """Sequences per domain for one step of ``size``, carrying each domain's rounding forward.
+
+    ``owed`` (updated in place) is what each domain is still owed from earlier steps, so over many
+    steps every domain's share of the sequences tends to its weight, and each batch has ``size``.
+    """
+    for k, w in enumerate(weights):
+        owed[k] += w * size
+    counts = [max(math.floor(o), 0) for o in owed]
+    order = sorted(range(len(weights)), key=lambda k: owed[k] - counts[k], reverse=True)
+    for k in order[: max(size - sum(counts), 0)]:
+        counts[k] += 1
+    for k, n in enumerate(counts):
+        owed[k] -= n
+    return counts
+
+
+__all__ = [
+    "Trajectory",
+    "TrajectoryPoint",
+    "left_basin",
+    "planned_measure_steps",
+    "run_trajectory",
+]
