@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +53,7 @@ import transformers
 from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench.science.common import _module, setup_torch, sync, write_json, wsd_lr
+from bench.science.common import REPO, _module, setup_torch, sync, write_json, wsd_lr
 from bench.science.stacked_llama import StackedAdamW, StackedLlama
 
 SPLITS = ("general_train", "general_eval", "latex_train", "latex_eval")
@@ -95,7 +96,7 @@ class TruthConfig:
     intermediate: int = 864
     docs: int | None = None
     pre_rows: int = 64
-    pre_max_steps: int = 1600
+    pre_max_steps: int = 1200
     pre_min_steps: int = 600
     pre_budget_s: float = 70.0
     pre_peak_lr: float = 2e-3
@@ -499,6 +500,7 @@ def _json_ready(obj: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 def service_answers(
     cfg: TruthConfig,
+    lrs: tuple[float, ...],
     model_dir: Path,
     data: Path,
     device: torch.device,
@@ -534,7 +536,7 @@ def service_answers(
     shutil.copytree(model_dir, served)
     policy = LoadPolicy(allowed_roots=(root,), cache_dir=root / "cache", offline=True)
     out: dict[str, Any] = {"rates": {}, "root": str(root)}
-    for lr in cfg.lrs:
+    for lr in lrs:
         if time.perf_counter() > deadline:
             out["stopped_by_deadline"] = True
             break
@@ -616,6 +618,87 @@ def service_answers(
     return out
 
 
+@dataclass
+class _Child:
+    """A service process for some planned rates, writing its JSON and log to files."""
+
+    lrs: tuple[float, ...]
+    proc: subprocess.Popen[bytes]
+    result: Path
+    log: Path
+
+
+def _start_children(
+    args: argparse.Namespace, cfg: TruthConfig, model_dir: Path, seconds: float, procs: int
+) -> list[_Child]:
+    """One process per share of the planned rates, started now, beside the grid.
+
+    Small models leave the GPU waiting on kernel launches; the trajectories of several rates
+    (and the grid) in separate processes fill each other's gaps.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sharpmix-service-"))
+    shares = [cfg.lrs[i::procs] for i in range(min(procs, len(cfg.lrs)))]
+    children = []
+    for i, lrs in enumerate(shares):
+        result, log = folder / f"service_{i}.json", folder / f"service_{i}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.science.trajectory_truth",
+            "--service-only",
+            "--data",
+            str(args.data.resolve()),
+            "--model-dir",
+            str(model_dir),
+            "--lrs",
+            ",".join(repr(lr) for lr in lrs),
+            "--out",
+            str(result),
+            "--budget",
+            str(max(seconds - 15.0, 1.0)),
+        ] + (["--tiny"] if args.tiny else [])
+        with log.open("wb") as handle:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
+        children.append(_Child(lrs, proc, result, log))
+    return children
+
+
+def _join_children(children: list[_Child], deadline: float) -> dict[str, Any]:
+    """Wait for the service processes; merge their rates; keep their exit codes and logs."""
+    merged: dict[str, Any] = {"rates": {}, "processes": []}
+    for child in children:
+        try:
+            code = child.proc.wait(timeout=max(deadline - time.perf_counter(), 1.0))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            code = child.proc.wait()
+        log = child.log.read_text(errors="replace")
+        print(f"--- service process for {child.lrs} (exit {code}) ---\n{log[-6000:]}", flush=True)
+        part = json.loads(child.result.read_text()) if child.result.is_file() else {}
+        merged["rates"].update(part.get("rates", {}))
+        merged["processes"].append(
+            {"lrs": list(child.lrs), "exit": code, "partial": part.get("partial", False)}
+        )
+    return merged
+
+
+def _service_child(args: argparse.Namespace, cfg: TruthConfig, start: float) -> None:
+    """The ``--service-only`` process: the service part for ``--lrs``, JSON to ``--out``."""
+    device = setup_torch(threads=2 if args.tiny else None)
+    lrs = tuple(float(x) for x in args.lrs.split(","))
+    out: Path = args.out
+    result = service_answers(
+        cfg,
+        lrs,
+        args.model_dir,
+        args.data,
+        device,
+        deadline=start + args.budget,
+        on_rate=lambda r: write_json(out, r | {"partial": True}),
+    )
+    write_json(out, result)
+
+
 def main() -> None:
     """Parse, run the parts under the time budget, write JSON as results arrive."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -628,9 +711,22 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="grid,service", help="after pre-training: grid and/or service"
     )
+    parser.add_argument(
+        "--service-procs",
+        type=int,
+        default=None,
+        help="processes for the service part, one planned rate each, running beside the grid "
+        "(default: one per rate on a GPU, 0 = inline after the grid)",
+    )
+    parser.add_argument("--service-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--lrs", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     start = time.perf_counter()
     cfg = TruthConfig.tiny() if args.tiny else TruthConfig()
+    if args.service_only:
+        _service_child(args, cfg, start)
+        return
     out = args.out or Path(os.environ.get("OUT", "/tmp/sharpmix-trajectory-tiny"))
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     device = setup_torch(threads=2 if args.tiny else None)
@@ -684,8 +780,15 @@ def main() -> None:
         return
     write_json(out / "pretrain.json", pre)
     deadline = start + args.budget
+    procs = args.service_procs
+    if procs is None:
+        procs = len(cfg.lrs) if device.type == "cuda" else 0
+    children: list[_Child] = []
+    if "service" in parts and procs > 0:
+        children = _start_children(args, cfg, model_dir, deadline - time.perf_counter(), procs)
     if "grid" in parts:
-        grid_deadline = deadline - (0.0 if "service" not in parts else 0.35 * args.budget)
+        # Inline service work after the grid needs its share of the budget; children run beside.
+        grid_deadline = deadline - (0.35 * args.budget if "service" in parts and not procs else 30)
         grid = part(
             "grid",
             lambda: run_grid(
@@ -701,11 +804,16 @@ def main() -> None:
             check = part("check_cell", lambda: check_cell(cfg, rows, model_dir, device))
             grid["check_cell"] = check
             write_json(out / "grid.json", grid)
-    if "service" in parts:
+    if "service" in parts and children:
+        service = part("service", lambda: _join_children(children, deadline))
+        if service is not None:
+            write_json(out / "service.json", service)
+    elif "service" in parts:
         service = part(
             "service",
             lambda: service_answers(
                 cfg,
+                cfg.lrs,
                 model_dir,
                 args.data,
                 device,
