@@ -98,7 +98,14 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         recommendation = None
         if sweep.state == "succeeded":
             recommendation = client.recommendation(sweep.id).model_dump(mode="json")
-    result = {"sweep": sweep.model_dump(mode="json"), "recommendation": recommendation}
+        trajectories = None
+        if sweep.spec.trajectory is not None:
+            trajectories = client.trajectories(sweep.id).model_dump(mode="json")["ratios"]
+    result = {
+        "sweep": sweep.model_dump(mode="json"),
+        "recommendation": recommendation,
+        "trajectories": trajectories,
+    }
     print(json.dumps(result, indent=2))
     if sweep.state in ("failed", "cancelled"):
         print(f"sharpmix: sweep {sweep.id} {sweep.state}: {sweep.error or ''}", file=sys.stderr)

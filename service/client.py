@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from service.api.schemas import SweepOut, SweepPage, TrialOut
+from service.api.schemas import SweepOut, SweepPage, TrajectoriesOut, TrialOut
 from service.errors import SharpmixError
 from service.spec import Recommendation, SweepSpec
 
@@ -122,6 +122,11 @@ class SharpmixClient:
         """Its measurements so far, one per ratio and evaluation set."""
         rows = self._request("GET", f"/v1/sweeps/{sweep_id}/trials").json()
         return [TrialOut.model_validate(row) for row in rows]
+
+    def trajectories(self, sweep_id: str) -> TrajectoriesOut:
+        """Its trajectories so far: per ratio and evaluation set, loss, drift and eta_c by step."""
+        response = self._request("GET", f"/v1/sweeps/{sweep_id}/trajectories")
+        return TrajectoriesOut.model_validate(response.json())
 
     def recommendation(self, sweep_id: str) -> Recommendation:
         """The recommendation of a succeeded sweep (ClientError 409 before)."""

@@ -1,7 +1,13 @@
-"""From measurements to a recommended mix (../shared/method.md §4).
+"""From measurements to a recommended mix (method.md §4 and §9).
 
-Pure rules over the rows a sweep measured; no database, no model. Three answers are computed for
-every sweep and the objective picks which one is *the* ratio:
+Pure rules over the rows a sweep measured; no database, no model.
+
+When the sweep ran trajectories, the answer rests on them (``basis: trajectory``): the smallest
+ratio whose trajectory was not pruned and whose forecast drift at ``planned_steps`` stays within
+the tolerance on the pre-training and every retention set, the upper end of each forecast's
+interval included. Otherwise (``basis: first_step``) three answers are computed from the
+measurements at theta0 and the objective picks which one is *the* ratio; each is a first-step
+verdict:
 
 - flat pre-training (default): the smallest ratio whose lower confidence bound of eta_c on the
   pre-training set, and on every retention set, is above the planned learning rate;
@@ -19,9 +25,15 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from service.spec import RatioRank, Recommendation, SweepSpec
+from service.spec import (
+    RatioRank,
+    Recommendation,
+    SetForecast,
+    SweepSpec,
+    TrajectoryVerdict,
+)
 
 RETENTION_ROLES = ("pretraining", "retention")
 WIDE_SPREAD = 2.0  # max/min of per-batch eta_c above this: batches disagree (method.md §7)
@@ -39,6 +51,15 @@ class MeasurementRow(Protocol):
     eta_c_low: float | None
     spread: float | None
     loss_change: float | None
+
+
+class TrajectoryRow(Protocol):
+    """What the rules read of a finished trajectory task (a database row or any object alike)."""
+
+    ratio: float | None
+    steps_done: int
+    pruned: bool
+    forecast: list[Any] | None
 
 
 @dataclass(frozen=True)
@@ -80,19 +101,35 @@ def _point(row: MeasurementRow) -> float:
 
 
 def recommend(
-    spec: SweepSpec, measurements: Iterable[MeasurementRow], *, noise: float = 0.0
+    spec: SweepSpec,
+    measurements: Iterable[MeasurementRow],
+    *,
+    trajectories: Sequence[TrajectoryRow] = (),
+    noise: float = 0.0,
 ) -> Recommendation:
-    """Apply the rules of method.md §4 to a finished sweep.
+    """Apply the rules of method.md §4 (and §9 where trajectories ran) to a finished sweep.
 
     Args:
         spec: The sweep as requested (planned learning rate, objective, weights).
         measurements: One row per (ratio, evaluation set); pruned rows are left out.
+        trajectories: The sweep's finished trajectory tasks, with their forecasts.
         noise: Loss changes up to this count as flat for the loss-change rule.
 
     Returns:
         The recommendation with its evidence.
     """
+    measurements = list(measurements)
+    first = _first_step(spec, measurements, noise)
+    if not trajectories and spec.trajectory is None:
+        return first
+    return _on_trajectories(spec, first, trajectories)
+
+
+def _first_step(
+    spec: SweepSpec, measurements: list[MeasurementRow], noise: float
+) -> Recommendation:
     by_ratio: dict[float, dict[str, MeasurementRow]] = defaultdict(dict)
+    pruned_ratios = sorted({row.ratio for row in measurements if row.status == "pruned"})
     for row in measurements:
         if row.status != "pruned":
             by_ratio[row.ratio][row.eval_set] = row
@@ -115,7 +152,7 @@ def recommend(
             )
         )
     flat = next((rank.ratio for rank in ranking if rank.in_basin), None)
-    balanced = max(ratios, key=lambda e: e.min_eta_c() or 0.0).ratio if ratios else None
+    balanced = _crossing(ratios)
     least_forgetting = next(
         (
             rank.ratio
@@ -130,6 +167,8 @@ def recommend(
 
     if spec.objective == "balanced":
         chosen, reason = balanced, _balanced_reason(balanced, ratios)
+        if not ratios:
+            reason = _nothing_measured(pruned_ratios, lr)
     elif spec.objective == "pareto":
         chosen = flat if flat in pareto else (pareto[0] if pareto else None)
         reason = (
@@ -143,15 +182,20 @@ def recommend(
         )
     else:
         chosen, reason = flat, _flat_reason(flat, ranking, ratios, lr)
+        if not ratios:
+            reason = _nothing_measured(pruned_ratios, lr)
 
     chosen_entry = next((e for e in ratios if e.ratio == chosen), None)
     return Recommendation(
         objective=spec.objective,
         ratio=chosen,
         reason=reason,
+        basis="first_step",
         learning_rate=lr,
+        planned_steps=spec.planned_steps,
+        tolerance=spec.tolerance,
         in_basin=chosen_entry.retention_low() > lr if chosen_entry else None,
-        max_stable_lr=chosen_entry.min_eta_c() if chosen_entry else None,
+        max_stable_lr=chosen_entry.retention_low() if chosen_entry else None,
         flat_ratio=flat,
         balanced_ratio=balanced,
         least_forgetting_ratio=least_forgetting,
@@ -165,13 +209,23 @@ def recommend(
 def _flat_reason(
     flat: float | None, ranking: list[RatioRank], ratios: list[_Ratio], lr: float
 ) -> str:
+    caveat = (
+        " This is a first-step verdict: it says nothing of how the pre-training loss drifts over "
+        "the planned run (on real text it rose well below the first step's critical rate); add "
+        "'trajectory' to the spec to step on each mix and forecast the drift."
+    )
     if flat is not None:
         low = next(r.eta_c_pretraining_low for r in ranking if r.ratio == flat)
+        share = (
+            "only pure pre-training data (1.0 means no fine-tuning data at all) qualifies"
+            if flat >= 1.0
+            else f"{flat:g} is the smallest candidate ratio that qualifies, the most fine-tuning "
+            "data among those that do"
+        )
         return (
-            f"{flat:g} is the smallest candidate ratio whose critical learning rate on the "
-            f"pre-training data (lower bound {low:.3g}) and on every retention set is above the "
-            f"planned lr {lr:g}: the first fine-tuning step starts inside the pre-training basin, "
-            "so the pre-training loss stays flat, with the most fine-tuning data."
+            f"At the planned lr {lr:g} {share}: its critical learning rate on the pre-training "
+            f"data (lower bound {low:.3g}) and on every retention set is above the planned rate, "
+            "so the first fine-tuning step starts inside the pre-training basin." + caveat
         )
     if not ratios:
         return "No ratio was measured, so there is nothing to recommend."
@@ -185,14 +239,48 @@ def _flat_reason(
     )
 
 
+def _nothing_measured(pruned: list[float], lr: float) -> str:
+    if not pruned:
+        return "No ratio was measured, so there is nothing to recommend."
+    listed = ", ".join(f"{r:g}" for r in pruned)
+    return (
+        f"Every candidate ratio ({listed}) was pruned: at each, the planned lr {lr:g} was already "
+        "more than 4x above the critical learning rate of a retention set on two batches, so none "
+        "can keep the pre-training loss flat. Lower the learning rate, or try ratios with more "
+        "pre-training data."
+    )
+
+
+def _crossing(ratios: list[_Ratio]) -> float | None:
+    """The ratio maximising min_e eta_c, when that maximum lies inside the candidates.
+
+    At an end of the candidates the per-set curves have not crossed (the smallest eta_c still
+    grows towards that end), and answering the end would only echo the range.
+    """
+    if len(ratios) < 3:
+        return None
+    values = [e.min_eta_c() or 0.0 for e in ratios]
+    best = max(range(len(values)), key=lambda i: values[i])
+    return ratios[best].ratio if 0 < best < len(ratios) - 1 else None
+
+
 def _balanced_reason(balanced: float | None, ratios: list[_Ratio]) -> str:
+    if balanced is None and ratios:
+        values = [e.min_eta_c() or 0.0 for e in ratios]
+        end = ratios[max(range(len(values)), key=lambda i: values[i])].ratio
+        return (
+            f"The per-set critical-learning-rate curves do not cross within the candidates "
+            f"({ratios[0].ratio:g}-{ratios[-1].ratio:g}): the smallest eta_c over the sets is "
+            f"largest at the end of the range ({end:g}), so the balanced rule has no answer here. "
+            "Widen the candidates past that end, or use the flat_pretraining objective."
+        )
     if balanced is None:
         return "No ratio was measured, so there is nothing to recommend."
     entry = next(e for e in ratios if e.ratio == balanced)
     return (
         f"{balanced:g} maximises the smallest critical learning rate over all evaluation sets "
         f"({entry.min_eta_c() or 0.0:.3g}): the ratio where the per-set curves cross, and the "
-        "largest stable learning rate for the mix."
+        "largest first-step stable learning rate for the mix (a first-step verdict)."
     )
 
 
@@ -245,3 +333,148 @@ def _confidence(
     if spec.batches >= 4 and all(s <= 1.5 for s in spreads):
         return "high"
     return "medium"
+
+
+def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
+    forecasts = [SetForecast.model_validate(f) for f in row.forecast or []]
+    retention = [f for f in forecasts if f.role in RETENTION_ROLES]
+    tuning = [f for f in forecasts if f.role == "finetuning" and f.drift is not None]
+    weights = {ref.name: ref.weight for ref in spec.finetuning}
+    drift = max((f.drift for f in retention if f.drift is not None), default=None)
+    highs = [f.high for f in retention]
+    high = (
+        None
+        if not highs or any(h is None for h in highs)
+        else max(h for h in highs if h is not None)
+    )
+    gain = None
+    if tuning:
+        total = sum(weights.get(f.eval_set, 1.0) for f in tuning)
+        gain = -sum(weights.get(f.eval_set, 1.0) * (f.drift or 0.0) for f in tuning) / total
+    return TrajectoryVerdict(
+        ratio=row.ratio if row.ratio is not None else math.nan,
+        steps_done=row.steps_done,
+        pruned=row.pruned,
+        retention_drift=drift,
+        retention_drift_high=high,
+        finetuning_gain=gain,
+        within_tolerance=not row.pruned and high is not None and high <= spec.tolerance,
+        forecasts=forecasts,
+    )
+
+
+def _on_trajectories(
+    spec: SweepSpec, first: Recommendation, rows: Sequence[TrajectoryRow]
+) -> Recommendation:
+    verdicts = sorted((_verdict(spec, row) for row in rows), key=lambda v: v.ratio)
+    chosen = next((v for v in verdicts if v.within_tolerance), None)
+    n, tol = spec.planned_steps, spec.tolerance
+    if not verdicts:
+        reason = (
+            "No trajectory finished, so there is no answer over the planned run; "
+            f"the first-step screen said: {first.reason}"
+        )
+    elif chosen is None and all(v.pruned for v in verdicts):
+        reason = (
+            f"Every trajectory ({', '.join(f'{v.ratio:g}' for v in verdicts)}) was pruned: each "
+            f"mix clearly left the pre-training basin (a retention loss above the tolerance "
+            f"{tol:g} nats, or a critical rate far below the current rate) before step "
+            f"{spec.trajectory.steps if spec.trajectory else n}. Lower the learning rate, or "
+            "try ratios with more pre-training data."
+        )
+    elif chosen is None:
+        best = min(
+            verdicts,
+            key=lambda v: (
+                v.retention_drift_high if v.retention_drift_high is not None else math.inf
+            ),
+        )
+        reason = (
+            f"No trajectory keeps the pre-training and retention losses within {tol:g} nats over "
+            f"the planned {n} steps at lr {spec.learning_rate:g}: the least drift was ratio "
+            f"{best.ratio:g} with a forecast of {_nats(best.retention_drift)} (up to "
+            f"{_nats(best.retention_drift_high)}). Try ratios with more pre-training data, a "
+            "lower learning rate, or a shorter run."
+        )
+    else:
+        share = (
+            "only pure pre-training data (1.0: no fine-tuning data at all)"
+            if chosen.ratio >= 1.0
+            else f"ratio {chosen.ratio:g}"
+        )
+        gain = (
+            f", while the fine-tuning loss falls by a forecast {chosen.finetuning_gain:.3g} nats"
+            if chosen.finetuning_gain is not None
+            else ""
+        )
+        how = "measured" if all(f.measured for f in chosen.forecasts) else "forecast"
+        reason = (
+            f"At lr {spec.learning_rate:g} over the planned {n} steps, {share} is the smallest "
+            f"ratio whose trajectory keeps the pre-training and every retention loss within "
+            f"{tol:g} nats: {how} drift {_nats(chosen.retention_drift)} (up to "
+            f"{_nats(chosen.retention_drift_high)}) after {chosen.steps_done} real steps{gain}."
+        )
+    warnings = list(first.warnings)
+    if first.ratio is not None and chosen is not None and chosen.ratio > first.ratio:
+        warnings.append(
+            f"the first-step screen alone would have answered {first.ratio:g}; its trajectory "
+            "drifts beyond the tolerance, so the answer rests on the trajectories"
+        )
+    return first.model_copy(
+        update={
+            "ratio": chosen.ratio if chosen is not None else None,
+            "reason": reason,
+            "basis": "trajectory",
+            "forecast_drift": chosen.retention_drift if chosen else None,
+            "forecast_drift_high": chosen.retention_drift_high if chosen else None,
+            "finetuning_gain": chosen.finetuning_gain if chosen else None,
+            "trajectories": verdicts,
+            "in_basin": _first_in_basin(first, chosen.ratio) if chosen else None,
+            "max_stable_lr": _first_stable(first, chosen.ratio) if chosen else None,
+            "confidence": _trajectory_confidence(chosen, spec),
+            "warnings": warnings,
+        }
+    )
+
+
+def _nats(value: float | None) -> str:
+    return "unbounded" if value is None else f"{value:+.3g} nats"
+
+
+def _first_in_basin(first: Recommendation, ratio: float) -> bool | None:
+    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+    return rank.in_basin if rank is not None else None
+
+
+def _first_stable(first: Recommendation, ratio: float) -> float | None:
+    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+    return rank.eta_c_pretraining_low if rank is not None else None
+
+
+def _trajectory_confidence(
+    chosen: TrajectoryVerdict | None, spec: SweepSpec
+) -> Literal["high", "medium", "low"]:
+    if chosen is None or chosen.retention_drift_high is None:
+        return "low"
+    if all(f.measured for f in chosen.forecasts):
+        return "high"
+    # A forecast whose upper end still leaves half the tolerance free is a safe extrapolation.
+    return "medium" if chosen.retention_drift_high <= spec.tolerance / 2 else "low"
+
+
+def plan_trajectories(spec: SweepSpec, measurements: Iterable[MeasurementRow]) -> list[float]:
+    """The screen ratios a ``ratios: auto`` sweep spends its trajectories on.
+
+    Around the screen's boundary: the smallest ratio whose first step stays in the basin and the
+    next ones above it (trajectories below it would start outside already); with too few above,
+    the nearest ones below; with no ratio in the basin, the ones with the most pre-training data.
+    """
+    assert spec.trajectory is not None
+    first = _first_step(spec, list(measurements), 0.0)
+    ratios = sorted(r.ratio for r in first.ranking)
+    if not ratios:
+        ratios = spec.screen_ratios
+    k = min(spec.trajectory.ratios, len(ratios))
+    start = ratios.index(first.flat_ratio) if first.flat_ratio in ratios else len(ratios) - k
+    start = min(start, len(ratios) - k)
+    return ratios[start : start + k]

@@ -11,6 +11,11 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 - per-batch intermediate values (single-objective studies) feed a pruner that stops ratios that
   are clearly losing: for ``flat_pretraining`` one whose every retention set already rises at a
   quarter of the planned rate, for ``balanced`` Optuna's median rule.
+
+Trajectory tasks have a study of their own (``sharpmix-<id>-trajectory``): one trial per ratio,
+the largest retention drift at each measured step as its intermediate values, and a pruner that
+stops a ratio once that drift is above the tolerance at two measurements in a row; the trial
+minimises the ratio subject to ``upper end of the forecast retention drift - tolerance <= 0``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service.db.queue import MeasurementResult
 from service.spec import SweepSpec
 from workers.recommend import RETENTION_ROLES
+from workers.trajectory import Trajectory, TrajectoryPoint
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
@@ -44,6 +50,17 @@ class BasinPruner(BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
         return len(values) >= 2 and all(v > CLEARLY_OUT_OF_BASIN for v in values[-2:])
+
+
+class DriftPruner(BasePruner):
+    """Prune a trajectory once its retention drift is above the tolerance twice in a row."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        return len(values) >= 2 and all(v > self.tolerance for v in values[-2:])
 
 
 def storage(url: str) -> RDBStorage:
@@ -151,6 +168,47 @@ def fail_stale_trial(study: optuna.Study, number: int | None) -> None:
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
 
 
+def open_trajectory_study(
+    store: RDBStorage, name: str, spec: SweepSpec, *, slot: int, ratio: float
+) -> optuna.Study:
+    """Create or load the sweep's trajectory study, with this task's ratio fixed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=f"{name}-trajectory",
+        storage=store,
+        direction="minimize",
+        sampler=_sampler(spec, slot, ratio),
+        pruner=DriftPruner(spec.tolerance),
+        load_if_exists=True,
+    )
+
+
+def report_trajectory(trial: optuna.Trial, step: int, points: list[TrajectoryPoint]) -> bool:
+    """Report a measured step's largest retention drift; True means go on."""
+    drifts = [p.drift for p in points if p.role in RETENTION_ROLES]
+    trial.report(max(drifts, default=0.0), step)
+    return not trial.should_prune()
+
+
+def tell_trajectory(
+    study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, result: Trajectory
+) -> None:
+    """Finish a trajectory's trial: its ratio, subject to the forecast staying in tolerance."""
+    retention = [f for f in result.forecast if f.role in RETENTION_ROLES]
+    high = max((f.high for f in retention), default=math.inf)
+    margin = high - spec.tolerance if math.isfinite(high) else 1e9
+    trial.set_constraint(CONSTRAINT_ATTR, margin)
+    trial.set_user_attr(CONSTRAINT_ATTR, margin)
+    trial.set_user_attr("steps_done", result.steps_done)
+    trial.set_user_attr("forwards", result.forwards)
+    for f in result.forecast:
+        trial.set_user_attr(f"forecast_drift:{f.eval_set}", f.drift)
+    if result.pruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, result.ratio)
+
+
 def _sampler(spec: SweepSpec, slot: int, ratio: float | None) -> BaseSampler:
     # TPE reads the flat-pre-training constraint that `tell` sets on each trial.
     base = TPESampler(seed=spec.seed + slot, n_startup_trials=max(2, min(5, spec.slots // 3)))
@@ -170,11 +228,15 @@ def _pruner(spec: SweepSpec) -> BasePruner:
 
 
 __all__ = [
+    "DriftPruner",
     "abandon",
     "ask",
     "fail_stale_trial",
     "open_study",
+    "open_trajectory_study",
     "report",
+    "report_trajectory",
     "storage",
     "tell",
+    "tell_trajectory",
 ]

@@ -26,11 +26,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.db import queue
 from service.db.engine import make_engine, make_session_factory
+from service.db.models import TaskKind
 from service.errors import DatabaseError, InvalidRequestError
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
-from workers.recommend import recommend
+from workers.recommend import plan_trajectories, recommend
 from workers.sweep import (
     BatchStep,
     PreparedSweep,
@@ -38,6 +39,7 @@ from workers.sweep import (
     default_micro_batch_tokens,
     prepare,
 )
+from workers.trajectory import TrajectoryPoint, run_trajectory
 
 log = logging.getLogger("sharpmix.worker")
 
@@ -188,6 +190,9 @@ class Worker:
         return True
 
     def _compute(self, task: queue.ClaimedTask, lease: _Lease) -> None:
+        if task.kind == TaskKind.trajectory:
+            self._compute_trajectory(task, lease)
+            return
         spec = task.spec
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
@@ -219,15 +224,71 @@ class Worker:
             seconds=time.perf_counter() - start,
             optuna_trial_number=trial.number,
         )
-        if queue.complete_task(self.sessions, task, self.worker_id, result, recommend):
+        done = queue.complete_task(
+            self.sessions, task, self.worker_id, result, recommend, plan_trajectories
+        )
+        if done:
             studies.tell(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
         else:
             log.warning("task %s was taken over by another worker; result dropped", task.task_id)
             studies.abandon(study, trial)
 
+    def _compute_trajectory(self, task: queue.ClaimedTask, lease: _Lease) -> None:
+        """K real steps on one ratio's mix; points are written as they are measured."""
+        spec = task.spec
+        assert task.ratio is not None  # trajectory tasks are created with their ratio
+        ratio = task.ratio
+        start = time.perf_counter()
+        prepared, fresh = self._prepare(task, lease)
+        if self._optuna is None:
+            self._optuna = studies.storage(self.url)
+        study = studies.open_trajectory_study(
+            self._optuna, task.study_name, spec, slot=task.slot, ratio=ratio
+        )
+        studies.fail_stale_trial(study, task.optuna_trial_number)
+        trial = study.ask()
+        trial.suggest_float(studies.RATIO, 0.0, 1.0)
+        queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
+        if not queue.start_trajectory(self.sessions, task, self.worker_id):
+            studies.abandon(study, trial)
+            raise TaskAbortedError("lost")
+
+        def on_measure(step: int, points: list[TrajectoryPoint]) -> bool:
+            rows = [queue.PointResult(**vars(p)) for p in points]
+            if not queue.record_points(self.sessions, task, self.worker_id, ratio, step, rows):
+                lease.state = queue.Heartbeat.lost
+                raise TaskAbortedError("lost")
+            return studies.report_trajectory(trial, step, points)
+
+        try:
+            measured = run_trajectory(
+                prepared, ratio, on_measure=on_measure, checkpoint=lambda: self._check(lease)
+            )
+        except BaseException:
+            studies.abandon(study, trial)
+            raise
+        result = queue.TrajectoryResult(
+            ratio=ratio,
+            steps_done=measured.steps_done,
+            pruned=measured.pruned,
+            forecast=[vars(f) for f in measured.forecast],
+            forwards=measured.forwards + (prepared.setup_forwards if fresh else 0),
+            backwards=measured.backwards + (prepared.backwards if fresh else 0),
+            seconds=time.perf_counter() - start,
+            optuna_trial_number=trial.number,
+        )
+        if queue.complete_trajectory(self.sessions, task, self.worker_id, result, recommend):
+            studies.tell_trajectory(study, trial, spec, measured)
+        else:
+            log.warning("task %s was taken over by another worker; result dropped", task.task_id)
+            studies.abandon(study, trial)
+
     def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
+        need_gradients = task.kind == TaskKind.measure
         if self._prepared is not None and self._prepared[0] == task.sweep_id:
-            return self._prepared[1], False
+            cached = self._prepared[1]
+            if cached.gradients or not need_gradients:
+                return cached, False
         self._prepared = None  # one sweep's model and gradients in memory at a time
         prepared = prepare(
             task.spec,
@@ -236,6 +297,7 @@ class Worker:
             dtype=self.dtype,
             micro_batch_tokens=default_micro_batch_tokens(self.device),
             checkpoint=lambda: self._check(lease),
+            gradients=need_gradients,
         )
         self._prepared = (task.sweep_id, prepared)
         return prepared, True

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from service.db.models import Measurement, Sweep, SweepState
-from service.spec import SweepSpec, finite
+from service.db.models import Measurement, Sweep, SweepState, SweepTask, TrajectoryPoint
+from service.spec import SetForecast, SweepSpec, finite
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -18,10 +18,14 @@ def _utc(moment: datetime | None) -> datetime | None:
 class Progress(BaseModel):
     """How far a sweep has got, and what it has cost."""
 
-    tasks_total: int = Field(description="Candidate ratios (or trials of a range) to measure.")
+    tasks_total: int = Field(
+        description="Tasks to run: one first-step measurement per candidate ratio (or trial of "
+        "a range), plus one trajectory per ratio that gets one."
+    )
     tasks_done: int
     forwards: int = Field(description="Forward passes spent so far.")
     backwards: int = Field(description="Backward passes spent so far.")
+    optimizer_steps: int = Field(description="Real optimizer steps the trajectories took.")
     compute_seconds: float = Field(description="Worker compute time spent so far.")
     eta_seconds: float | None = Field(
         description="Estimated compute time left: mean time per finished task times the tasks "
@@ -42,6 +46,7 @@ class Progress(BaseModel):
             tasks_done=sweep.tasks_done,
             forwards=sweep.forwards,
             backwards=sweep.backwards,
+            optimizer_steps=sweep.optimizer_steps,
             compute_seconds=spent,
             eta_seconds=eta,
         )
@@ -123,6 +128,92 @@ class TrialOut(BaseModel):
             loss_change=finite(row.loss_change),
             forwards=row.forwards,
             batches=row.batches,
+        )
+
+
+class TrajectoryPointOut(BaseModel):
+    """One evaluation set at one step of a trajectory. Non-finite numbers are null."""
+
+    step: int = Field(description="Optimizer steps taken before this measurement.")
+    lr: float = Field(description="The planned schedule's rate at this step.")
+    eval_set: str
+    role: str
+    status: str
+    loss: float | None = Field(description="Held-out loss at this step.")
+    drift: float | None = Field(description="Loss minus its value at step 0 (nats).")
+    eta_c: float | None = Field(description="Critical rate along the optimizer's next update.")
+    eta_c_low: float | None
+    eta_c_high: float | None
+    sharpness: float | None = Field(description="Relative critical sharpness 2 / eta_c.")
+    loss_change: float | None = Field(description="One-step loss change at the current rate.")
+
+    @classmethod
+    def from_row(cls, row: TrajectoryPoint) -> TrajectoryPointOut:
+        """The API's view of a stored point."""
+        eta = finite(row.eta_c)
+        return cls(
+            step=row.step,
+            lr=row.lr,
+            eval_set=row.eval_set,
+            role=row.role,
+            status=row.status,
+            loss=finite(row.loss),
+            drift=finite(row.drift),
+            eta_c=eta,
+            eta_c_low=finite(row.eta_c_low),
+            eta_c_high=finite(row.eta_c_high),
+            sharpness=2.0 / eta if eta else None,
+            loss_change=finite(row.loss_change),
+        )
+
+
+class RatioTrajectory(BaseModel):
+    """One ratio's trajectory: its state, its points so far and, once done, its forecast."""
+
+    ratio: float | None
+    state: str = Field(description="queued, running, done, failed or cancelled.")
+    pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
+    steps_done: int
+    points: list[TrajectoryPointOut]
+    forecast: list[SetForecast] = Field(description="Per evaluation set, at planned_steps.")
+
+
+class TrajectoriesOut(BaseModel):
+    """Every trajectory of a sweep."""
+
+    sweep_id: str
+    planned_steps: int
+    tolerance: float
+    steps: int | None = Field(description="K: steps each trajectory takes (null: none asked).")
+    measure_every: int | None
+    ratios: list[RatioTrajectory]
+
+    @classmethod
+    def from_rows(
+        cls, sweep: Sweep, tasks: list[SweepTask], points: list[TrajectoryPoint]
+    ) -> TrajectoriesOut:
+        """The API's view of a sweep's trajectory tasks and points."""
+        spec = SweepSpec.model_validate(sweep.spec)
+        by_task: dict[int, list[TrajectoryPointOut]] = {}
+        for row in points:
+            by_task.setdefault(row.task_id, []).append(TrajectoryPointOut.from_row(row))
+        return cls(
+            sweep_id=sweep.id,
+            planned_steps=spec.planned_steps,
+            tolerance=spec.tolerance,
+            steps=spec.trajectory.steps if spec.trajectory else None,
+            measure_every=spec.trajectory.measure_every if spec.trajectory else None,
+            ratios=[
+                RatioTrajectory(
+                    ratio=task.ratio,
+                    state=task.state.value,
+                    pruned=task.pruned,
+                    steps_done=task.steps_done,
+                    points=by_task.get(task.id, []),
+                    forecast=[SetForecast.model_validate(f) for f in task.forecast or []],
+                )
+                for task in tasks
+            ],
         )
 
 

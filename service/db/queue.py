@@ -15,17 +15,26 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Result, case, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db._errors import database_errors
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
+from service.db.models import (
+    Measurement,
+    Sweep,
+    SweepState,
+    SweepTask,
+    TaskKind,
+    TaskState,
+    TrajectoryPoint,
+    utcnow,
+)
 from service.spec import Recommendation, SweepSpec
 
 LIVE_SWEEP_STATES = (SweepState.queued, SweepState.running)
@@ -43,6 +52,7 @@ class ClaimedTask:
     optuna_trial_number: int | None
     study_name: str
     spec: SweepSpec
+    kind: TaskKind = TaskKind.measure
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,38 @@ class TaskResult:
     optuna_trial_number: int | None = None
 
 
+@dataclass(frozen=True)
+class PointResult:
+    """One evaluation set at one step of a trajectory, as the worker measured it."""
+
+    step: int
+    lr: float
+    eval_set: str
+    role: str
+    status: str
+    loss: float
+    drift: float
+    eta_c: float | None
+    eta_c_low: float | None
+    eta_c_high: float | None
+    loss_change: float | None
+    forwards: int
+
+
+@dataclass(frozen=True)
+class TrajectoryResult:
+    """Everything a finished trajectory task writes beside its points."""
+
+    ratio: float
+    steps_done: int
+    pruned: bool
+    forecast: list[dict[str, Any]]
+    forwards: int
+    backwards: int
+    seconds: float
+    optuna_trial_number: int | None = None
+
+
 class Heartbeat(enum.StrEnum):
     """What a heartbeat learned."""
 
@@ -84,7 +126,21 @@ class Heartbeat(enum.StrEnum):
     cancel = "cancel"  # the user asked to cancel the sweep
 
 
-Finalizer = Callable[[SweepSpec, list[Measurement]], Recommendation]
+class Finalizer(Protocol):
+    """Worker code that turns a finished sweep's rows into its recommendation."""
+
+    def __call__(
+        self,
+        spec: SweepSpec,
+        measurements: list[Measurement],
+        *,
+        trajectories: Sequence[SweepTask] = (),
+    ) -> Recommendation: ...
+
+
+# Worker code that picks, from the quick screen's rows, the ratios a ``ratios: auto`` sweep
+# spends its trajectories on.
+Planner = Callable[[SweepSpec, list[Measurement]], list[float]]
 
 
 def claim_task(
@@ -135,6 +191,7 @@ def claim_task(
                 SweepTask.ratio,
                 SweepTask.attempts,
                 SweepTask.optuna_trial_number,
+                SweepTask.kind,
             )
         ).one_or_none()
         if row is None:
@@ -155,6 +212,7 @@ def claim_task(
             optuna_trial_number=row.optuna_trial_number,
             study_name=sweep.study_name,
             spec=SweepSpec.model_validate(sweep.spec),
+            kind=TaskKind(row.kind),
         )
         session.commit()
         return claimed
@@ -198,8 +256,13 @@ def complete_task(
     worker_id: str,
     result: TaskResult,
     finalize: Finalizer,
+    plan: Planner | None = None,
 ) -> bool:
     """Write a task's measurements and, when it was the sweep's last task, its recommendation.
+
+    Args:
+        plan: For a ``ratios: auto`` sweep, chooses the trajectories' ratios once the last
+            measurement of the quick screen lands; they are queued in the same transaction.
 
     Returns:
         False when the worker no longer owned the task (nothing is written: another worker has it).
@@ -248,10 +311,163 @@ def complete_task(
             )
             .returning(Sweep.tasks_done, Sweep.tasks_total)
         ).one()
+        if task.spec.ratios == "auto" and plan is not None:
+            _plan_trajectories_without_commit(session, task, plan)
+            total = session.execute(
+                select(Sweep.tasks_total).where(Sweep.id == task.sweep_id)
+            ).scalar_one()
         if done >= total:
             _finalize_without_commit(session, task, finalize)
         session.commit()
         return True
+
+
+def start_trajectory(sessions: sessionmaker[Session], task: ClaimedTask, worker_id: str) -> bool:
+    """Begin (or begin again) a trajectory: points an earlier owner wrote are dropped.
+
+    Returns:
+        False when the worker no longer owns the task.
+    """
+    with _session(sessions) as session:
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(*_held_by(task.task_id, worker_id))
+                .values(steps_done=0, heartbeat_at=utcnow())
+            )
+        )
+        if owned:
+            session.execute(delete(TrajectoryPoint).where(TrajectoryPoint.task_id == task.task_id))
+        session.commit()
+        return bool(owned)
+
+
+def record_points(
+    sessions: sessionmaker[Session],
+    task: ClaimedTask,
+    worker_id: str,
+    ratio: float,
+    steps_done: int,
+    points: Sequence[PointResult],
+) -> bool:
+    """Write one measurement's points of a running trajectory, while the worker owns the task.
+
+    Returns:
+        False when the worker no longer owns the task (nothing is written).
+    """
+    with _session(sessions) as session:
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(*_held_by(task.task_id, worker_id))
+                .values(steps_done=steps_done, ratio=ratio, heartbeat_at=utcnow())
+            )
+        )
+        if not owned:
+            session.rollback()
+            return False
+        session.add_all(
+            TrajectoryPoint(
+                sweep_id=task.sweep_id, task_id=task.task_id, ratio=ratio, **json_safe(vars(p))
+            )
+            for p in points
+        )
+        session.commit()
+        return True
+
+
+def complete_trajectory(
+    sessions: sessionmaker[Session],
+    task: ClaimedTask,
+    worker_id: str,
+    result: TrajectoryResult,
+    finalize: Finalizer,
+) -> bool:
+    """Close a trajectory task (its points are written already) and count its costs, once.
+
+    Returns:
+        False when the worker no longer owned the task (nothing is written).
+    """
+    now = utcnow()
+    with _session(sessions) as session:
+        session.execute(select(Sweep.id).where(Sweep.id == task.sweep_id).with_for_update())
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(*_held_by(task.task_id, worker_id))
+                .values(
+                    state=TaskState.done,
+                    ratio=result.ratio,
+                    steps_done=result.steps_done,
+                    pruned=result.pruned,
+                    forecast=json_safe(result.forecast),
+                    forwards=result.forwards,
+                    optuna_trial_number=result.optuna_trial_number,
+                    updated_at=now,
+                )
+            )
+        )
+        if not owned:
+            session.rollback()
+            return False
+        done, total = session.execute(
+            update(Sweep)
+            .where(Sweep.id == task.sweep_id)
+            .values(
+                tasks_done=Sweep.tasks_done + 1,
+                forwards=Sweep.forwards + result.forwards,
+                backwards=Sweep.backwards + result.backwards,
+                optimizer_steps=Sweep.optimizer_steps + result.steps_done,
+                compute_seconds=Sweep.compute_seconds + result.seconds,
+                updated_at=now,
+            )
+            .returning(Sweep.tasks_done, Sweep.tasks_total)
+        ).one()
+        if done >= total:
+            _finalize_without_commit(session, task, finalize)
+        session.commit()
+        return True
+
+
+def _plan_trajectories_without_commit(session: Session, task: ClaimedTask, plan: Planner) -> None:
+    # Under the sweep's row lock: exactly one completion sees the screen finished and no
+    # trajectory queued yet.
+    kinds = session.execute(
+        select(SweepTask.kind, SweepTask.state).where(SweepTask.sweep_id == task.sweep_id)
+    ).all()
+    screen_done = all(state == TaskState.done for kind, state in kinds if kind == TaskKind.measure)
+    if not screen_done or any(kind == TaskKind.trajectory for kind, _ in kinds):
+        return
+    measurements = list(
+        session.scalars(select(Measurement).where(Measurement.sweep_id == task.sweep_id))
+    )
+    try:
+        chosen = plan(task.spec, measurements)
+    except Exception as exc:  # a bug in the planner must not leave the sweep running forever
+        _end_sweep_without_commit(
+            session, task.sweep_id, SweepState.failed, f"choosing trajectories failed: {exc!r}"
+        )
+        return
+    first = task.spec.slots
+    session.add_all(
+        SweepTask(
+            sweep_id=task.sweep_id,
+            slot=first + i,
+            ratio=ratio,
+            kind=TaskKind.trajectory,
+            state=TaskState.queued,
+        )
+        for i, ratio in enumerate(chosen)
+    )
+    # The sweep promised trajectory_slots tasks; a planner that found fewer distinct ratios
+    # lowers the total so the sweep still finishes.
+    missing = task.spec.trajectory_slots - len(chosen)
+    if missing:
+        session.execute(
+            update(Sweep)
+            .where(Sweep.id == task.sweep_id)
+            .values(tasks_total=Sweep.tasks_total - missing)
+        )
 
 
 def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> None:
@@ -340,8 +556,19 @@ def _finalize_without_commit(session: Session, task: ClaimedTask, finalize: Fina
             .order_by(Measurement.ratio, Measurement.eval_set)
         )
     )
+    trajectories = list(
+        session.scalars(
+            select(SweepTask)
+            .where(
+                SweepTask.sweep_id == task.sweep_id,
+                SweepTask.kind == TaskKind.trajectory,
+                SweepTask.state == TaskState.done,
+            )
+            .order_by(SweepTask.ratio)
+        )
+    )
     try:
-        recommendation = finalize(task.spec, measurements)
+        recommendation = finalize(task.spec, measurements, trajectories=trajectories)
     except Exception as exc:  # a bug in the rules must not leave the sweep running forever
         _end_sweep_without_commit(
             session, task.sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"

@@ -27,6 +27,7 @@ from service.db.models import (
     SweepTask,
     TaskKind,
     TaskState,
+    TrajectoryPoint,
     utcnow,
 )
 from service.errors import (
@@ -226,6 +227,34 @@ def list_measurements(session: Session, tenant_id: int, sweep_id: str) -> list[M
                 .order_by(Measurement.ratio, Measurement.eval_set, Measurement.id)
             )
         )
+
+
+def list_trajectories(
+    session: Session, tenant_id: int, sweep_id: str
+) -> tuple[Sweep, list[SweepTask], list[TrajectoryPoint]]:
+    """The tenant's sweep, its trajectory tasks by ratio and their points so far, by step.
+
+    Raises:
+        NotFoundError: when the sweep does not exist or belongs to another tenant.
+        DatabaseError: when the database cannot be reached.
+    """
+    with transaction(session, "read the trajectories"):
+        sweep = _owned_without_commit(session, tenant_id, sweep_id)
+        tasks = list(
+            session.scalars(
+                select(SweepTask)
+                .where(SweepTask.sweep_id == sweep_id, SweepTask.kind == TaskKind.trajectory)
+                .order_by(SweepTask.ratio, SweepTask.slot)
+            )
+        )
+        points = list(
+            session.scalars(
+                select(TrajectoryPoint)
+                .where(TrajectoryPoint.sweep_id == sweep_id)
+                .order_by(TrajectoryPoint.task_id, TrajectoryPoint.step, TrajectoryPoint.id)
+            )
+        )
+        return sweep, tasks, points
 
 
 def get_recommendation(session: Session, tenant_id: int, sweep_id: str) -> Recommendation:

@@ -56,9 +56,39 @@ def test_flat_rule_picks_smallest_ratio_above_the_planned_rate() -> None:
     rec = recommend(spec(), curves())
     # lower bounds on pt: 0.8e-6, 0.8e-4, 1.6e-4, ...: 0.5 is the first above 1e-4.
     assert rec.ratio == 0.5 and rec.flat_ratio == 0.5 and rec.in_basin
-    assert rec.max_stable_lr == pytest.approx(min(1e-6 + 2e-4, 2e-4 + 1e-6))
+    # The first-step stable rate is the smallest retention lower bound: in_basin <=> lr below it.
+    assert rec.max_stable_lr == pytest.approx(0.8 * (1e-6 + 2e-4))
     assert rec.confidence == "high"
-    assert "0.5" in rec.reason
+    assert rec.basis == "first_step"
+    assert "0.5" in rec.reason and "first-step verdict" in rec.reason
+    assert "stays flat" not in rec.reason
+
+
+def test_a_flat_answer_of_one_is_called_no_fine_tuning_data() -> None:
+    rows = [row for row in curves() if row.ratio == 1.0 or row.eval_set == "math"]
+    for row in rows:
+        if row.ratio < 1.0:
+            row.eta_c_low = row.eta_c = 1e-6 if row.eval_set == "pt" else row.eta_c
+    rows += [Row(r, "pt", "pretraining", 1e-6, 0.8e-6, 0.01) for r in (0.0, 0.25, 0.5, 0.75)]
+    rec = recommend(spec(), rows)
+    assert rec.ratio == 1.0
+    assert "no fine-tuning data" in rec.reason and "most fine-tuning data" not in rec.reason
+
+
+def test_balanced_rule_says_so_when_the_curves_do_not_cross() -> None:
+    rows = [row for row in curves() if row.ratio <= 0.25 or row.eval_set == "pt"]
+    # math's eta_c now rises with the ratio as well: min over sets grows to the end of the range.
+    rows += [Row(r, "math", "finetuning", 1e-3, 0.8e-3, -0.01) for r in (0.5, 0.75, 1.0)]
+    rec = recommend(spec("balanced"), rows)
+    assert rec.ratio is None and rec.balanced_ratio is None
+    assert "do not cross" in rec.reason
+
+
+def test_every_ratio_pruned_says_why() -> None:
+    rows = [Row(r, "pt", "pretraining", None, None, None, status="pruned") for r in (0.0, 0.5)]
+    rec = recommend(spec(), rows)
+    assert rec.ratio is None
+    assert "was pruned" in rec.reason and "0, 0.5" in rec.reason
 
 
 def test_balanced_rule_finds_the_crossing() -> None:
@@ -101,3 +131,76 @@ def test_immediate_increase_is_never_in_basin() -> None:
             row.status, row.eta_c, row.eta_c_low = "increases_immediately", None, None
     rec = recommend(spec(), rows)
     assert rec.flat_ratio is None
+
+
+@dataclass
+class Traj:
+    ratio: float
+    steps_done: int
+    pruned: bool
+    forecast: list[dict[str, object]]
+
+
+def _forecast(
+    drift: float, high: float, gain: float, measured: bool = False
+) -> list[dict[str, object]]:
+    return [
+        {
+            "eval_set": "pt",
+            "role": "pretraining",
+            "steps": 300,
+            "drift": drift,
+            "low": drift - 0.01,
+            "high": high,
+            "measured": measured,
+            "method": "fit",
+        },
+        {
+            "eval_set": "math",
+            "role": "finetuning",
+            "steps": 300,
+            "drift": -gain,
+            "low": -gain,
+            "high": -gain,
+            "measured": measured,
+            "method": "fit",
+        },
+    ]
+
+
+def test_trajectory_basis_picks_the_smallest_ratio_within_tolerance() -> None:
+    s = spec(trajectory={"steps": 100, "measure_every": 10}, planned_steps=300, tolerance=0.02)
+    trajectories = [
+        Traj(0.0, 100, False, _forecast(0.25, 0.3, 0.9)),
+        Traj(0.25, 100, False, _forecast(0.015, 0.025, 0.8)),  # point inside, interval not
+        Traj(0.5, 100, False, _forecast(0.005, 0.012, 0.6)),
+        Traj(0.75, 40, True, _forecast(0.5, 0.6, 0.3)),
+    ]
+    rec = recommend(s, curves(), trajectories=trajectories)
+    assert rec.basis == "trajectory" and rec.ratio == 0.5
+    assert rec.forecast_drift == pytest.approx(0.005)
+    assert rec.forecast_drift_high == pytest.approx(0.012)
+    assert rec.finetuning_gain == pytest.approx(0.6)
+    assert [v.within_tolerance for v in rec.trajectories] == [False, False, True, False]
+    assert "0.5" in rec.reason and "300 steps" in rec.reason
+
+
+def test_trajectory_basis_overrides_an_optimistic_first_step() -> None:
+    s = spec(trajectory={"steps": 100, "measure_every": 10}, learning_rate=1e-7)
+    trajectories = [Traj(r, 100, False, _forecast(0.1, 0.12, 0.5)) for r in (0.0, 0.25)]
+    trajectories.append(Traj(0.5, 100, False, _forecast(0.0, 0.01, 0.4)))
+    rec = recommend(s, curves(), trajectories=trajectories)
+    assert rec.flat_ratio == 0.0  # the first step alone looks flat at 0
+    assert rec.ratio == 0.5
+    assert any("first-step screen alone would have answered 0" in w for w in rec.warnings)
+
+
+def test_trajectory_basis_with_none_within_or_all_pruned() -> None:
+    s = spec(trajectory={"steps": 100, "measure_every": 10})
+    over = [Traj(r, 100, False, _forecast(0.1 + r, 0.2 + r, 0.5)) for r in (0.0, 0.5)]
+    rec = recommend(s, curves(), trajectories=over)
+    assert rec.ratio is None and rec.basis == "trajectory"
+    assert "least drift was ratio 0" in rec.reason
+    pruned = [Traj(r, 20, True, _forecast(0.3, 0.4, 0.1)) for r in (0.0, 0.5)]
+    rec = recommend(s, curves(), trajectories=pruned)
+    assert rec.ratio is None and "Every trajectory (0, 0.5) was pruned" in rec.reason

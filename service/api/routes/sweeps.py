@@ -12,10 +12,18 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from service import plot
 from service.api.deps import SessionDep, SettingsDep, TenantDep
-from service.api.schemas import Message, SweepOut, SweepPage, TrialOut, ValidationMessage
+from service.api.schemas import (
+    Message,
+    SweepOut,
+    SweepPage,
+    TrajectoriesOut,
+    TrialOut,
+    ValidationMessage,
+)
 from service.db import sweeps
 from service.db.models import SweepState
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
+from service.trajectory_plot import render_trajectory_plot
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Message, "description": "Missing, unknown or revoked API key."},
@@ -87,6 +95,37 @@ def list_trials(sweep_id: str, tenant: TenantDep, session: SessionDep) -> list[T
     """One row per measured ratio and evaluation set, so far."""
     rows = sweeps.list_measurements(session, tenant.id, sweep_id)
     return [TrialOut.from_row(row) for row in rows]
+
+
+@router.get("/{sweep_id}/trajectories")
+def list_trajectories(sweep_id: str, tenant: TenantDep, session: SessionDep) -> TrajectoriesOut:
+    """Per ratio and evaluation set: step, held-out loss and its drift, eta_c along the
+    optimizer's current update and the one-step loss change, so far; forecasts once done."""
+    sweep, tasks, points = sweeps.list_trajectories(session, tenant.id, sweep_id)
+    return TrajectoriesOut.from_rows(sweep, tasks, points)
+
+
+@router.get(
+    "/{sweep_id}/trajectories.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+        409: {"model": Message, "description": "No trajectory point yet."},
+    },
+)
+def get_trajectory_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    """The pre-training drift and lambda_c against step per ratio, the tolerance band, the
+    2/lr line and the forecasts; drawn from what exists, so a running sweep has one too."""
+    sweep, tasks, points = sweeps.list_trajectories(session, tenant.id, sweep_id)
+    if not points:
+        raise HTTPException(
+            status_code=409,
+            detail=f"sweep {sweep_id} is {sweep.state.value} and has no trajectory point yet"
+            + ("" if sweep.spec.get("trajectory") else "; its spec asks for no trajectory"),
+        )
+    data = TrajectoriesOut.from_rows(sweep, tasks, points)
+    png = render_trajectory_plot(SweepSpec.model_validate(sweep.spec), data)
+    return Response(png, media_type="image/png")
 
 
 @router.get(

@@ -32,9 +32,9 @@ def post(api: Api, **changes: Any) -> list[list[Any]]:
 @pytest.mark.parametrize(
     ("literal", "field"),
     [
-        ('"ratios": [0.0, NaN]', ["body", "ratios", 1]),
-        ('"ratios": [Infinity]', ["body", "ratios", 0]),
-        ('"ratios": [-Infinity, 0.5]', ["body", "ratios", 0]),
+        ('"ratios": [0.0, NaN]', ["body", "ratios", "list", 1]),
+        ('"ratios": [Infinity]', ["body", "ratios", "list", 0]),
+        ('"ratios": [-Infinity, 0.5]', ["body", "ratios", "list", 0]),
         ('"learning_rate": NaN', ["body", "learning_rate"]),
     ],
 )
@@ -49,8 +49,8 @@ def test_non_finite_numbers_are_refused(api: Api, literal: str, field: list[Any]
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"ratios": [0.5, 1.5]}, ["body", "ratios", 1]),
-        ({"ratios": [-0.1]}, ["body", "ratios", 0]),
+        ({"ratios": [0.5, 1.5]}, ["body", "ratios", "list", 1]),
+        ({"ratios": [-0.1]}, ["body", "ratios", "list", 0]),
         ({"learning_rate": 0}, ["body", "learning_rate"]),
         ({"learning_rate": -1e-4}, ["body", "learning_rate"]),
         ({"ratio_range": {"low": 0.5, "high": 2, "trials": 4}}, ["body", "ratio_range", "high"]),
@@ -114,3 +114,48 @@ def test_a_bad_cursor_and_limit_are_refused_naming_the_parameter(api: Api) -> No
     assert bad_cursor.status_code == bad_limit.status_code == 422
     assert bad_cursor.json()["detail"][0]["loc"] == ["query", "cursor"]
     assert bad_limit.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"planned_steps": 0}, ["body", "planned_steps"]),
+        ({"tolerance": 0}, ["body", "tolerance"]),
+        ({"tolerance": -0.1}, ["body", "tolerance"]),
+        ({"schedule": {"kind": "step"}}, ["body", "schedule", "kind"]),
+        ({"schedule": {"min_lr_ratio": 2}}, ["body", "schedule", "min_lr_ratio"]),
+        ({"trajectory": {"steps": 0, "measure_every": 1}}, ["body", "trajectory", "steps"]),
+        ({"trajectory": {"steps": 10}}, ["body", "trajectory", "measure_every"]),
+        ({"ratios": "automatic"}, ["body", "ratios", "auto"]),
+    ],
+)
+def test_bad_planned_run_values_are_refused_naming_the_field(
+    api: Api, changes: dict[str, Any], field: list[Any]
+) -> None:
+    assert field in post(api, **changes)
+
+
+def test_inconsistent_planned_runs_say_what_to_change(api: Api) -> None:
+    cases = [
+        ({"ratios": "auto"}, "add 'trajectory'"),
+        ({"trajectory": {"steps": 10, "measure_every": 20}}, "'measure_every' (20) is above"),
+        ({"schedule": {"warmup_steps": 1000}}, "must be below 'planned_steps' (1000)"),
+        (
+            {
+                "ratios": None,
+                "ratio_range": {"low": 0, "high": 1, "trials": 3},
+                "trajectory": {"steps": 2, "measure_every": 1},
+            },
+            "runs on listed ratios",
+        ),
+    ]
+    for changes, message in cases:
+        response = api.client.post("/v1/sweeps", json=sweep_body(**changes), headers=api.headers)
+        assert response.status_code == 422, changes
+        assert message in response.text, response.text
+    over = api.client.post(
+        "/v1/sweeps",
+        json=sweep_body(trajectory={"steps": 5001, "measure_every": 100}),
+        headers=api.headers,
+    )
+    assert over.status_code == 422 and "SHARPMIX_MAX_TRAJECTORY_STEPS" in over.text

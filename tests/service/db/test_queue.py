@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -13,7 +13,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import queue
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, Tenant
+from service.db.models import (
+    Measurement,
+    Sweep,
+    SweepState,
+    SweepTask,
+    TaskKind,
+    TaskState,
+    Tenant,
+    TrajectoryPoint,
+)
 from service.spec import Recommendation, SweepSpec
 
 pytestmark = pytest.mark.db
@@ -85,10 +94,12 @@ def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
     )
 
 
-def recommend(spec: SweepSpec, measurements: list[Measurement]) -> Recommendation:
+def recommend(
+    spec: SweepSpec, measurements: list[Measurement], *, trajectories: Sequence[SweepTask] = ()
+) -> Recommendation:
     return Recommendation(
         objective=spec.objective,
-        ratio=min(m.ratio for m in measurements),
+        ratio=min((m.ratio for m in measurements), default=None),
         reason=f"{len(measurements)} measurements",
         learning_rate=spec.learning_rate,
         in_basin=True,
@@ -258,3 +269,58 @@ def test_cancel_of_a_dead_workers_sweep_is_carried_out(sessions: sessionmaker[Se
         sweep = session.get_one(Sweep, sweep_id)
         assert sweep.state == SweepState.cancelled
         assert {t.state for t in sweep.tasks} == {TaskState.cancelled}
+
+
+def point(step: int, drift: float) -> queue.PointResult:
+    return queue.PointResult(
+        step=step,
+        lr=1e-3,
+        eval_set="pt",
+        role="pretraining",
+        status="ok",
+        loss=2.0 + drift,
+        drift=drift,
+        eta_c=1e-3,
+        eta_c_low=9e-4,
+        eta_c_high=1.1e-3,
+        loss_change=-1e-4,
+        forwards=5,
+    )
+
+
+def test_a_taken_over_trajectory_restarts_and_counts_once(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.5])
+    with sessions() as session:  # the measurement task is done; one trajectory is left
+        task = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).one()
+        task.state = TaskState.done
+        session.add(SweepTask(sweep_id=sweep_id, slot=1, ratio=0.5, kind=TaskKind.trajectory))
+        sweep = session.get_one(Sweep, sweep_id)
+        sweep.tasks_total, sweep.tasks_done = 2, 1
+        session.commit()
+    stale = queue.claim_task(sessions, "stale", lease_seconds=60)
+    assert stale is not None and stale.kind == TaskKind.trajectory
+    assert queue.start_trajectory(sessions, stale, "stale")
+    assert queue.record_points(sessions, stale, "stale", 0.5, 0, [point(0, 0.0)])
+    assert queue.record_points(sessions, stale, "stale", 0.5, 10, [point(10, 0.01)])
+    time.sleep(1.1)
+    fresh = queue.claim_task(sessions, "fresh", lease_seconds=1)  # the lease ran out
+    assert fresh is not None and fresh.task_id == stale.task_id
+    assert queue.start_trajectory(sessions, fresh, "fresh")
+    with sessions() as session:  # the earlier owner's points are gone: a clean restart
+        assert session.scalar(select(func.count()).select_from(TrajectoryPoint)) == 0
+    # The stalled worker wakes up: none of its writes land.
+    assert not queue.record_points(sessions, stale, "stale", 0.5, 20, [point(20, 0.02)])
+    result = queue.TrajectoryResult(
+        ratio=0.5, steps_done=20, pruned=False, forecast=[], forwards=30, backwards=20, seconds=1.0
+    )
+    assert not queue.complete_trajectory(sessions, stale, "stale", result, recommend)
+    assert queue.record_points(sessions, fresh, "fresh", 0.5, 0, [point(0, 0.0)])
+    assert queue.record_points(sessions, fresh, "fresh", 0.5, 20, [point(20, 0.005)])
+    assert queue.complete_trajectory(sessions, fresh, "fresh", result, recommend)
+    assert not queue.complete_trajectory(sessions, fresh, "fresh", result, recommend)
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.succeeded, sweep.error
+        assert sweep.optimizer_steps == 20 and sweep.backwards == 20 and sweep.forwards == 30
+        steps = session.scalars(select(TrajectoryPoint.step).order_by(TrajectoryPoint.step)).all()
+        assert steps == [0, 20]
