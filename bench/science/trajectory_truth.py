@@ -470,6 +470,16 @@ class _Row:
     loss_change: float | None
 
 
+@dataclass
+class _TrajectoryRow:
+    """A finished trajectory task as the rules read it (the database row's fields)."""
+
+    ratio: float
+    steps_done: int
+    pruned: bool
+    forecast: list[Any]
+
+
 def _plain_jsonl(src: Path, dst: Path, limit: int | None) -> None:
     """The service reads ``.jsonl``; the corpora travel gzipped (first ``limit`` lines)."""
     with gzip.open(src, "rb") as fin, dst.open("wb") as fout:
@@ -516,6 +526,7 @@ def service_answers(
     tokens per step, so a trajectory step is a grid step; fresh AdamW (0.9, 0.95, no decay);
     constant schedule, ``planned_steps`` N, ``trajectory`` K and m, ``tolerance``.
     """
+    from service.db.queue import json_safe
     from service.spec import (
         AdamWSpec,
         DataRef,
@@ -593,7 +604,10 @@ def service_answers(
         sync(device)
         entry["screen"] = screen
         entry["screen_seconds"] = time.perf_counter() - t0
-        entry["first_step"] = _json_ready(recommend(spec, rows))
+        # The first-step verdict: the same rules on the same rows for a sweep without the
+        # trajectory block (with it and no finished trajectory, the rules answer nothing).
+        first_spec = spec.model_copy(update={"trajectory": None})
+        entry["first_step"] = _json_ready(recommend(first_spec, rows))
         trajectories = []
         t0 = time.perf_counter()
         for ratio in cfg.ratios:
@@ -606,11 +620,17 @@ def service_answers(
         sync(device)
         entry["trajectory_seconds"] = time.perf_counter() - t0
         entry["trajectories"] = _json_ready(trajectories)
-        try:
-            entry["trajectory"] = _json_ready(recommend(spec, rows, trajectories=trajectories))  # type: ignore[call-arg]
-        except TypeError as exc:  # the rules do not take trajectories in this checkout
-            entry["trajectory"] = None
-            entry["trajectory_error"] = f"{type(exc).__name__}: {exc}"
+        # What the worker writes of each finished trajectory task, and the rules read back.
+        finished = [
+            _TrajectoryRow(
+                ratio=t.ratio,
+                steps_done=t.steps_done,
+                pruned=t.pruned,
+                forecast=json_safe([vars(f) for f in t.forecast]),
+            )
+            for t in trajectories
+        ]
+        entry["trajectory"] = _json_ready(recommend(spec, rows, trajectories=finished))
         out["rates"][repr(lr)] = entry
         del prepared
         if on_rate is not None:
