@@ -338,7 +338,8 @@ def _evaluate(
 
 
 def _cells(cfg: TruthConfig) -> list[tuple[int, float, float]]:
-    return [(s, r, lr) for s in cfg.seeds for lr in cfg.lrs for r in cfg.ratios]
+    # Rate outermost: a run stopped by its deadline loses whole rates, never one seed of a rate.
+    return [(s, r, lr) for lr in cfg.lrs for s in cfg.seeds for r in cfg.ratios]
 
 
 def run_grid(
