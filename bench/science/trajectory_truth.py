@@ -121,6 +121,7 @@ class TruthConfig:
     trajectory_steps: int = 100
     measure_every: int = 10
     sweep_batches: int = 8
+    ablation_measure_every: int = 20
 
     @classmethod
     def tiny(cls) -> TruthConfig:
@@ -150,6 +151,7 @@ class TruthConfig:
             trajectory_steps=6,
             measure_every=2,
             sweep_batches=2,
+            ablation_measure_every=3,
         )
 
 
@@ -186,6 +188,16 @@ def tokenize(texts: dict[str, list[str]], cfg: TruthConfig) -> tuple[Any, dict[s
         stream = packing.tokenize_documents(docs, tokenizer)
         rows[name] = torch.from_numpy(packing.pack_rows(stream, cfg.seq_len).astype(np.int64))
     return tokenizer, rows
+
+
+def grid_documents(docs: list[str], tokenizer: Any, tokens: int) -> int:
+    """How many leading documents the grid's first ``tokens`` held-out tokens come from."""
+    total = 0
+    for n, doc in enumerate(docs, 1):
+        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+        if total >= tokens:
+            return n
+    return len(docs)
 
 
 def llama_config(cfg: TruthConfig, vocab_size: int, eos: int) -> LlamaConfig:
@@ -639,6 +651,128 @@ def service_answers(
     return out
 
 
+def ablation_answers(
+    cfg: TruthConfig,
+    lrs: tuple[float, ...],
+    model_dir: Path,
+    data: Path,
+    device: torch.device,
+    *,
+    deadline: float,
+    grid_docs: int,
+    on_rate: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The trajectories again with pruning off, to test the forecast itself.
+
+    The worker's rule prunes a mix after two measurements above the tolerance or with eta_c far
+    below the rate; on this text it pruned every mix at step 20 (`service_answers`), before any
+    forecast to N could be fitted. Here the same runner runs all K steps: the run spec's
+    tolerance is the largest the spec allows (so the drift rule never fires) and
+    `workers.trajectory.FAR_BELOW` is set to infinity for this process (so the eta_c rule never
+    fires). Nothing else changes: the forecasts are `run_trajectory`'s own, and `recommend` reads
+    them with the real tolerance. A second retention set holds exactly the held-out documents
+    whose first ``eval_rows`` sequences the grid measures, so forecast and ground truth are read
+    on the same documents. As for trajectory tasks, ``prepare`` skips the direction gradients.
+    """
+    import workers.trajectory as runner
+    from service.db.queue import json_safe
+    from service.spec import (
+        AdamWSpec,
+        DataRef,
+        FinetuneRef,
+        ModelRef,
+        SweepSpec,
+        TrajectorySpec,
+    )
+    from workers.data import LoadPolicy
+    from workers.recommend import recommend
+    from workers.sweep import default_micro_batch_tokens, prepare
+
+    runner.FAR_BELOW = float("inf")
+    root = Path(tempfile.mkdtemp(prefix="sharpmix-ablation-"))
+    for split in ("general_train", "general_eval", "latex_train"):
+        _plain_jsonl(data / f"{split}.jsonl.gz", root / f"{split}.jsonl", cfg.docs)
+    _plain_jsonl(data / "general_eval.jsonl.gz", root / "grid_heldout.jsonl", grid_docs)
+    served = root / "model"
+    shutil.copytree(model_dir, served)
+    policy = LoadPolicy(allowed_roots=(root,), cache_dir=root / "cache", offline=True)
+    out: dict[str, Any] = {"rates": {}, "grid_docs": grid_docs, "far_below": "inf"}
+    for lr in lrs:
+        if time.perf_counter() > deadline:
+            out["stopped_by_deadline"] = True
+            break
+        spec = SweepSpec(
+            model=ModelRef(path=str(served)),
+            pretraining=DataRef(name="general", path=str(root / "general_train.jsonl")),
+            finetuning=[FinetuneRef(name="latex", path=str(root / "latex_train.jsonl"))],
+            retention=[
+                DataRef(name="general_heldout", path=str(root / "general_eval.jsonl")),
+                DataRef(name="grid_heldout", path=str(root / "grid_heldout.jsonl")),
+            ],
+            ratios=list(cfg.ratios),
+            optimizer=AdamWSpec(betas=cfg.betas, eps=cfg.eps, weight_decay=0.0),
+            learning_rate=lr,
+            seq_len=cfg.seq_len,
+            batch_tokens=cfg.batch_rows * cfg.seq_len,
+            batches=1,  # a trajectory measures on evaluation batch 0 only
+            planned_steps=cfg.planned_steps,
+            tolerance=10.0,  # the largest the spec allows: the drift rule never prunes
+            trajectory=TrajectorySpec(
+                steps=cfg.trajectory_steps, measure_every=cfg.ablation_measure_every
+            ),
+        )
+        entry: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
+        t0 = time.perf_counter()
+        prepared = prepare(
+            spec,
+            policy,
+            device=device.type,
+            dtype=torch.float32,
+            micro_batch_tokens=default_micro_batch_tokens(device.type),
+            gradients=False,
+        )
+        sync(device)
+        entry["prepare"] = {
+            "seconds": time.perf_counter() - t0,
+            "backwards": prepared.backwards,
+            "forwards": prepared.setup_forwards,
+        }
+        trajectories = []
+        t0 = time.perf_counter()
+        for ratio in cfg.ratios:
+            if time.perf_counter() > deadline:
+                entry["stopped_by_deadline"] = True
+                break
+            trajectories.append(runner.run_trajectory(prepared, ratio))
+            print(
+                f"ablation lr {lr:g} ratio {ratio:g}: {trajectories[-1].steps_done} steps, "
+                f"{trajectories[-1].seconds:.1f}s",
+                flush=True,
+            )
+            entry["trajectories"] = _json_ready(trajectories)
+            if on_rate is not None:
+                on_rate(out | {"rates": out["rates"] | {repr(lr): entry}})
+        sync(device)
+        entry["trajectory_seconds"] = time.perf_counter() - t0
+        entry["trajectories"] = _json_ready(trajectories)
+        finished = [
+            _TrajectoryRow(
+                ratio=t.ratio,
+                steps_done=t.steps_done,
+                pruned=t.pruned,
+                forecast=json_safe([vars(f) for f in t.forecast]),
+            )
+            for t in trajectories
+        ]
+        real = spec.model_copy(update={"tolerance": cfg.tolerance})
+        entry["trajectory"] = _json_ready(recommend(real, [], trajectories=finished))
+        out["rates"][repr(lr)] = entry
+        del prepared
+        if on_rate is not None:
+            on_rate(out)
+    return out
+
+
 @dataclass
 class _Child:
     """A service process for some planned rates, writing its JSON and log to files."""
@@ -650,7 +784,13 @@ class _Child:
 
 
 def _start_children(
-    args: argparse.Namespace, cfg: TruthConfig, model_dir: Path, seconds: float, procs: int
+    args: argparse.Namespace,
+    cfg: TruthConfig,
+    model_dir: Path,
+    seconds: float,
+    procs: int,
+    *,
+    ablation_docs: int | None = None,
 ) -> list[_Child]:
     """One process per share of the planned rates, started now, beside the grid.
 
@@ -677,7 +817,9 @@ def _start_children(
             str(result),
             "--budget",
             str(max(seconds - 15.0, 1.0)),
-        ] + (["--tiny"] if args.tiny else [])
+        ]
+        cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--grid-docs", str(ablation_docs)] if ablation_docs is not None else []
         with log.open("wb") as handle:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
         children.append(_Child(lrs, proc, result, log))
@@ -708,15 +850,22 @@ def _service_child(args: argparse.Namespace, cfg: TruthConfig, start: float) -> 
     device = setup_torch(threads=2 if args.tiny else None)
     lrs = tuple(float(x) for x in args.lrs.split(","))
     out: Path = args.out
-    result = service_answers(
-        cfg,
-        lrs,
-        args.model_dir,
-        args.data,
-        device,
-        deadline=start + args.budget,
-        on_rate=lambda r: write_json(out, r | {"partial": True}),
-    )
+    save = lambda r: write_json(out, r | {"partial": True})  # noqa: E731
+    if args.grid_docs is not None:
+        result = ablation_answers(
+            cfg,
+            lrs,
+            args.model_dir,
+            args.data,
+            device,
+            deadline=start + args.budget,
+            grid_docs=args.grid_docs,
+            on_rate=save,
+        )
+    else:
+        result = service_answers(
+            cfg, lrs, args.model_dir, args.data, device, deadline=start + args.budget, on_rate=save
+        )
     write_json(out, result)
 
 
@@ -730,7 +879,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU-debug sizes")
     parser.add_argument("--budget", type=float, default=540.0, help="wall seconds in all")
     parser.add_argument(
-        "--parts", default="grid,service", help="after pre-training: grid and/or service"
+        "--parts",
+        default="grid,service",
+        help="after pre-training: grid, service and/or ablation (trajectories, pruning off)",
     )
     parser.add_argument(
         "--service-procs",
@@ -742,6 +893,7 @@ def main() -> None:
     parser.add_argument("--service-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--lrs", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--grid-docs", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     start = time.perf_counter()
     cfg = TruthConfig.tiny() if args.tiny else TruthConfig()
@@ -825,6 +977,15 @@ def main() -> None:
             check = part("check_cell", lambda: check_cell(cfg, rows, model_dir, device))
             grid["check_cell"] = check
             write_json(out / "grid.json", grid)
+    if "ablation" in parts:
+        docs = grid_documents(texts["general_eval"], tokenizer, cfg.eval_rows * cfg.seq_len)
+        run["ablation_grid_docs"] = docs
+        kids = _start_children(
+            args, cfg, model_dir, deadline - time.perf_counter(), len(cfg.lrs), ablation_docs=docs
+        )
+        ablation = part("ablation", lambda: _join_children(kids, deadline))
+        if ablation is not None:
+            write_json(out / "ablation.json", ablation)
     if "service" in parts and children:
         service = part("service", lambda: _join_children(children, deadline))
         if service is not None:
