@@ -42,7 +42,7 @@ from bench.science.analyze import spearman
 from bench.science.common import write_json
 
 REPLAY_RULES = (0.0, 0.05, 0.25, 0.5)
-PRETRAIN_SET, RETENTION_SET = "general", "general_heldout"
+PRETRAIN_SET, RETENTION_SET, GRID_SET = "general", "general_heldout", "grid_heldout"
 
 
 def _load(folder: Path, name: str) -> dict[str, Any] | None:
@@ -136,8 +136,70 @@ def _cell(
     }
 
 
+def _trajectory_entry(
+    svc: dict[str, Any],
+    table: dict[tuple[float, float], dict[str, Any]],
+    ratios: list[float],
+    lr: float,
+    k_max: int,
+    truth: dict[str, float | None],
+    tolerance: float,
+    heldout: str,
+) -> dict[str, Any]:
+    """The trajectory answer, the forecast rule and forecast against grid, for one rate.
+
+    ``heldout`` names the evaluation set whose forecast is set against the grid's held-out
+    general drift (keys starting with ``_`` are the Spearman pools, for the caller).
+    """
+    trajectory = svc.get("trajectory")
+    out: dict[str, Any] = {
+        "trajectory": (
+            _cell(table, ratios, lr, k_max, trajectory["ratio"], truth, tolerance)
+            | {"reason": trajectory.get("reason"), "basis": trajectory.get("basis")}
+            if trajectory is not None
+            else {"error": svc.get("trajectory_error")}
+        ),
+        "forecast_rule": _cell(
+            table, ratios, lr, k_max, forecast_rule(svc, tolerance), truth, tolerance
+        ),
+    }
+    per_ratio = {}
+    fc, ob, fc_pt = [], [], []
+    for traj in svc["trajectories"]:
+        r = traj["ratio"]
+        held = _forecast(traj, heldout)
+        pt = _forecast(traj, PRETRAIN_SET)
+        measured_k = {p["step"]: p["drift"] for p in traj["points"] if p["eval_set"] == heldout}
+        last = max(measured_k) if measured_k else None
+        grid_at_last = table[(r, lr)]["by_step"].get(last) if last is not None else None
+        per_ratio[repr(r)] = {
+            "forecast_heldout": held,
+            "forecast_pretraining": pt,
+            "observed": table[(r, lr)]["by_step"][k_max]["general"],
+            "steps_done": traj["steps_done"],
+            "pruned": traj["pruned"],
+            "prune_reason": traj["prune_reason"],
+            "trajectory_last_step": last,
+            "trajectory_drift_last": measured_k.get(last) if last is not None else None,
+            "grid_drift_at_that_step": grid_at_last["general"] if grid_at_last else None,
+            "trajectory_drift_by_step": measured_k,
+        }
+        if held is not None and held["drift"] is not None:
+            fc.append(held["drift"])
+            ob.append(table[(r, lr)]["by_step"][k_max]["general"])
+            fc_pt.append(pt["drift"] if pt and pt["drift"] is not None else math.nan)
+    out["per_ratio"] = per_ratio
+    out["spearman_forecast_vs_observed"] = spearman(fc, ob)
+    out["spearman_pretraining_forecast_vs_observed"] = spearman(fc_pt, ob)
+    out["_fc"], out["_ob"], out["_fc_pt"] = fc, ob, fc_pt
+    return out
+
+
 def analyze(
-    run: dict[str, Any], grid: dict[str, Any], service: dict[str, Any] | None
+    run: dict[str, Any],
+    grid: dict[str, Any],
+    service: dict[str, Any] | None,
+    ablation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything in summary.json (see the module docstring)."""
     cfg = run["config"]
@@ -197,6 +259,7 @@ def analyze(
     all_forecast: list[float] = []
     all_observed: list[float] = []
     all_forecast_pt: list[float] = []
+    pools: dict[str, tuple[list[float], list[float]]] = {}
     for lr in lrs:
         truth = smallest_flat(table, ratios, lr, k_max, tolerance)
         entry: dict[str, Any] = {
@@ -221,50 +284,30 @@ def analyze(
             entry["first_step_least_forgetting"] = _cell(
                 table, ratios, lr, k_max, first["least_forgetting_ratio"], truth, tolerance
             )
-            trajectory = svc.get("trajectory")
-            entry["trajectory"] = (
-                _cell(table, ratios, lr, k_max, trajectory["ratio"], truth, tolerance)
-                | {"reason": trajectory.get("reason"), "basis": trajectory.get("basis")}
-                if trajectory is not None
-                else {"error": svc.get("trajectory_error")}
-            )
-            entry["forecast_rule"] = _cell(
-                table, ratios, lr, k_max, forecast_rule(svc, tolerance), truth, tolerance
-            )
-            per_ratio = {}
-            fc, ob, fc_pt = [], [], []
-            for traj in svc["trajectories"]:
-                r = traj["ratio"]
-                held = _forecast(traj, RETENTION_SET)
-                pt = _forecast(traj, PRETRAIN_SET)
-                measured_k = {
-                    p["step"]: p["drift"] for p in traj["points"] if p["eval_set"] == RETENTION_SET
-                }
-                last = max(measured_k) if measured_k else None
-                grid_at_last = table[(r, lr)]["by_step"].get(last) if last is not None else None
-                per_ratio[repr(r)] = {
-                    "forecast_heldout": held,
-                    "forecast_pretraining": pt,
-                    "observed": table[(r, lr)]["by_step"][k_max]["general"],
-                    "steps_done": traj["steps_done"],
-                    "pruned": traj["pruned"],
-                    "prune_reason": traj["prune_reason"],
-                    "trajectory_last_step": last,
-                    "trajectory_drift_last": measured_k.get(last) if last is not None else None,
-                    "grid_drift_at_that_step": grid_at_last["general"] if grid_at_last else None,
-                }
-                if held is not None and held["drift"] is not None:
-                    fc.append(held["drift"])
-                    ob.append(table[(r, lr)]["by_step"][k_max]["general"])
-                    fc_pt.append(pt["drift"] if pt and pt["drift"] is not None else math.nan)
-            entry["per_ratio"] = per_ratio
-            entry["spearman_forecast_vs_observed"] = spearman(fc, ob)
-            entry["spearman_pretraining_forecast_vs_observed"] = spearman(fc_pt, ob)
-            all_forecast += fc
-            all_observed += ob
-            all_forecast_pt += fc_pt
+            part = _trajectory_entry(svc, table, ratios, lr, k_max, truth, tolerance, RETENTION_SET)
+            entry |= {k: v for k, v in part.items() if not k.startswith("_")}
+            all_forecast += part["_fc"]
+            all_observed += part["_ob"]
+            all_forecast_pt += part["_fc_pt"]
             entry["cost"] = _cost(svc, cfg, len(ratios))
+        abl = (ablation or {}).get("rates", {}).get(repr(lr))
+        if abl is not None:
+            sets = {}
+            for name in (GRID_SET, RETENTION_SET):
+                part = _trajectory_entry(abl, table, ratios, lr, k_max, truth, tolerance, name)
+                sets[name] = {k: v for k, v in part.items() if not k.startswith("_")}
+                pools.setdefault(name, ([], []))
+                pools[name][0].extend(part["_fc"])
+                pools[name][1].extend(part["_ob"])
+            entry["ablation"] = sets[GRID_SET] | {
+                "spearman_general_heldout": sets[RETENTION_SET]["spearman_forecast_vs_observed"],
+                "per_ratio_general_heldout": sets[RETENTION_SET]["per_ratio"],
+                "cost": _cost(abl, cfg, len(ratios)),
+            }
         out["rates"][repr(lr)] = entry
+    out["ablation_spearman_all_cells"] = {
+        name: spearman(fc, ob) for name, (fc, ob) in pools.items()
+    }
     out["spearman_all_cells"] = spearman(all_forecast, all_observed)
     out["spearman_all_cells_pretraining"] = spearman(all_forecast_pt, all_observed)
     out["targets"] = _targets(out)
@@ -282,7 +325,7 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
     of them.
     """
     traj = svc["trajectories"]
-    screen_fwd = sum(m["forwards"] for m in svc["screen"])
+    screen_fwd = sum(m["forwards"] for m in svc.get("screen", []))
     traj_steps = sum(t["steps_done"] for t in traj)
     traj_fwd = sum(t["forwards"] for t in traj)
     traj_bwd = sum(t["backwards"] for t in traj)
@@ -301,7 +344,7 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
             "screen_forwards": screen_fwd,
             "trajectory_forwards": traj_fwd,
             "seconds": svc["prepare"]["seconds"]
-            + svc["screen_seconds"]
+            + svc.get("screen_seconds", 0.0)
             + svc["trajectory_seconds"],
         },
         "grid": {"optimizer_steps": grid_steps, "forwards": grid_fwd},
@@ -314,10 +357,12 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, per answer kind: at how many rates they hold."""
     res = {}
-    for kind in ("first_step", "trajectory", "forecast_rule"):
+    kinds = ("first_step", "trajectory", "forecast_rule", "ablation.trajectory")
+    for kind in (*kinds, "ablation.forecast_rule"):
         ok = []
         for lr, entry in out["rates"].items():
-            cell = entry.get(kind)
+            holder = entry.get("ablation", {}) if kind.startswith("ablation.") else entry
+            cell = holder.get(kind.removeprefix("ablation."))
             if not cell or (cell.get("ratio") is None and entry["truly_flat"]["smallest"] is None):
                 # No flat ratio exists and the answer says none: right, but not a hit either.
                 continue
@@ -329,6 +374,7 @@ def _targets(out: dict[str, Any]) -> dict[str, Any]:
             ok.append((lr, hit))
         res[kind] = {"rates_hit": [lr for lr, h in ok if h], "rates_scored": len(ok)}
     res["spearman_all_cells"] = out["spearman_all_cells"]
+    res["ablation_spearman_all_cells"] = out.get("ablation_spearman_all_cells")
     return res
 
 
@@ -398,8 +444,21 @@ def main() -> None:
     if run is None or grid is None or not grid.get("cells"):
         raise SystemExit(f"{folder} needs run.json and a grid.json with cells")
     service = _load(folder, "service.json")
+    ablation = _load(folder, "ablation.json")
     pre = _load(folder, "pretrain.json")
-    out = analyze(run, grid, service)
+    out = analyze(run, grid, service, ablation)
+    pre_b = _load(folder, "pretrain_ablation.json")
+    if pre is not None and pre_b is not None:
+        # The ablation call re-trained the model (no checkpoint survives a call): same model?
+        out["pretrain_repeat"] = {
+            "identical_train_losses": pre["train_losses"] == pre_b["train_losses"],
+            "identical_final_eval": pre["final_eval"] == pre_b["final_eval"],
+            "final_eval": {"grid_run": pre["final_eval"], "ablation_run": pre_b["final_eval"]},
+            "max_train_loss_difference": max(
+                abs(a[1] - b[1])
+                for a, b in zip(pre["train_losses"], pre_b["train_losses"], strict=True)
+            ),
+        }
     out["run"] = {
         k: run.get(k) for k in ("device", "torch", "transformers", "python", "tiny", "argv")
     }
