@@ -109,6 +109,22 @@ def forecast_rule(entry: dict[str, Any], tolerance: float) -> float | None:
     return min(ok) if ok else None
 
 
+def heldout_rule(entry: dict[str, Any], name: str, tolerance: float, *, high: bool) -> float | None:
+    """Smallest ratio whose forecast for the one set ``name`` is within tolerance.
+
+    An analysis variant, not the service's rule: it reads only a held-out set's forecast (its
+    point, or the top of its interval with ``high``), leaving out the pre-training set, whose
+    evaluation rows the model saw in pre-training.
+    """
+    ok = []
+    for traj in entry["trajectories"]:
+        f = _forecast(traj, name)
+        value = None if f is None else (f["high"] if high else f["drift"])
+        if value is not None and value <= tolerance:
+            ok.append(traj["ratio"])
+    return min(ok) if ok else None
+
+
 def _forecast(traj: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((f for f in traj["forecast"] if f["eval_set"] == name), None)
 
@@ -161,6 +177,24 @@ def _trajectory_entry(
         ),
         "forecast_rule": _cell(
             table, ratios, lr, k_max, forecast_rule(svc, tolerance), truth, tolerance
+        ),
+        "heldout_point_rule": _cell(
+            table,
+            ratios,
+            lr,
+            k_max,
+            heldout_rule(svc, heldout, tolerance, high=False),
+            truth,
+            tolerance,
+        ),
+        "heldout_high_rule": _cell(
+            table,
+            ratios,
+            lr,
+            k_max,
+            heldout_rule(svc, heldout, tolerance, high=True),
+            truth,
+            tolerance,
         ),
     }
     per_ratio = {}
@@ -357,8 +391,9 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, per answer kind: at how many rates they hold."""
     res = {}
-    kinds = ("first_step", "trajectory", "forecast_rule", "ablation.trajectory")
-    for kind in (*kinds, "ablation.forecast_rule"):
+    kinds = ("first_step", "first_step_least_forgetting", "trajectory", "forecast_rule")
+    kinds += ("ablation.trajectory", "ablation.forecast_rule")
+    for kind in (*kinds, "ablation.heldout_point_rule", "ablation.heldout_high_rule"):
         ok = []
         for lr, entry in out["rates"].items():
             holder = entry.get("ablation", {}) if kind.startswith("ablation.") else entry
@@ -388,16 +423,28 @@ def _figures(out: dict[str, Any], service: dict[str, Any] | None, folder: Path) 
         ax.plot(ratios, obs, "o-", color="k", label=f"grid, seed mean, step {k_max}")
         for r, vs in zip(ratios, seeds, strict=True):
             ax.plot([r] * len(vs), vs, ".", color="grey", ms=4)
-        per = entry.get("per_ratio", {})
-        if per:
+        series = [
+            (entry.get("per_ratio", {}), "tab:blue", "forecast, as the worker runs (pruned)"),
+            (
+                entry.get("ablation", {}).get("per_ratio", {}),
+                "tab:green",
+                "forecast, pruning off (grid's documents)",
+            ),
+        ]
+        for per, colour, label in series:
+            if not per:
+                continue
             fc = [per[repr(r)]["forecast_heldout"] for r in ratios]
             mid = [f["drift"] if f else np.nan for f in fc]
             lo = [f["low"] if f and f["low"] is not None else np.nan for f in fc]
             hi = [f["high"] if f and f["high"] is not None else np.nan for f in fc]
-            ax.plot(ratios, mid, "s--", color="tab:blue", label="forecast from trajectory")
-            ax.fill_between(ratios, lo, hi, color="tab:blue", alpha=0.15)
+            ax.plot(ratios, mid, "s--", color=colour, label=label)
+            ax.fill_between(ratios, lo, hi, color=colour, alpha=0.12)
         ax.axhline(tol, color="tab:red", ls=":", label=f"tolerance {tol:g}")
-        for kind, colour in (("first_step", "tab:orange"), ("trajectory", "tab:green")):
+        truth = entry["truly_flat"]["smallest"]
+        if truth is not None:
+            ax.axvline(truth, color="k", lw=0.8, ls=":", label=f"smallest truly flat: {truth:g}")
+        for kind, colour in (("first_step", "tab:orange"), ("trajectory", "tab:blue")):
             r = (entry.get(kind) or {}).get("ratio")
             if r is not None:
                 ax.axvline(r, color=colour, lw=1.2, label=f"{kind.replace('_', '-')}: {r:g}")
@@ -420,13 +467,13 @@ def _figures(out: dict[str, Any], service: dict[str, Any] | None, folder: Path) 
             by = out["grid"][f"{r}|{lr}"]["by_step"]
             ks = sorted(int(k) for k in by)
             ax.plot(ks, [by[str(k)]["general"] for k in ks], "-", color=colour, label=f"r={r:g}")
-            svc = (service or {}).get("rates", {}).get(repr(lr))
-            if svc:
-                traj = next(t for t in svc["trajectories"] if t["ratio"] == r)
-                pts = [p for p in traj["points"] if p["eval_set"] == RETENTION_SET]
-                ax.plot([p["step"] for p in pts], [p["drift"] for p in pts], "x", color=colour)
+            per = out["rates"][repr(lr)].get("ablation", {}).get("per_ratio", {})
+            if repr(r) in per:
+                by_k = {int(k): v for k, v in per[repr(r)]["trajectory_drift_by_step"].items()}
+                ks_t = sorted(by_k)
+                ax.plot(ks_t, [by_k[k] for k in ks_t], "x", color=colour)
         ax.axhline(tol, color="tab:red", ls=":")
-        ax.set(title=f"lr {lr:g}: grid (lines) and trajectory (x)", xlabel="step")
+        ax.set(title=f"lr {lr:g}: grid (lines), trajectory (x)", xlabel="step")
         ax.set_yscale("symlog", linthresh=0.01)
         ax.legend(fontsize=6)
     fig.tight_layout()
