@@ -315,6 +315,28 @@ def analyze(
             first = svc["first_step"]
             entry["first_step"] = _cell(table, ratios, lr, k_max, first["ratio"], truth, tolerance)
             entry["first_step"]["reason"] = first["reason"]
+            one_step = {
+                m["ratio"]: x
+                for m in svc["screen"]
+                for x in m["measurements"]
+                if x["eval_set"] == PRETRAIN_SET
+            }
+            entry["screen_pretraining"] = {
+                repr(r): {
+                    k: one_step[r][k] for k in ("eta_c", "eta_c_low", "status", "loss_change")
+                }
+                | {
+                    "batches_rose_at_once": sum(
+                        b["status"] == "increases_immediately" for b in one_step[r]["per_batch"]
+                    )
+                }
+                for r in ratios
+                if r in one_step
+            }
+            entry["spearman_one_step_vs_observed"] = spearman(
+                [one_step[r]["loss_change"] for r in ratios if r in one_step],
+                [table[(r, lr)]["by_step"][k_max]["general"] for r in ratios if r in one_step],
+            )
             entry["first_step_least_forgetting"] = _cell(
                 table, ratios, lr, k_max, first["least_forgetting_ratio"], truth, tolerance
             )
