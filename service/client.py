@@ -137,6 +137,10 @@ class SharpmixClient:
         """The PNG of critical sharpness against ratio."""
         return self._request("GET", f"/v1/sweeps/{sweep_id}/plot.png").content
 
+    def trajectory_plot(self, sweep_id: str) -> bytes:
+        """The PNG of the trajectories: pre-training drift and lambda_c against step."""
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/trajectories.png").content
+
     def cancel(self, sweep_id: str) -> SweepOut:
         """Ask the sweep to stop."""
         return SweepOut.model_validate(

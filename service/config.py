@@ -47,6 +47,17 @@ class Settings(BaseSettings):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]`` for workers.
         dtype: Model weights dtype on the worker (``float32`` or ``bfloat16``); the perturbation is
             fp32 whatever this is.
+        database_connect_timeout: Seconds to open a database connection before giving up.
+        database_statement_timeout: Seconds one statement may run (PostgreSQL cancels it); a
+            connection busy for longer than this plus the connect timeout is cut on our side,
+            so a hung database cannot park a request or a worker forever.
+        database_pool_timeout: Seconds a request waits for a free pooled connection before
+            answering 503 with Retry-After.
+        metrics_token: When set, ``GET /metrics`` needs ``Authorization: Bearer <token>``;
+            unset, it is open (put it behind the network's own protection then).
+        auth_cache_seconds: How long a checked API key is remembered by an API process, so
+            polling does not cost a database read per request. A revoked key stops working
+            within this many seconds.
         url: Client side: the server ``sharpmix submit`` talks to.
         api_key: Client side: the key ``sharpmix submit`` sends (``SHARPMIX_API_KEY``).
     """
@@ -73,6 +84,12 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     device: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
+
+    database_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    database_statement_timeout: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    database_pool_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    metrics_token: SecretStr | None = None
+    auth_cache_seconds: float = Field(default=10.0, ge=0, allow_inf_nan=False)
 
     url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None

@@ -1,9 +1,11 @@
 """``make demo``: a real sweep over HTTP on the embedded default, on generated demo assets.
 
 Builds (or reuses) the demo corpora and the tiny OLMo-2-style model pre-trained on the general
-corpus, starts the API with an in-process worker on a free port, creates an API key, posts a sweep
-of math fine-tuning mixed with general text, waits for it, and prints the per-ratio table, the
-recommendation and where the plot was written.
+corpus, starts the API with an in-process worker on a free port, creates an API key, posts a
+trajectory sweep of math fine-tuning mixed with general text (a first-step screen over eight
+ratios, then real AdamW steps on the three around its boundary), waits for it, and prints the
+per-ratio table, the trajectories with their forecasts, the recommendation and where the plots
+were written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.api.schemas import SweepOut, TrialOut
+from service.api.schemas import SweepOut, TrajectoriesOut, TrialOut
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
@@ -21,7 +23,8 @@ from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
 from service.spec import Recommendation
 
-DEMO_RATIOS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+# A 200-step run planned; 24 real steps per trajectory on CPU, forecast to 200 from there.
+DEMO_TRAJECTORY = {"steps": 24, "measure_every": 6, "ratios": 3}
 
 
 def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
@@ -30,7 +33,10 @@ def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
         "model": {"path": str(model_dir)},
         "pretraining": {"name": "general", "path": str(general)},
         "finetuning": [{"name": "math", "path": str(math)}],
-        "ratios": DEMO_RATIOS,
+        "ratios": "auto",
+        "trajectory": DEMO_TRAJECTORY,
+        "planned_steps": 200,
+        "tolerance": 0.02,
         "optimizer": {"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
         # Where the demo model's curves make the rules bite: at 3e-4 no ratio keeps the general
         # loss flat (the service says so, and what would); at 1.5e-4 a small ratio does.
@@ -72,15 +78,16 @@ def demo_sweep(settings: Settings, spec: dict[str, Any], *, plot_dir: Path) -> i
     try:
         with SharpmixClient(url, _demo_key(settings)) as client:
             sweep = client.submit(spec)
-            _say(f"POST /v1/sweeps -> {sweep.id} ({len(spec['ratios'])} ratios)")
+            _say(f"POST /v1/sweeps -> {sweep.id} ({sweep.progress.tasks_total} tasks)")
             last = [-1]
 
             def progress(s: SweepOut) -> None:
                 if s.progress.tasks_done != last[0]:
                     last[0] = s.progress.tasks_done
                     _say(
-                        f"  {s.state}: {s.progress.tasks_done}/{s.progress.tasks_total} ratios, "
-                        f"{s.progress.forwards} forward passes"
+                        f"  {s.state}: {s.progress.tasks_done}/{s.progress.tasks_total} tasks, "
+                        f"{s.progress.forwards} forward passes, "
+                        f"{s.progress.optimizer_steps} optimizer steps"
                     )
 
             done = client.wait(sweep.id, on_progress=progress, poll=0.5, max_poll=2.0)
@@ -91,15 +98,42 @@ def demo_sweep(settings: Settings, spec: dict[str, Any], *, plot_dir: Path) -> i
             rec = client.recommendation(sweep.id)
             plot = plot_dir / f"plot-{sweep.id}.png"
             plot.write_bytes(client.plot(sweep.id))
+            trajectories = None
+            if done.spec.trajectory is not None:
+                trajectories = client.trajectories(sweep.id)
+                drawn = plot_dir / f"trajectories-{sweep.id}.png"
+                drawn.write_bytes(client.trajectory_plot(sweep.id))
     finally:
         server.shutdown()
     _report(trials, rec)
+    if trajectories is not None:
+        _report_trajectories(trajectories)
+        print(f"trajectory plot: {drawn}")
     print(f"plot: {plot}")
     print(
         f"{done.progress.forwards} forward and {done.progress.backwards} backward passes, "
+        f"{done.progress.optimizer_steps} optimizer steps, "
         f"{done.progress.compute_seconds:.0f} s of worker compute"
     )
     return 0
+
+
+def _report_trajectories(data: TrajectoriesOut) -> None:
+    print(
+        f"\ntrajectories: {data.steps} real steps per ratio, forecast to {data.planned_steps} "
+        f"(tolerance {data.tolerance:g} nats)"
+    )
+    print(f"{'ratio':>6} {'eval set':>9} {'drift@K':>9} {'forecast@N':>11} {'interval':>21}  how")
+    for entry in data.ratios:
+        for f in entry.forecast:
+            last = [p for p in entry.points if p.eval_set == f.eval_set]
+            drift = last[-1].drift if last else None
+            ci = f"[{_num(f.low)}, {_num(f.high)}]"
+            flag = " (pruned)" if entry.pruned else ""
+            print(
+                f"{entry.ratio or 0.0:>6.2f} {f.eval_set:>9} {_num(drift):>9} "
+                f"{_num(f.drift):>11} {ci:>21}  {'measured' if f.measured else 'fit'}{flag}"
+            )
 
 
 def _report(trials: list[TrialOut], rec: Recommendation) -> None:
@@ -114,8 +148,8 @@ def _report(trials: list[TrialOut], rec: Recommendation) -> None:
             f"{_num(t.sharpness):>10} {_num(t.loss_change):>10} {t.forwards:>5}"
         )
     print(
-        f"\nrecommended pre-training ratio: {rec.ratio} (objective {rec.objective}, "
-        f"confidence {rec.confidence})"
+        f"\nrecommended pre-training ratio: {rec.ratio} (basis {rec.basis}, objective "
+        f"{rec.objective}, confidence {rec.confidence})"
     )
     print(f"  {rec.reason}")
     print(

@@ -197,10 +197,13 @@ class SweepSpec(_Strict):
     finetuning: list[FinetuneRef] = Field(min_length=1)
     retention: list[DataRef] = Field(default_factory=list)
     targets: list[DataRef] = Field(default_factory=list)
-    ratios: Annotated[
-        Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
-        Discriminator(_ratios_kind),
-    ] | None = Field(
+    ratios: (
+        Annotated[
+            Annotated[list[Ratio], Tag("list")] | Annotated[Literal["auto"], Tag("auto")],
+            Discriminator(_ratios_kind),
+        ]
+        | None
+    ) = Field(
         default=None,
         min_length=1,
         description="Candidate pre-training ratios, or 'auto' (with a trajectory): a quick "
@@ -377,16 +380,25 @@ def resolve_under_roots(path: str, roots: tuple[Path, ...], *, field: str) -> Pa
         raise InvalidRequestError(field, "'..' is not allowed; give the path inside a root")
     allowed = ", ".join(str(r) for r in roots)
     candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
-    for candidate in candidates:
-        resolved = Path(os.path.realpath(candidate))
-        inside = any(resolved == root or resolved.is_relative_to(root) for root in roots)
-        if not inside and (raw.is_absolute() or candidate.exists() or candidate.is_symlink()):
-            raise InvalidRequestError(
-                field,
-                f"{path!r} is outside the allowed roots ({allowed}); see SHARPMIX_ALLOWED_ROOTS",
-            )
-        if resolved.exists():
-            return resolved
+    try:
+        for candidate in candidates:
+            resolved = Path(os.path.realpath(candidate))
+            inside = any(resolved == root or resolved.is_relative_to(root) for root in roots)
+            if not inside and (raw.is_absolute() or candidate.exists() or candidate.is_symlink()):
+                raise InvalidRequestError(
+                    field,
+                    f"{path!r} is outside the allowed roots ({allowed}); see "
+                    "SHARPMIX_ALLOWED_ROOTS",
+                )
+            if resolved.exists():
+                return resolved
+    except OSError as exc:
+        # A name too long for the file system, a loop of links, an unreadable directory: the
+        # operating system refuses to look, which is an unusable path, not a server fault.
+        raise InvalidRequestError(
+            field,
+            f"this path cannot be checked ({exc.strerror or exc}); give a shorter or valid path",
+        ) from exc
     raise InvalidRequestError(field, f"{path!r} does not exist under the allowed roots ({allowed})")
 
 

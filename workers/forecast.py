@@ -2,18 +2,23 @@
 
 A trajectory runs K steps; the user plans N. Where N <= K the trajectory measured step N and
 that is the answer. Beyond K the drift is extrapolated along the *schedule*, not the step count:
-method.md §8 found drift growing sub-linearly, roughly like the loss along the update direction
-at an effective distance, so the clock is the cumulative learning rate
-``S(t) = sum_{s < t} lr_s`` of the planned schedule (a decaying schedule adds less distance per
-step at the end). The model is
+the clock is the cumulative learning rate ``S(t) = sum_{s < t} lr_s`` of the planned schedule (a
+decaying schedule adds less distance per step at the end).
 
-    drift(t) = b * (S(t) / S(T)) ** p,      T = last measured step,
+Real text (docs/evidence.md) shows two phases: a jump within the first tens of steps of a fresh
+AdamW run (the loss of the pre-training text rises at once, by more at higher rates and lower
+ratios), then a slow trend that keeps rising for a mix with too little pre-training data and
+comes back down for one with enough. The jump says little about step N, so the fit uses the
+points after a burn-in (the last three quarters of the trajectory) and carries an intercept:
 
-with ``p`` from a grid between 1/4 (fast saturation) and 1 (linear in distance) and ``b`` by least
-squares through the origin (drift(0) = 0 by definition). The interval spans the forecasts of every
-exponent that fits about as well as the best (residual sum of squares within a factor set by the
-number of points) and two standard errors of the best fit's forecast (its slope's error and the
-measurement noise the residuals show).
+    drift(t) = a + b * (S(t) / S(T)) ** p,      T = last measured step,
+
+with ``p`` from a grid between 1/4 (saturating) and 3/2 (accelerating) and ``a, b`` by least
+squares. The interval spans the forecasts of every exponent that fits about as well as the best
+(residual sum of squares within a factor set by the number of points) and two standard errors
+of the best fit's forecast (its coefficients' errors and the measurement noise the residuals
+show). With fewer than four points after the burn-in, every exponent counts and the noise is
+taken as a quarter of the trend.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Protocol
 
 from service.spec import SweepSpec
 
-EXPONENTS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+EXPONENTS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.25, 1.5)
 
 
 class DriftPoint(Protocol):
@@ -95,57 +100,81 @@ def _one(spec: SweepSpec, name: str, role: str, series: Sequence[DriftPoint]) ->
     if at_target:
         d = at_target[-1].drift
         return Forecast(name, role, target, d, d, d, True, f"measured at step {target}")
-    fitted = [(p.step, p.drift) for p in series if p.step > 0]
-    last = max((s for s, _ in fitted), default=0)
-    if not fitted or last > target:
-        # Nothing after step 0 (a trajectory pruned at once), or points only beyond N while N
+    last = max(p.step for p in series)
+    if last == 0 or last > target:
+        # Nothing after step 0 (a trajectory stopped at once), or points only beyond N while N
         # itself was not measured: no honest forecast from this series.
         d = series[-1].drift
         return Forecast(
             name, role, target, d, -math.inf, math.inf, False, "too few points to forecast"
         )
+    burn = last // 4
+    tail = [(p.step, p.drift) for p in series if p.step > burn]
     scale = cumulative_lr(spec, last)
-    xs = [cumulative_lr(spec, s) / scale for s, _ in fitted]
-    ys = [d for _, d in fitted]
+    xs = [cumulative_lr(spec, s) / scale for s, _ in tail]
+    ys = [d for _, d in tail]
     x_target = cumulative_lr(spec, target) / scale
     fits = [_fit(xs, ys, p) for p in EXPONENTS]
     best = min(fits, key=lambda f: f.sse)
     n = len(xs)
-    dof = max(n - 2, 1)
+    enough = n >= 4
+    dof = max(n - 3, 1)  # intercept, slope and exponent
     # Exponents whose fit is within the noise of the best one's (an F-like allowance).
     allowance = best.sse * (1.0 + 4.0 / dof) + 1e-18
-    plausible = [f for f in fits if f.sse <= allowance] if n >= 3 else fits
-    sigma = math.sqrt(best.sse / dof) if n >= 3 else abs(best.slope) * 0.25
+    plausible = [f for f in fits if f.sse <= allowance] if enough else fits
     u_target = x_target**best.exponent
-    slope_se = sigma / math.sqrt(best.suu) if best.suu > 0 else math.inf
-    se = math.hypot(u_target * slope_se, sigma)
-    forecasts = [f.slope * x_target**f.exponent for f in plausible]
-    point = best.slope * u_target
+    point = best.at(u_target)
+    if enough:
+        sigma = math.sqrt(best.sse / dof)
+        se = sigma * math.sqrt(1.0 + best.leverage(u_target))
+    else:
+        se = 0.25 * abs(point - (ys[0] if ys else 0.0)) + 0.25 * abs(best.slope)
+    forecasts = [f.at(x_target**f.exponent) for f in plausible]
     low = min(forecasts) - 2.0 * se
     high = max(forecasts) + 2.0 * se
+    exponents = sorted(f.exponent for f in plausible)
     method = (
-        f"drift = {best.slope:.3g} x (S/S_{last})^{best.exponent:g} in the cumulative planned "
-        f"learning rate S, least squares over {n} points (steps {fitted[0][0]}-{last}); interval: "
-        f"exponents {min(f.exponent for f in plausible):g}-{max(f.exponent for f in plausible):g} "
-        f"that fit within the noise, +-2 standard errors"
+        f"drift = {best.intercept:+.3g} {best.slope:+.3g} x (S/S_{last})^{best.exponent:g} in the "
+        f"cumulative planned learning rate S, least squares over the {n} points after step "
+        f"{burn} (steps {tail[0][0]}-{last}); interval: exponents {exponents[0]:g}-"
+        f"{exponents[-1]:g} that fit within the noise, +-2 standard errors"
     )
     return Forecast(name, role, target, point, low, high, False, method)
 
 
 @dataclass(frozen=True)
 class _Fit:
+    """``y = intercept + slope * u`` with ``u = x ** exponent``, and what its errors need."""
+
     exponent: float
+    intercept: float
     slope: float
     sse: float
-    suu: float
+    n: int
+    mean_u: float
+    suu: float  # sum of (u - mean u)^2
+
+    def at(self, u: float) -> float:
+        return self.intercept + self.slope * u
+
+    def leverage(self, u: float) -> float:
+        """``x0 (X^T X)^-1 x0^T`` for the point ``u``: the fit's own variance over sigma^2."""
+        if self.suu <= 0:
+            return math.inf
+        return 1.0 / self.n + (u - self.mean_u) ** 2 / self.suu
 
 
 def _fit(xs: Sequence[float], ys: Sequence[float], exponent: float) -> _Fit:
     us = [x**exponent for x in xs]
-    suu = math.fsum(u * u for u in us)
-    slope = math.fsum(u * y for u, y in zip(us, ys, strict=True)) / suu if suu > 0 else 0.0
-    sse = math.fsum((y - slope * u) ** 2 for u, y in zip(us, ys, strict=True))
-    return _Fit(exponent, slope, sse, suu)
+    n = len(us)
+    mean_u = math.fsum(us) / n
+    mean_y = math.fsum(ys) / n
+    suu = math.fsum((u - mean_u) ** 2 for u in us)
+    suy = math.fsum((u - mean_u) * (y - mean_y) for u, y in zip(us, ys, strict=True))
+    slope = suy / suu if suu > 0 else 0.0
+    intercept = mean_y - slope * mean_u
+    sse = math.fsum((y - intercept - slope * u) ** 2 for u, y in zip(us, ys, strict=True))
+    return _Fit(exponent, intercept, slope, sse, n, mean_u, suu)
 
 
 __all__ = ["EXPONENTS", "DriftPoint", "Forecast", "cumulative_lr", "forecast_drift"]

@@ -14,7 +14,8 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 
 Trajectory tasks have a study of their own (``sharpmix-<id>-trajectory``): one trial per ratio,
 the largest retention drift at each measured step as its intermediate values, and a pruner that
-stops a ratio once that drift is above the tolerance at two measurements in a row; the trial
+stops a ratio once that drift has stayed above the tolerance at three measurements in a row
+without coming down (the rule of `workers.trajectory.left_basin`); the trial
 minimises the ratio subject to ``upper end of the forecast retention drift - tolerance <= 0``.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import optuna
@@ -30,10 +32,10 @@ from optuna.samplers import BaseSampler, PartialFixedSampler, TPESampler
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from service.db.queue import MeasurementResult
+from service.db.queue import MeasurementResult, TrialRecords
 from service.spec import SweepSpec
 from workers.recommend import RETENTION_ROLES
-from workers.trajectory import Trajectory, TrajectoryPoint
+from workers.trajectory import RISING_OVER, Trajectory, TrajectoryPoint
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
@@ -53,14 +55,18 @@ class BasinPruner(BasePruner):
 
 
 class DriftPruner(BasePruner):
-    """Prune a trajectory once its retention drift is above the tolerance twice in a row."""
+    """Prune a trajectory once its retention drift has stayed above the tolerance, not falling,
+    at the last three measured steps after step 0."""
 
     def __init__(self, tolerance: float) -> None:
         self.tolerance = tolerance
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        values = [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
-        return len(values) >= 2 and all(v > self.tolerance for v in values[-2:])
+        steps = [s for s in sorted(trial.intermediate_values) if s > 0]
+        values = [trial.intermediate_values[s] for s in steps[-RISING_OVER:]]
+        return (
+            len(values) == RISING_OVER and min(values) > self.tolerance and values[-1] >= values[0]
+        )
 
 
 def storage(url: str) -> RDBStorage:
@@ -121,6 +127,36 @@ def report(trial: optuna.Trial, spec: SweepSpec, step: int, results: dict[str, f
     return not trial.should_prune()
 
 
+def annotate(trial: optuna.Trial, spec: SweepSpec, measurements: list[MeasurementResult]) -> None:
+    """Store the trial's constraint and cost on the trial, before its task is completed.
+
+    Done before the task's results are committed, so a trial whose worker dies between that
+    commit and `finish` already carries everything but its state, and `close_orphans` can finish
+    it from the sweep's own rows through the public ``study.tell``.
+    """
+    margin = _margin(spec, measurements)
+    if spec.objective == "flat_pretraining":
+        trial.set_constraint(CONSTRAINT_ATTR, margin)
+    trial.set_user_attr(CONSTRAINT_ATTR, margin)
+    trial.set_user_attr("forwards", sum(m.forwards for m in measurements))
+
+
+def finish(
+    study: optuna.Study,
+    trial: optuna.Trial | int,
+    spec: SweepSpec,
+    ratio: float,
+    measurements: list[MeasurementResult],
+    *,
+    pruned: bool,
+) -> None:
+    """Finish the trial with the objective values of its measurements (no-op once finished)."""
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+        return
+    study.tell(trial, _values(spec, ratio, measurements), skip_if_finished=True)
+
+
 def tell(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -130,42 +166,74 @@ def tell(
     *,
     pruned: bool,
 ) -> None:
-    """Finish the trial with the objective values of its measurements."""
-    by_role: dict[str, list[MeasurementResult]] = {}
-    for m in measurements:
-        by_role.setdefault(m.role, []).append(m)
-    lows = [m.eta_c_low or 0.0 for r in RETENTION_ROLES for m in by_role.get(r, [])]
-    margin = math.log10(spec.learning_rate / max(min(lows, default=0.0), 1e-30))
+    """`annotate` then `finish`: the trial of a task measured and completed in one go."""
+    annotate(trial, spec, measurements)
+    finish(study, trial, spec, ratio, measurements, pruned=pruned)
+
+
+def _margin(spec: SweepSpec, measurements: list[MeasurementResult]) -> float:
+    lows = [m.eta_c_low or 0.0 for m in measurements if m.role in RETENTION_ROLES]
+    return math.log10(spec.learning_rate / max(min(lows, default=0.0), 1e-30))
+
+
+def _values(
+    spec: SweepSpec, ratio: float, measurements: list[MeasurementResult]
+) -> float | list[float]:
     if spec.objective == "flat_pretraining":
-        trial.set_constraint(CONSTRAINT_ATTR, margin)
-    trial.set_user_attr(CONSTRAINT_ATTR, margin)
-    trial.set_user_attr("forwards", sum(m.forwards for m in measurements))
-    if pruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return
-    if spec.objective == "flat_pretraining":
-        study.tell(trial, ratio)
-    elif spec.objective == "balanced":
+        return ratio
+    if spec.objective == "balanced":
         smallest = min((m.eta_c or 0.0) for m in measurements)
-        study.tell(trial, math.log10(max(smallest, 1e-30)))
-    else:
-        ft = [m.loss_change or 0.0 for m in by_role.get("finetuning", [])]
-        pt = [m.loss_change or 0.0 for m in by_role.get("pretraining", [])]
-        study.tell(trial, [sum(ft) / max(len(ft), 1), sum(pt) / max(len(pt), 1)])
+        return math.log10(max(smallest, 1e-30))
+    ft = [m.loss_change or 0.0 for m in measurements if m.role == "finetuning"]
+    pt = [m.loss_change or 0.0 for m in measurements if m.role == "pretraining"]
+    return [sum(ft) / max(len(ft), 1), sum(pt) / max(len(pt), 1)]
 
 
-def abandon(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Close a trial whose task did not finish here (aborted, failed or taken over)."""
-    study.tell(trial, state=TrialState.FAIL)
+def abandon(study: optuna.Study, trial: optuna.Trial | int) -> None:
+    """Close a trial whose task did not finish here (aborted, failed or taken over).
+
+    A no-op when the trial is already closed: after a stall past the lease, the worker that
+    took the task over has closed this trial already, and that is not an error of the sweep.
+    """
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def fail_stale_trial(study: optuna.Study, number: int | None) -> None:
-    """Close the trial of a worker that died mid-task, so the study shows no ghost RUNNING trial."""
-    if number is None:
-        return
+def close_orphans(
+    study: optuna.Study,
+    spec: SweepSpec,
+    records: TrialRecords,
+    *,
+    own_previous: int | None,
+    older_than: timedelta | None,
+) -> list[int]:
+    """Close the study's RUNNING trials that no worker is working on any more.
+
+    A trial is an orphan when the sweep's rows say so: the asking task's previously recorded
+    trial (its worker died), or, with ``older_than`` given, a trial started longer ago than that
+    which no live task records (its worker died between ``ask`` and recording the number), or a
+    trial whose task is done (its worker died between completing and telling), which is finished
+    with the values its measurements give; every other orphan is closed as FAIL.
+    ``older_than=None`` means no task of the sweep is live, so every RUNNING trial is an orphan.
+
+    Returns:
+        The numbers of the trials it closed.
+    """
+    now = datetime.now()
+    closed: list[int] = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.number == number:
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        number = trial.number
+        started = trial.datetime_start
+        expired = older_than is None or (started is not None and now - started >= older_than)
+        done = records.done.get(number)
+        if done is not None:
+            # Its results are committed: the values are known, whoever tells them first.
+            finish(study, number, spec, done.ratio, done.measurements, pruned=done.pruned)
+        elif number == own_previous or (number not in records.live and expired):
+            abandon(study, number)
+        else:
+            continue
+        closed.append(number)
+    return closed
 
 
 def open_trajectory_study(
@@ -190,10 +258,8 @@ def report_trajectory(trial: optuna.Trial, step: int, points: list[TrajectoryPoi
     return not trial.should_prune()
 
 
-def tell_trajectory(
-    study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, result: Trajectory
-) -> None:
-    """Finish a trajectory's trial: its ratio, subject to the forecast staying in tolerance."""
+def annotate_trajectory(trial: optuna.Trial, spec: SweepSpec, result: Trajectory) -> None:
+    """Store a trajectory's constraint, forecasts and cost on its trial, before completing it."""
     retention = [f for f in result.forecast if f.role in RETENTION_ROLES]
     high = max((f.high for f in retention), default=math.inf)
     margin = high - spec.tolerance if math.isfinite(high) else 1e9
@@ -203,10 +269,41 @@ def tell_trajectory(
     trial.set_user_attr("forwards", result.forwards)
     for f in result.forecast:
         trial.set_user_attr(f"forecast_drift:{f.eval_set}", f.drift)
-    if result.pruned:
-        study.tell(trial, state=TrialState.PRUNED)
+
+
+def finish_trajectory(
+    study: optuna.Study, trial: optuna.Trial | int, ratio: float, *, pruned: bool
+) -> None:
+    """Finish a trajectory's trial: its ratio, or PRUNED (no-op once finished)."""
+    if pruned:
+        study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     else:
-        study.tell(trial, result.ratio)
+        study.tell(trial, ratio, skip_if_finished=True)
+
+
+def close_trajectory_orphans(
+    study: optuna.Study,
+    records: TrialRecords,
+    *,
+    own_previous: int | None,
+    older_than: timedelta | None,
+) -> list[int]:
+    """`close_orphans` for the trajectory study: a done task's trial is finished from its row."""
+    now = datetime.now()
+    closed: list[int] = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        number = trial.number
+        started = trial.datetime_start
+        expired = older_than is None or (started is not None and now - started >= older_than)
+        done = records.done.get(number)
+        if done is not None:
+            finish_trajectory(study, number, done.ratio, pruned=done.pruned)
+        elif number == own_previous or (number not in records.live and expired):
+            abandon(study, number)
+        else:
+            continue
+        closed.append(number)
+    return closed
 
 
 def _sampler(spec: SweepSpec, slot: int, ratio: float | None) -> BaseSampler:
@@ -230,13 +327,17 @@ def _pruner(spec: SweepSpec) -> BasePruner:
 __all__ = [
     "DriftPruner",
     "abandon",
+    "annotate",
+    "annotate_trajectory",
     "ask",
-    "fail_stale_trial",
+    "close_orphans",
+    "close_trajectory_orphans",
+    "finish",
+    "finish_trajectory",
     "open_study",
     "open_trajectory_study",
     "report",
     "report_trajectory",
     "storage",
     "tell",
-    "tell_trajectory",
 ]

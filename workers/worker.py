@@ -16,16 +16,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import datasets
 import torch
 import transformers
 from optuna.storages import RDBStorage
+from safetensors import SafetensorError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.db import queue
-from service.db.engine import make_engine, make_session_factory
+from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.models import TaskKind
 from service.errors import DatabaseError, InvalidRequestError
 from workers import study as studies
@@ -46,6 +48,30 @@ log = logging.getLogger("sharpmix.worker")
 # Errors the user must fix: retrying the task cannot help, so the sweep fails with the message.
 USER_ERRORS = (DataError, CurvatureError, InvalidRequestError)
 MAX_ATTEMPTS = 3
+_BROKEN_WEIGHTS = (
+    "model.path: the safetensors weights cannot be read ({reason}): the file is truncated or "
+    "corrupt; write the model again with save_pretrained(dir, safe_serialization=True) and "
+    "submit a new sweep"
+)
+
+
+def classify(exc: Exception) -> tuple[bool, str]:
+    """Whether an error is the user's (fail the sweep at once) or transient (retry), and the
+    message to record.
+
+    The user's: everything our data and curvature code refuses with the field at fault, and a
+    safetensors file that cannot be deserialised (a corrupt or truncated upload: another try
+    reads the same bytes). Anything else may pass (a lost database connection, a full disk, a
+    busy GPU), so the task is tried again, up to ``MAX_ATTEMPTS``.
+
+    Returns:
+        ``(is_user_error, message)``.
+    """
+    if isinstance(exc, USER_ERRORS):
+        return True, str(exc)
+    if isinstance(exc, SafetensorError):
+        return True, _BROKEN_WEIGHTS.format(reason=exc)
+    return False, f"{type(exc).__name__}: {exc}"
 
 
 def default_worker_id() -> str:
@@ -89,7 +115,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.poll_seconds = poll_seconds
         self.url = settings.resolved_database_url
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, Timeouts.of(settings))
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.device = resolve_device(settings.device)
         self.dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
@@ -143,7 +169,12 @@ class Worker:
         self.engine.dispose()
 
     def run_one(self) -> bool:
-        """Claim one task and see it through. Returns False when there was no work."""
+        """One turn of the loop: the housekeeping passes, then claim one task and see it through.
+
+        Returns:
+            False when there was no work.
+        """
+        self.housekeeping()
         task = queue.claim_task(
             self.sessions, self.worker_id, lease_seconds=self.settings.lease_seconds
         )
@@ -164,30 +195,50 @@ class Worker:
             self._compute(task, lease)
         except TaskAbortedError:
             self._aborted(task, lease)
-        except USER_ERRORS as exc:
-            log.warning("sweep %s failed: %s", task.sweep_id, exc)
-            queue.fail_task(
-                self.sessions,
-                task,
-                self.worker_id,
-                str(exc),
-                retry=False,
-                max_attempts=MAX_ATTEMPTS,
-            )
         except Exception as exc:
-            log.exception("task %s failed", task.task_id)
-            queue.fail_task(
+            user, message = classify(exc)
+            if user:
+                log.warning("sweep %s failed: %s", task.sweep_id, message)
+            else:
+                log.exception("task %s failed; it will be retried", task.task_id)
+            failed = queue.fail_task(
                 self.sessions,
                 task,
                 self.worker_id,
-                f"{type(exc).__name__}: {exc}",
-                retry=True,
+                message,
+                retry=not user,
                 max_attempts=MAX_ATTEMPTS,
             )
+            if not failed:
+                # The lease ran out while this worker stalled: the task is another's now, and
+                # whatever went wrong here is not an error of the sweep.
+                log.warning("task %s was taken over while it failed here", task.task_id)
         finally:
             beating.set()
             beat.join()
         return True
+
+    def housekeeping(self) -> None:
+        """The passes a worker makes before claiming: cancels whose worker died, and sweeps whose
+        last worker died between completing the last task and writing the recommendation."""
+        lease = self.settings.lease_seconds
+        queue.end_abandoned_cancels(self.sessions, lease_seconds=lease)
+        for sweep in queue.sweeps_to_finish(self.sessions):
+            # Every task is done, so no trial of the study is anyone's work in progress.
+            records = queue.trial_records(
+                self.sessions, sweep.sweep_id, lease_seconds=lease, task_id=None
+            )
+            study = studies.open_study(
+                self._storage(), sweep.study_name, sweep.spec, slot=0, ratio=None
+            )
+            studies.close_orphans(study, sweep.spec, records, own_previous=None, older_than=None)
+            if queue.finalize_sweep(self.sessions, sweep.sweep_id, recommend):
+                log.info("sweep %s finished by the housekeeping pass", sweep.sweep_id)
+
+    def _storage(self) -> RDBStorage:
+        if self._optuna is None:
+            self._optuna = studies.storage(self.url)
+        return self._optuna
 
     def _compute(self, task: queue.ClaimedTask, lease: _Lease) -> None:
         if task.kind == TaskKind.trajectory:
@@ -196,14 +247,24 @@ class Worker:
         spec = task.spec
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
-        if self._optuna is None:
-            self._optuna = studies.storage(self.url)
         study = studies.open_study(
-            self._optuna, task.study_name, spec, slot=task.slot, ratio=task.ratio
+            self._storage(), task.study_name, spec, slot=task.slot, ratio=task.ratio
         )
-        studies.fail_stale_trial(study, task.optuna_trial_number)
+        lease_seconds = self.settings.lease_seconds
+        records = queue.trial_records(
+            self.sessions, task.sweep_id, lease_seconds=lease_seconds, task_id=task.task_id
+        )
+        studies.close_orphans(
+            study,
+            spec,
+            records,
+            own_previous=task.optuna_trial_number,
+            older_than=timedelta(seconds=lease_seconds),
+        )
         trial, ratio = studies.ask(study, spec)
-        queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
+        if not queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number):
+            studies.abandon(study, trial)
+            raise TaskAbortedError(queue.Heartbeat.lost.value)
 
         def on_batch(step: BatchStep) -> bool:
             self._check(lease)
@@ -224,14 +285,15 @@ class Worker:
             seconds=time.perf_counter() - start,
             optuna_trial_number=trial.number,
         )
-        done = queue.complete_task(
-            self.sessions, task, self.worker_id, result, recommend, plan_trajectories
-        )
-        if done:
-            studies.tell(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
-        else:
+        studies.annotate(trial, spec, measured.measurements)
+        if not queue.complete_task(
+            self.sessions, task, self.worker_id, result, plan=plan_trajectories
+        ):
             log.warning("task %s was taken over by another worker; result dropped", task.task_id)
             studies.abandon(study, trial)
+            return
+        studies.finish(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
+        queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
 
     def _compute_trajectory(self, task: queue.ClaimedTask, lease: _Lease) -> None:
         """K real steps on one ratio's mix; points are written as they are measured."""
@@ -240,18 +302,29 @@ class Worker:
         ratio = task.ratio
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
-        if self._optuna is None:
-            self._optuna = studies.storage(self.url)
         study = studies.open_trajectory_study(
-            self._optuna, task.study_name, spec, slot=task.slot, ratio=ratio
+            self._storage(), task.study_name, spec, slot=task.slot, ratio=ratio
         )
-        studies.fail_stale_trial(study, task.optuna_trial_number)
+        lease_seconds = self.settings.lease_seconds
+        records = queue.trial_records(
+            self.sessions,
+            task.sweep_id,
+            lease_seconds=lease_seconds,
+            task_id=task.task_id,
+            kind=TaskKind.trajectory,
+        )
+        studies.close_trajectory_orphans(
+            study,
+            records,
+            own_previous=task.optuna_trial_number,
+            older_than=timedelta(seconds=lease_seconds),
+        )
         trial = study.ask()
         trial.suggest_float(studies.RATIO, 0.0, 1.0)
-        queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
-        if not queue.start_trajectory(self.sessions, task, self.worker_id):
+        recorded = queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
+        if not recorded or not queue.start_trajectory(self.sessions, task, self.worker_id):
             studies.abandon(study, trial)
-            raise TaskAbortedError("lost")
+            raise TaskAbortedError(queue.Heartbeat.lost.value)
 
         def on_measure(step: int, points: list[TrajectoryPoint]) -> bool:
             rows = [queue.PointResult(**vars(p)) for p in points]
@@ -277,11 +350,13 @@ class Worker:
             seconds=time.perf_counter() - start,
             optuna_trial_number=trial.number,
         )
-        if queue.complete_trajectory(self.sessions, task, self.worker_id, result, recommend):
-            studies.tell_trajectory(study, trial, spec, measured)
-        else:
+        studies.annotate_trajectory(trial, spec, measured)
+        if not queue.complete_trajectory(self.sessions, task, self.worker_id, result):
             log.warning("task %s was taken over by another worker; result dropped", task.task_id)
             studies.abandon(study, trial)
+            return
+        studies.finish_trajectory(study, trial, measured.ratio, pruned=measured.pruned)
+        queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
 
     def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
         need_gradients = task.kind == TaskKind.measure

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from service.api.deps import KeyCache
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.routes import health, sweeps
 from service.config import Settings, get_settings
-from service.db.engine import make_engine, make_session_factory
+from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.migrate import upgrade
 
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ``state.metrics`` set.
     """
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, Timeouts.of(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -54,6 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    # Single-statement reads skip the BEGIN and COMMIT round trips (SQLite keeps its own rule).
+    app.state.read_engine = (
+        engine if settings.is_embedded else engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
+    app.state.key_cache = KeyCache(settings.auth_cache_seconds)
     app.state.metrics = Metrics(app.state.session_factory)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     # Added last, so outermost: requests refused by the body limit are counted too.

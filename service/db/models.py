@@ -91,6 +91,36 @@ class TaskKind(enum.StrEnum):
     trajectory = "trajectory"
 
 
+# The one state machine: for each state a sweep or task may be moved to, the states it may come
+# from. Every UPDATE of a state in ``service/db`` takes its WHERE clause from here, so a write
+# from a state not listed (a done task failed by a stalled worker, a finished sweep succeeded
+# again) matches no row instead of corrupting the record.
+SWEEP_FROM: dict[SweepState, frozenset[SweepState]] = {
+    SweepState.running: frozenset({SweepState.queued}),
+    SweepState.succeeded: frozenset({SweepState.running}),
+    SweepState.failed: frozenset({SweepState.queued, SweepState.running}),
+    SweepState.cancelled: frozenset({SweepState.queued, SweepState.running}),
+}
+TASK_FROM: dict[TaskState, frozenset[TaskState]] = {
+    # running -> running is the takeover of a task whose worker stopped heartbeating.
+    TaskState.running: frozenset({TaskState.queued, TaskState.running}),
+    TaskState.queued: frozenset({TaskState.running}),
+    TaskState.done: frozenset({TaskState.running}),
+    TaskState.failed: frozenset({TaskState.running}),
+    TaskState.cancelled: frozenset({TaskState.queued, TaskState.running}),
+}
+
+
+def sweep_may_move(source: SweepState, target: SweepState) -> bool:
+    """True when a sweep in ``source`` may be moved to ``target``."""
+    return source in SWEEP_FROM.get(target, frozenset())
+
+
+def task_may_move(source: TaskState, target: TaskState) -> bool:
+    """True when a task in ``source`` may be moved to ``target``."""
+    return source in TASK_FROM.get(target, frozenset())
+
+
 def _enum(kind: type[enum.Enum]) -> Enum:
     # Stored as short strings (no native enum types), so adding a state is a plain migration.
     return Enum(kind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])

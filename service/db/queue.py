@@ -6,9 +6,17 @@ task whose heartbeat is older than the lease (its worker died), on PostgreSQL wi
 ``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait for or take the same row; on SQLite
 every transaction starts with ``BEGIN IMMEDIATE`` (see ``engine.py``), which serialises claims.
 
-A task's results are written only while the writer still owns it (``state = running`` and its
-``worker_id``), and the measurements are unique per (task, evaluation set): a worker that lost its
-lease cannot count a task twice.
+Every write a worker makes goes through the ownership guard `_held_by` (``state = running`` and
+its ``worker_id``), and every state change takes its allowed from-states from the transition
+table in ``models.py``: a worker that stalled past its lease and came back finds its writes
+matching no row (the functions say so by returning False) and can neither count a task twice nor
+fail the task or the sweep of the worker that took over. The measurements are unique per (task,
+evaluation set) as a second line.
+
+The recommendation is computed with no transaction open (`finalize_sweep`): the last task's
+completion commits first, the worker then closes the task's Optuna trial, and only then is the
+sweep finalized, in a short transaction of its own. A worker that dies between those steps
+leaves a sweep whose tasks are all done; `sweeps_to_finish` finds it for the next worker.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
@@ -26,6 +34,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db._errors import database_errors
 from service.db.models import (
+    SWEEP_FROM,
+    TASK_FROM,
     Measurement,
     Sweep,
     SweepState,
@@ -118,6 +128,30 @@ class TrajectoryResult:
     optuna_trial_number: int | None = None
 
 
+@dataclass(frozen=True)
+class DoneTrial:
+    """A finished task's Optuna trial, with what its task wrote (to close the trial from)."""
+
+    number: int
+    ratio: float
+    measurements: list[MeasurementResult]
+    pruned: bool
+
+
+@dataclass(frozen=True)
+class TrialRecords:
+    """What a sweep's own rows say about its Optuna trials.
+
+    Attributes:
+        live: Trial numbers recorded by tasks that a worker holds with a lease that has not run
+            out (other than the asking task): those trials are someone's work in progress.
+        done: Trials recorded by done tasks, by number.
+    """
+
+    live: frozenset[int]
+    done: dict[int, DoneTrial]
+
+
 class Heartbeat(enum.StrEnum):
     """What a heartbeat learned."""
 
@@ -159,7 +193,6 @@ def claim_task(
     now = utcnow()
     stale = now - timedelta(seconds=lease_seconds)
     with _session(sessions) as session:
-        _end_abandoned_cancels_without_commit(session, stale)
         candidate = (
             select(SweepTask.id)
             .join(Sweep, Sweep.id == SweepTask.sweep_id)
@@ -168,6 +201,7 @@ def claim_task(
                 Sweep.cancel_requested.is_(False),
                 (SweepTask.state == TaskState.queued)
                 | ((SweepTask.state == TaskState.running) & (SweepTask.heartbeat_at < stale)),
+                SweepTask.state.in_(TASK_FROM[TaskState.running]),
             )
             .order_by(Sweep.created_at, SweepTask.slot)
             .limit(1)
@@ -199,7 +233,7 @@ def claim_task(
             return None
         session.execute(
             update(Sweep)
-            .where(Sweep.id == row.sweep_id, Sweep.state == SweepState.queued)
+            .where(Sweep.id == row.sweep_id, Sweep.state.in_(SWEEP_FROM[SweepState.running]))
             .values(state=SweepState.running, started_at=now, updated_at=now)
         )
         sweep = session.get_one(Sweep, row.sweep_id)
@@ -239,15 +273,22 @@ def heartbeat(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> 
 
 def record_trial(
     sessions: sessionmaker[Session], task_id: int, worker_id: str, trial_number: int
-) -> None:
-    """Remember which Optuna trial a task is running, so a worker taking over can close it."""
+) -> bool:
+    """Remember which Optuna trial a task is running, so a worker taking over can close it.
+
+    Returns:
+        False when the worker no longer holds the task (nothing is written).
+    """
     with _session(sessions) as session:
-        session.execute(
-            update(SweepTask)
-            .where(SweepTask.id == task_id, SweepTask.worker_id == worker_id)
-            .values(optuna_trial_number=trial_number)
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(*_held_by(task_id, worker_id))
+                .values(optuna_trial_number=trial_number)
+            )
         )
         session.commit()
+    return bool(owned)
 
 
 def complete_task(
@@ -255,12 +296,15 @@ def complete_task(
     task: ClaimedTask,
     worker_id: str,
     result: TaskResult,
-    finalize: Finalizer,
+    finalize: Finalizer | None = None,
     plan: Planner | None = None,
 ) -> bool:
-    """Write a task's measurements and, when it was the sweep's last task, its recommendation.
+    """Write a task's measurements and count it towards its sweep.
 
     Args:
+        finalize: When given, and this was the sweep's last task, the recommendation is written
+            afterwards by `finalize_sweep` (outside this transaction). The worker passes None and
+            finalizes itself once it has closed the task's Optuna trial.
         plan: For a ``ratios: auto`` sweep, chooses the trajectories' ratios once the last
             measurement of the quick screen lands; they are queued in the same transaction.
 
@@ -270,7 +314,8 @@ def complete_task(
     now = utcnow()
     with _session(sessions) as session:
         # Lock order sweep -> task everywhere (request_cancel does the same), so a completion and
-        # a cancel on PostgreSQL never wait on each other in a cycle.
+        # a cancel on PostgreSQL never wait on each other in a cycle. The lock is held for a few
+        # row writes only: no worker code runs inside it.
         session.execute(select(Sweep.id).where(Sweep.id == task.sweep_id).with_for_update())
         owned = _rowcount(
             session.execute(
@@ -297,9 +342,7 @@ def complete_task(
             )
             for m in result.measurements
         )
-        # The sweep's row lock orders concurrent completions of one sweep: exactly one of them
-        # sees the last task done and writes the recommendation.
-        done, total = session.execute(
+        session.execute(
             update(Sweep)
             .where(Sweep.id == task.sweep_id)
             .values(
@@ -309,17 +352,13 @@ def complete_task(
                 compute_seconds=Sweep.compute_seconds + result.seconds,
                 updated_at=now,
             )
-            .returning(Sweep.tasks_done, Sweep.tasks_total)
-        ).one()
+        )
         if task.spec.ratios == "auto" and plan is not None:
             _plan_trajectories_without_commit(session, task, plan)
-            total = session.execute(
-                select(Sweep.tasks_total).where(Sweep.id == task.sweep_id)
-            ).scalar_one()
-        if done >= total:
-            _finalize_without_commit(session, task, finalize)
         session.commit()
-        return True
+    if finalize is not None:
+        finalize_sweep(sessions, task.sweep_id, finalize)
+    return True
 
 
 def start_trajectory(sessions: sessionmaker[Session], task: ClaimedTask, worker_id: str) -> bool:
@@ -381,9 +420,13 @@ def complete_trajectory(
     task: ClaimedTask,
     worker_id: str,
     result: TrajectoryResult,
-    finalize: Finalizer,
+    finalize: Finalizer | None = None,
 ) -> bool:
     """Close a trajectory task (its points are written already) and count its costs, once.
+
+    Args:
+        finalize: As for `complete_task`: when given, the sweep is finalized afterwards if this
+            was its last task (the worker passes None and finalizes after closing its trial).
 
     Returns:
         False when the worker no longer owned the task (nothing is written).
@@ -410,7 +453,7 @@ def complete_trajectory(
         if not owned:
             session.rollback()
             return False
-        done, total = session.execute(
+        session.execute(
             update(Sweep)
             .where(Sweep.id == task.sweep_id)
             .values(
@@ -421,12 +464,11 @@ def complete_trajectory(
                 compute_seconds=Sweep.compute_seconds + result.seconds,
                 updated_at=now,
             )
-            .returning(Sweep.tasks_done, Sweep.tasks_total)
-        ).one()
-        if done >= total:
-            _finalize_without_commit(session, task, finalize)
+        )
         session.commit()
-        return True
+    if finalize is not None:
+        finalize_sweep(sessions, task.sweep_id, finalize)
+    return True
 
 
 def _plan_trajectories_without_commit(session: Session, task: ClaimedTask, plan: Planner) -> None:
@@ -470,21 +512,192 @@ def _plan_trajectories_without_commit(session: Session, task: ClaimedTask, plan:
         )
 
 
-def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> None:
-    """Hand a task back unfinished (the worker is shutting down); it does not count as a try."""
+def finalize_sweep(sessions: sessionmaker[Session], sweep_id: str, finalize: Finalizer) -> bool:
+    """Write the recommendation of a running sweep whose tasks are all done.
+
+    Reads in one short transaction, computes with none open, writes in another that moves the
+    sweep only from ``running``: when two workers finalize the same sweep (the last completion
+    and a housekeeping pass), the first write wins and the second matches no row.
+
+    Returns:
+        True when this call ended the sweep (succeeded, or failed because the rules raised).
+    """
     with _session(sessions) as session:
-        session.execute(
-            update(SweepTask)
-            .where(*_held_by(task_id, worker_id))
-            .values(
-                state=TaskState.queued,
-                worker_id=None,
-                heartbeat_at=None,
-                attempts=case((SweepTask.attempts > 0, SweepTask.attempts - 1), else_=0),
-                updated_at=utcnow(),
+        sweep = session.execute(
+            select(Sweep.spec, Sweep.state).where(Sweep.id == sweep_id, _all_tasks_done())
+        ).one_or_none()
+        if sweep is None or sweep.state != SweepState.running:
+            session.commit()
+            return False
+        measurements = list(
+            session.scalars(
+                select(Measurement)
+                .where(Measurement.sweep_id == sweep_id)
+                .order_by(Measurement.ratio, Measurement.eval_set)
+            )
+        )
+        trajectories = list(
+            session.scalars(
+                select(SweepTask)
+                .where(
+                    SweepTask.sweep_id == sweep_id,
+                    SweepTask.kind == TaskKind.trajectory,
+                    SweepTask.state == TaskState.done,
+                )
+                .order_by(SweepTask.ratio)
             )
         )
         session.commit()
+    try:
+        recommendation = finalize(
+            SweepSpec.model_validate(sweep.spec), measurements, trajectories=trajectories
+        )
+    except Exception as exc:  # a bug in the rules must not leave the sweep running forever
+        with _session(sessions) as session:
+            failed = _end_sweep_without_commit(
+                session, sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"
+            )
+            session.commit()
+        return failed
+    now = utcnow()
+    with _session(sessions) as session:
+        ended = _rowcount(
+            session.execute(
+                update(Sweep)
+                .where(
+                    Sweep.id == sweep_id,
+                    Sweep.state.in_(SWEEP_FROM[SweepState.succeeded]),
+                    _all_tasks_done(),
+                )
+                .values(
+                    state=SweepState.succeeded,
+                    recommendation=json_safe(recommendation.model_dump(mode="json")),
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+        )
+        session.commit()
+    return bool(ended)
+
+
+@dataclass(frozen=True)
+class FinishingSweep:
+    """A running sweep with every task done: its study still to close, its answer to write."""
+
+    sweep_id: str
+    study_name: str
+    spec: SweepSpec
+
+
+def sweeps_to_finish(sessions: sessionmaker[Session], *, limit: int = 8) -> list[FinishingSweep]:
+    """Running sweeps whose tasks are all done but which have no recommendation yet.
+
+    Normally the worker that completed the last task finalizes at once, and this is empty. It is
+    not when that worker died between its completion and the finalization.
+    """
+    with _session(sessions) as session:
+        rows = session.execute(
+            select(Sweep.id, Sweep.study_name, Sweep.spec)
+            .where(Sweep.state == SweepState.running, _all_tasks_done())
+            .order_by(Sweep.updated_at)
+            .limit(limit)
+        ).all()
+        session.commit()
+    return [FinishingSweep(r.id, r.study_name, SweepSpec.model_validate(r.spec)) for r in rows]
+
+
+def trial_records(
+    sessions: sessionmaker[Session],
+    sweep_id: str,
+    *,
+    lease_seconds: float,
+    task_id: int | None,
+    kind: TaskKind = TaskKind.measure,
+) -> TrialRecords:
+    """The Optuna trial numbers the sweep's tasks record: live ones, and done ones with results.
+
+    Args:
+        task_id: The asking worker's own task, left out of ``live`` (its recorded trial is the
+            one a dead owner left behind).
+        kind: Tasks of this kind only: measurement and trajectory tasks number the trials of
+            two different studies.
+    """
+    stale = utcnow() - timedelta(seconds=lease_seconds)
+    with _session(sessions) as session:
+        tasks = session.execute(
+            select(
+                SweepTask.id,
+                SweepTask.state,
+                SweepTask.heartbeat_at,
+                SweepTask.ratio,
+                SweepTask.optuna_trial_number,
+                SweepTask.pruned,
+            ).where(
+                SweepTask.sweep_id == sweep_id,
+                SweepTask.kind == kind,
+                SweepTask.optuna_trial_number.is_not(None),
+            )
+        ).all()
+        rows = list(session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)))
+        session.commit()
+    by_task: dict[int, list[Measurement]] = {}
+    for row in rows:
+        by_task.setdefault(row.task_id, []).append(row)
+    live: set[int] = set()
+    done: dict[int, DoneTrial] = {}
+    for t in tasks:
+        number = t.optuna_trial_number
+        fresh = t.heartbeat_at is not None and t.heartbeat_at >= stale
+        if t.state == TaskState.running and fresh and t.id != task_id:
+            live.add(number)
+        elif t.state == TaskState.done and t.ratio is not None:
+            measured = [_as_result(m) for m in by_task.get(t.id, [])]
+            pruned = t.pruned or any(m.status == "pruned" for m in measured)
+            done[number] = DoneTrial(number, t.ratio, measured, pruned)
+    return TrialRecords(frozenset(live), done)
+
+
+def _as_result(row: Measurement) -> MeasurementResult:
+    return MeasurementResult(
+        eval_set=row.eval_set,
+        role=row.role,
+        status=row.status,
+        eta_c=row.eta_c,
+        eta_c_low=row.eta_c_low,
+        eta_c_high=row.eta_c_high,
+        sharpness=row.sharpness,
+        spread=row.spread,
+        loss=row.loss,
+        loss_change=row.loss_change,
+        forwards=row.forwards,
+        batches=row.batches,
+        per_batch=list(row.per_batch),
+    )
+
+
+def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> bool:
+    """Hand a task back unfinished (the worker is shutting down); it does not count as a try.
+
+    Returns:
+        False when the worker no longer held the task.
+    """
+    with _session(sessions) as session:
+        owned = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(*_held_by(task_id, worker_id))
+                .values(
+                    state=TaskState.queued,
+                    worker_id=None,
+                    heartbeat_at=None,
+                    attempts=case((SweepTask.attempts > 0, SweepTask.attempts - 1), else_=0),
+                    updated_at=utcnow(),
+                )
+            )
+        )
+        session.commit()
+    return bool(owned)
 
 
 def fail_task(
@@ -495,41 +708,77 @@ def fail_task(
     *,
     retry: bool,
     max_attempts: int,
-) -> None:
+) -> bool:
     """Record a failed try: queue the task again, or fail the whole sweep with the reason.
+
+    Both branches write only while the worker still holds the task: a worker that lost its lease
+    (it stalled, another worker took over) fails nothing, whatever went wrong in its hands.
 
     Args:
         retry: False for errors the user must fix (a bad path, too little data): no retry helps.
         max_attempts: Tries a task gets before the sweep fails.
+
+    Returns:
+        False when the worker no longer held the task (nothing is written).
     """
     now = utcnow()
     with _session(sessions) as session:
         if retry and task.attempts < max_attempts:
-            session.execute(
-                update(SweepTask)
-                .where(SweepTask.id == task.task_id, SweepTask.worker_id == worker_id)
-                .values(state=TaskState.queued, worker_id=None, error=error, updated_at=now)
+            owned = _rowcount(
+                session.execute(
+                    update(SweepTask)
+                    .where(*_held_by(task.task_id, worker_id))
+                    .values(
+                        state=TaskState.queued,
+                        worker_id=None,
+                        heartbeat_at=None,
+                        error=error,
+                        updated_at=now,
+                    )
+                )
             )
         else:
-            session.execute(
-                update(SweepTask)
-                .where(SweepTask.id == task.task_id)
-                .values(state=TaskState.failed, error=error, updated_at=now)
+            # Sweep row first, as in complete_task: the same lock order on every path.
+            session.execute(select(Sweep.id).where(Sweep.id == task.sweep_id).with_for_update())
+            owned = _rowcount(
+                session.execute(
+                    update(SweepTask)
+                    .where(*_held_by(task.task_id, worker_id))
+                    .values(state=TaskState.failed, error=error, updated_at=now)
+                )
             )
-            _end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
+            if owned:
+                _end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
         session.commit()
+    return bool(owned)
 
 
-def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> None:
-    """Carry out a cancel request: the sweep and every unfinished task end as cancelled."""
+def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> bool:
+    """Carry out a cancel request: the sweep and every unfinished task end as cancelled.
+
+    Only a sweep whose user asked for the cancel is touched.
+
+    Returns:
+        True when this call ended the sweep.
+    """
     with _session(sessions) as session:
-        _end_sweep_without_commit(session, sweep_id, SweepState.cancelled, None)
+        ended = _end_sweep_without_commit(
+            session, sweep_id, SweepState.cancelled, None, requested_only=True
+        )
         session.commit()
+    return ended
 
 
-def _end_abandoned_cancels_without_commit(session: Session, stale: datetime) -> None:
-    # A cancel requested while a worker held a task is carried out by that worker's heartbeat; if
-    # the worker died, no heartbeat comes: once its lease has run out, the claim pass ends it.
+def end_abandoned_cancels(sessions: sessionmaker[Session], *, lease_seconds: float) -> int:
+    """End sweeps whose cancel was requested while a worker held a task, and that worker died.
+
+    A cancel requested while a worker holds a task is carried out by that worker's heartbeat; if
+    the worker died no heartbeat comes, so once its lease has run out this pass ends the sweep.
+
+    Returns:
+        How many sweeps it ended.
+    """
+    stale = utcnow() - timedelta(seconds=lease_seconds)
     live_task = (
         select(SweepTask.id)
         .where(
@@ -539,71 +788,60 @@ def _end_abandoned_cancels_without_commit(session: Session, stale: datetime) -> 
         )
         .exists()
     )
-    abandoned = session.scalars(
-        select(Sweep.id)
-        .where(Sweep.cancel_requested.is_(True), Sweep.state.in_(LIVE_SWEEP_STATES), ~live_task)
-        .limit(16)
-    ).all()
-    for sweep_id in abandoned:
-        _end_sweep_without_commit(session, sweep_id, SweepState.cancelled, None)
-
-
-def _finalize_without_commit(session: Session, task: ClaimedTask, finalize: Finalizer) -> None:
-    measurements = list(
-        session.scalars(
-            select(Measurement)
-            .where(Measurement.sweep_id == task.sweep_id)
-            .order_by(Measurement.ratio, Measurement.eval_set)
-        )
-    )
-    trajectories = list(
-        session.scalars(
-            select(SweepTask)
-            .where(
-                SweepTask.sweep_id == task.sweep_id,
-                SweepTask.kind == TaskKind.trajectory,
-                SweepTask.state == TaskState.done,
+    ended = 0
+    with _session(sessions) as session:
+        abandoned = session.scalars(
+            select(Sweep.id)
+            .where(Sweep.cancel_requested.is_(True), Sweep.state.in_(LIVE_SWEEP_STATES), ~live_task)
+            .limit(16)
+        ).all()
+        for sweep_id in abandoned:
+            ended += _end_sweep_without_commit(
+                session, sweep_id, SweepState.cancelled, None, requested_only=True
             )
-            .order_by(SweepTask.ratio)
-        )
+        session.commit()
+    return ended
+
+
+def _all_tasks_done() -> ColumnElement[bool]:
+    unfinished = (
+        select(SweepTask.id)
+        .where(SweepTask.sweep_id == Sweep.id, SweepTask.state != TaskState.done)
+        .exists()
     )
-    try:
-        recommendation = finalize(task.spec, measurements, trajectories=trajectories)
-    except Exception as exc:  # a bug in the rules must not leave the sweep running forever
-        _end_sweep_without_commit(
-            session, task.sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"
-        )
-        return
-    now = utcnow()
-    session.execute(
-        update(Sweep)
-        .where(Sweep.id == task.sweep_id, Sweep.state == SweepState.running)
-        .values(
-            state=SweepState.succeeded,
-            recommendation=json_safe(recommendation.model_dump(mode="json")),
-            finished_at=now,
-            updated_at=now,
-        )
-    )
+    return (Sweep.tasks_done >= Sweep.tasks_total) & ~unfinished
 
 
 def _end_sweep_without_commit(
-    session: Session, sweep_id: str, state: SweepState, error: str | None
-) -> None:
+    session: Session,
+    sweep_id: str,
+    state: SweepState,
+    error: str | None,
+    *,
+    requested_only: bool = False,
+) -> bool:
     now = utcnow()
-    session.execute(
-        update(Sweep)
-        .where(Sweep.id == sweep_id, Sweep.state.in_(LIVE_SWEEP_STATES))
-        .values(state=state, error=error, finished_at=now, updated_at=now)
+    guard = [Sweep.id == sweep_id, Sweep.state.in_(SWEEP_FROM[state])]
+    if requested_only:
+        guard.append(Sweep.cancel_requested.is_(True))
+    ended = _rowcount(
+        session.execute(
+            update(Sweep)
+            .where(*guard)
+            .values(state=state, error=error, finished_at=now, updated_at=now)
+        )
     )
+    if not ended:
+        return False
     session.execute(
         update(SweepTask)
         .where(
             SweepTask.sweep_id == sweep_id,
-            SweepTask.state.in_((TaskState.queued, TaskState.running)),
+            SweepTask.state.in_(TASK_FROM[TaskState.cancelled]),
         )
         .values(state=TaskState.cancelled, updated_at=now)
     )
+    return True
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import re
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import Engine, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -209,6 +209,30 @@ def get_sweep(session: Session, tenant_id: int, sweep_id: str) -> Sweep:
     """
     with transaction(session, "read the sweep"):
         return _owned_without_commit(session, tenant_id, sweep_id)
+
+
+def peek_sweep(engine: Engine, tenant_id: int, sweep_id: str) -> Sweep:
+    """The tenant's sweep, read in one statement outside any transaction: the polling path.
+
+    ``engine`` should be in autocommit mode on PostgreSQL (as the API's read engine is), so the
+    read costs one round trip instead of three (BEGIN, SELECT, COMMIT) and no ORM session. One
+    row read once is a consistent snapshot without a transaction around it.
+
+    Raises:
+        NotFoundError: when it does not exist or belongs to another tenant.
+        DatabaseError: when the database cannot be reached.
+    """
+    if not _SWEEP_ID.match(sweep_id):
+        raise NotFoundError(f"no sweep {sweep_id!r} (list yours with GET /v1/sweeps)")
+    query = select(*_SWEEP_COLUMNS).where(Sweep.id == sweep_id, Sweep.tenant_id == tenant_id)
+    with database_errors("read the sweep"), engine.connect() as connection:
+        row = connection.execute(query).one_or_none()
+    if row is None:
+        raise NotFoundError(f"no sweep {sweep_id!r} (list yours with GET /v1/sweeps)")
+    return Sweep(**row._asdict())
+
+
+_SWEEP_COLUMNS = tuple(column for column in Sweep.__table__.columns)
 
 
 def list_measurements(session: Session, tenant_id: int, sweep_id: str) -> list[Measurement]:

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 
 from service.api.main import create_app
 from service.db import tenants
-from tests.service.support import Api, make_settings
+from tests.service.support import Api, make_settings, write_model_dir
 
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """The allowed root, holding the model directory and data files ``sweep_body`` names."""
-    (tmp_path / "model").mkdir()
+    write_model_dir(tmp_path / "model")
     (tmp_path / "data").mkdir()
     for name in ("web", "code"):
         (tmp_path / "data" / f"{name}.jsonl").write_text('{"text": "hello"}\n')

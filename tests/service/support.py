@@ -3,12 +3,15 @@ writes of what a worker would store (states, measurements, recommendations)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,6 +19,14 @@ from service.config import Settings
 from service.db import tenants
 from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
 from service.spec import Recommendation
+
+
+def write_model_dir(directory: Path) -> None:
+    """What submit-time checks accept as a model: a config and one readable safetensors file
+    (the API never loads the weights; workers do)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps({"model_type": "olmo2"}))
+    save_file({"weight": np.zeros((2, 2), dtype=np.float32)}, str(directory / "model.safetensors"))
 
 
 def sweep_body(**changes: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.demo import DEMO_RATIOS, demo_spec, demo_sweep
+from service.demo import demo_spec, demo_sweep
 from tests.conftest import SweepAssets
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
@@ -17,7 +17,8 @@ def test_demo_spec_is_a_valid_sweep(tmp_path: Path) -> None:
     from service.spec import SweepSpec
 
     spec = SweepSpec.model_validate(demo_spec(tmp_path / "m", tmp_path / "g", tmp_path / "a"))
-    assert spec.ratios == DEMO_RATIOS and spec.objective == "flat_pretraining"
+    assert spec.ratios == "auto" and spec.objective == "flat_pretraining"
+    assert spec.trajectory is not None and spec.trajectory_slots == 3
 
 
 def test_demo_sweep_prints_table_recommendation_and_plot(
@@ -31,6 +32,19 @@ def test_demo_sweep_prints_table_recommendation_and_plot(
     assert out.count(" general ") == 2 and out.count(" math ") == 2
     plot = Path(out.split("plot: ", 1)[1].split()[0])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_sweep_shows_trajectories(
+    sweep_assets: SweepAssets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(home=tmp_path / "home", allowed_roots=[sweep_assets.root], device="cpu")
+    trajectory = {"steps": 4, "measure_every": 2}
+    spec = sweep_assets.spec(ratios=[0.0, 1.0], batches=1, trajectory=trajectory, planned_steps=8)
+    assert demo_sweep(settings, spec, plot_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "basis trajectory" in out and "forecast to 8" in out
+    drawn = Path(out.split("trajectory plot: ", 1)[1].split()[0])
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_failed_sweep_exits_non_zero(sweep_assets: SweepAssets, tmp_path: Path) -> None:

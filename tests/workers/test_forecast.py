@@ -50,7 +50,19 @@ def test_a_power_law_in_steps_is_recovered_under_a_constant_rate(exponent: float
     truth = 0.01 * 3.0**exponent
     assert forecast.drift == pytest.approx(truth, rel=1e-6)
     assert forecast.low <= truth <= forecast.high
-    assert not forecast.measured and "least squares over 10 points" in forecast.method
+    assert not forecast.measured
+    assert "least squares over the 8 points after step 25" in forecast.method
+
+
+def test_the_early_jump_is_left_out_of_the_trend() -> None:
+    spec = _spec()
+    # A jump of 0.05 by step 10, then a fall of 0.01 per 100 steps: 0.03 at step 300.
+    drift = {0: 0.0, 10: 0.05}
+    drift.update({s: 0.05 - 1e-4 * (s - 10) for s in range(20, 101, 10)})
+    points = [Point(s, "general", "pretraining", d) for s, d in drift.items()]
+    (forecast,) = forecast_drift(spec, points)
+    assert forecast.drift == pytest.approx(0.05 - 1e-4 * 290, abs=1e-9)
+    assert forecast.low <= 0.021 <= forecast.high
 
 
 def test_noise_widens_the_interval_around_the_truth() -> None:

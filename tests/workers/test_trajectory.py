@@ -120,7 +120,7 @@ def _points(step: int, drift: float, eta: float | None, lr: float) -> list[Traje
     ]
 
 
-def test_left_basin_needs_two_measurements_in_a_row() -> None:
+def test_left_basin_needs_three_measurements_above_the_tolerance_not_falling() -> None:
     body = {
         "model": {"path": "m"},
         "pretraining": {"name": "general", "path": "a"},
@@ -128,16 +128,18 @@ def test_left_basin_needs_two_measurements_in_a_row() -> None:
         "ratios": [0.5],
         "learning_rate": 1e-4,
         "tolerance": 0.05,
-        "trajectory": {"steps": 30, "measure_every": 10},
+        "trajectory": {"steps": 60, "measure_every": 10},
     }
     spec = SweepSpec.model_validate(body)
-    flat = [_points(0, 0.0, 1e-3, 1e-4), _points(10, 0.01, 1e-3, 1e-4)]
-    assert left_basin(spec, flat) is None
-    once = [*flat, _points(20, 0.06, 1e-3, 1e-4)]
-    assert left_basin(spec, once) is None
-    twice = [*once, _points(30, 0.08, 1e-3, 1e-4)]
-    reason = left_basin(spec, twice)
-    assert reason is not None and "tolerance" in reason
-    sharp = [*flat, _points(20, 0.01, 1e-6, 1e-4), _points(30, 0.02, 1e-6, 1e-4)]
-    reason = left_basin(spec, sharp)
-    assert reason is not None and "critical rate" in reason
+    start = [_points(0, 0.0, 1e-3, 1e-4)]
+    # The early jump of a mix with enough pre-training data: above the tolerance, then falling.
+    jump = [*start, *(_points(s, d, 1e-3, 1e-4) for s, d in ((10, 0.08), (20, 0.07), (30, 0.06)))]
+    assert left_basin(spec, jump) is None
+    rising = [*start, *(_points(s, d, 1e-3, 1e-4) for s, d in ((10, 0.06), (20, 0.07), (30, 0.07)))]
+    reason = left_basin(spec, rising)
+    assert reason is not None and "tolerance" in reason and "steps 10-30" in reason
+    twice = rising[:3]
+    assert left_basin(spec, twice) is None
+    # eta_c far below the rate (an immediate rise) is recorded, never a reason to prune.
+    sharp = [*start, *(_points(s, 0.01, 0.0, 1e-4) for s in (10, 20, 30, 40))]
+    assert left_basin(spec, sharp) is None

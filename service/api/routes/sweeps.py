@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service import plot
 from service.api.deps import SessionDep, SettingsDep, TenantDep
@@ -22,6 +23,7 @@ from service.api.schemas import (
 )
 from service.db import sweeps
 from service.db.models import SweepState
+from service.preflight import check_files
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
 
@@ -64,6 +66,7 @@ def submit_sweep(
     """Queue a mix sweep; workers pick it up. Returns the sweep with its ``id`` (201)."""
     check_limits(spec, settings)
     check_paths(spec, settings)
+    check_files(spec, settings)
     sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
     if not created:
         response.status_code = 200
@@ -84,10 +87,15 @@ def list_sweeps(
     return SweepPage(items=[SweepOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 
-@router.get("/{sweep_id}")
-def get_sweep(sweep_id: str, tenant: TenantDep, session: SessionDep) -> SweepOut:
+@router.get("/{sweep_id}", response_model=SweepOut)
+async def get_sweep(sweep_id: str, tenant: TenantDep, request: Request) -> Response:
     """A sweep's state, progress (tasks, forward passes, ETA) and error, if any."""
-    return SweepOut.from_row(sweeps.get_sweep(session, tenant.id, sweep_id))
+    # The route clients poll: one hop to the thread pool for one statement, and the model
+    # written straight to JSON (FastAPI would re-validate it and encode a dict).
+    row = await run_in_threadpool(
+        sweeps.peek_sweep, request.app.state.read_engine, tenant.id, sweep_id
+    )
+    return Response(SweepOut.from_row(row).model_dump_json(), media_type="application/json")
 
 
 @router.get("/{sweep_id}/trials")

@@ -263,7 +263,10 @@ def test_cancel_of_a_dead_workers_sweep_is_carried_out(sessions: sessionmaker[Se
     with sessions() as session:
         assert session.get_one(Sweep, sweep_id).state == SweepState.running
     time.sleep(0.05)
-    # The lease ran out without a heartbeat: the next claim pass ends the sweep.
+    assert queue.end_abandoned_cancels(sessions, lease_seconds=60) == 0
+    time.sleep(0.05)
+    # The lease ran out without a heartbeat: the workers' housekeeping pass ends the sweep.
+    assert queue.end_abandoned_cancels(sessions, lease_seconds=0.01) == 1
     assert queue.claim_task(sessions, "w2", lease_seconds=0.01) is None
     with sessions() as session:
         sweep = session.get_one(Sweep, sweep_id)
@@ -318,9 +321,128 @@ def test_a_taken_over_trajectory_restarts_and_counts_once(sessions: sessionmaker
     assert queue.record_points(sessions, fresh, "fresh", 0.5, 20, [point(20, 0.005)])
     assert queue.complete_trajectory(sessions, fresh, "fresh", result, recommend)
     assert not queue.complete_trajectory(sessions, fresh, "fresh", result, recommend)
+    assert not queue.finalize_sweep(sessions, sweep_id, recommend)  # finished once already
     with sessions() as session:
         sweep = session.get_one(Sweep, sweep_id)
         assert sweep.state == SweepState.succeeded, sweep.error
         assert sweep.optimizer_steps == 20 and sweep.backwards == 20 and sweep.forwards == 30
         steps = session.scalars(select(TrajectoryPoint.step).order_by(TrajectoryPoint.step)).all()
         assert steps == [0, 20]
+
+
+def test_a_stalled_worker_can_neither_fail_nor_touch_the_new_owners_task(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.5])
+    stalled = queue.claim_task(sessions, "stalled", lease_seconds=60)
+    assert stalled is not None
+    time.sleep(0.05)
+    owner = queue.claim_task(sessions, "owner", lease_seconds=0.01)
+    assert owner is not None and owner.task_id == stalled.task_id
+
+    # Every write of the stalled worker matches no row, whatever its attempts count says.
+    assert not queue.record_trial(sessions, stalled.task_id, "stalled", 7)
+    assert not queue.fail_task(sessions, stalled, "stalled", "boom", retry=True, max_attempts=1)
+    assert not queue.fail_task(sessions, stalled, "stalled", "boom", retry=False, max_attempts=3)
+    assert not queue.release_task(sessions, stalled.task_id, "stalled")
+    with sessions() as session:
+        task = session.get_one(SweepTask, stalled.task_id)
+        assert (task.state, task.worker_id, task.error) == (TaskState.running, "owner", None)
+        assert session.get_one(Sweep, sweep_id).state == SweepState.running
+
+    assert queue.complete_task(sessions, owner, "owner", result_for(owner), recommend)
+    # Resumed after the new owner finished: still nothing it can fail.
+    assert not queue.fail_task(sessions, stalled, "stalled", "late", retry=False, max_attempts=3)
+    with sessions() as session:
+        assert session.get_one(SweepTask, stalled.task_id).state == TaskState.done
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.succeeded and sweep.error is None
+
+
+def test_the_recommendation_is_computed_with_no_lock_held(
+    engine: Engine, sessions: sessionmaker[Session]
+) -> None:
+    sweep_id = add_sweep(sessions, [0.5])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+    writable: list[bool] = []
+
+    def finalize(spec: SweepSpec, measurements: list[Measurement], **_: object) -> Recommendation:
+        # Another connection takes the sweep's row lock without waiting: nothing holds it.
+        with engine.connect() as other:
+            if engine.dialect.name == "postgresql":
+                other.exec_driver_sql("SET lock_timeout = '300ms'")
+                other.execute(select(Sweep.id).where(Sweep.id == sweep_id).with_for_update())
+            else:
+                other.exec_driver_sql("PRAGMA busy_timeout = 300")
+                other.execute(select(Sweep.id))  # BEGIN IMMEDIATE: the database's write lock
+            other.commit()
+        writable.append(True)
+        return recommend(spec, measurements)
+
+    assert queue.complete_task(sessions, task, "w1", result_for(task), finalize)
+    assert writable == [True]
+    with sessions() as session:
+        assert session.get_one(Sweep, sweep_id).state == SweepState.succeeded
+
+
+def test_a_sweep_left_unfinalized_by_a_dead_worker_is_found_and_finished_once(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    first = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert first is not None
+    assert queue.complete_task(sessions, first, "w1", result_for(first))
+    assert queue.sweeps_to_finish(sessions) == []  # a task is still queued
+    assert not queue.finalize_sweep(sessions, sweep_id, recommend)
+    last = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert last is not None
+    # The worker commits the last task and dies before finalizing.
+    assert queue.complete_task(sessions, last, "w1", result_for(last))
+    pending = queue.sweeps_to_finish(sessions)
+    assert [p.sweep_id for p in pending] == [sweep_id] and pending[0].spec.ratios == [0.0, 1.0]
+    assert queue.finalize_sweep(sessions, sweep_id, recommend)
+    assert not queue.finalize_sweep(sessions, sweep_id, recommend)  # the second one is a no-op
+    assert queue.sweeps_to_finish(sessions) == []
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.succeeded and sweep.recommendation is not None
+
+
+def test_a_failing_rule_fails_the_sweep_instead_of_leaving_it_running(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.5])
+    task = queue.claim_task(sessions, "w1", lease_seconds=60)
+    assert task is not None
+
+    def broken(spec: SweepSpec, measurements: list[Measurement], **_: object) -> Recommendation:
+        raise ZeroDivisionError("no candidates")
+
+    assert queue.complete_task(sessions, task, "w1", result_for(task), broken)
+    with sessions() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.failed
+        assert sweep.error is not None and "no candidates" in sweep.error
+
+
+def test_trial_records_tell_live_trials_from_done_ones(sessions: sessionmaker[Session]) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 0.5, 1.0])
+    done = queue.claim_task(sessions, "w1", lease_seconds=60)
+    live = queue.claim_task(sessions, "w2", lease_seconds=60)
+    mine = queue.claim_task(sessions, "w3", lease_seconds=60)
+    assert done is not None and live is not None and mine is not None
+    for task, worker, number in ((done, "w1", 0), (live, "w2", 1), (mine, "w3", 2)):
+        assert queue.record_trial(sessions, task.task_id, worker, number)
+    finished = queue.TaskResult(**{**vars(result_for(done)), "optuna_trial_number": 0})
+    assert queue.complete_task(sessions, done, "w1", finished)
+
+    records = queue.trial_records(sessions, sweep_id, lease_seconds=60, task_id=mine.task_id)
+    assert records.live == frozenset({1})
+    assert list(records.done) == [0]
+    assert records.done[0].ratio == 0.0 and not records.done[0].pruned
+    assert [m.eval_set for m in records.done[0].measurements] == ["pt"]
+    # Once the lease has run out, nobody's trial is live.
+    time.sleep(0.05)
+    stale = queue.trial_records(sessions, sweep_id, lease_seconds=0.01, task_id=None)
+    assert stale.live == frozenset()
