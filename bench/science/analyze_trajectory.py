@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def grid_table(grid: dict[str, Any]) -> dict[tuple[float, float], dict[str, Any]
         steps = sorted({int(k) for c in cells for k in c["drift"]})
         row: dict[str, Any] = {"seeds": len(cells), "by_step": {}}
         for k in steps:
-            entry = {}
+            entry: dict[str, Any] = {}
             for name in ("general", "latex"):
                 values = [c["drift"][str(k)][name] for c in cells if str(k) in c["drift"]]
                 entry[name] = float(np.mean(values))
@@ -360,6 +361,15 @@ def analyze(
                 "per_ratio_general_heldout": sets[RETENTION_SET]["per_ratio"],
                 "cost": _cost(abl, cfg, len(ratios)),
             }
+            again = replay(abl, tolerance, table, ratios, lr, k_max, truth)
+            pools.setdefault("replay", ([], []))
+            pools["replay"][0].extend(again.pop("_fc"))
+            pools["replay"][1].extend(again.pop("_ob"))
+            entry["replay_current_code"] = again
+            held = replay(abl, tolerance, table, ratios, lr, k_max, truth, heldout_only=True)
+            held.pop("_fc")
+            held.pop("_ob")
+            entry["replay_current_code_heldout_only"] = held
         out["rates"][repr(lr)] = entry
     out["ablation_spearman_all_cells"] = {
         name: spearman(fc, ob) for name, (fc, ob) in pools.items()
@@ -368,6 +378,112 @@ def analyze(
     out["spearman_all_cells_pretraining"] = spearman(all_forecast_pt, all_observed)
     out["targets"] = _targets(out)
     return out
+
+
+def replay(
+    entry: dict[str, Any],
+    tolerance: float,
+    table: dict[tuple[float, float], dict[str, Any]],
+    ratios: list[float],
+    lr: float,
+    k_max: int,
+    truth: dict[str, float | None],
+    *,
+    heldout_only: bool = False,
+) -> dict[str, Any]:
+    """This checkout's pruning, forecast and rules, re-applied to recorded trajectory points.
+
+    With ``heldout_only`` the pre-training set's points (rows of the file the model was
+    pre-trained on) are relabelled as a target set, so that only the held-out retention sets
+    count for pruning and for the tolerance: what the rules would answer if the pre-training
+    loss were measured on documents the model never saw.
+
+    The points are what the runner of the recorded run measured (run 5: one held-out batch per
+    set, every 20 steps, no pruning). Walking them in order, the current
+    `workers.trajectory.left_basin` decides where the mix would have been pruned; the current
+    `workers.forecast.forecast_drift` fits the points up to there; `workers.recommend.recommend`
+    reads the result with the real tolerance. A re-reading of measurements already made, not a
+    new run: the current runner would also have measured on more batches.
+    """
+    from service.db.queue import json_safe
+    from service.spec import SweepSpec
+    from workers.forecast import forecast_drift
+    from workers.recommend import recommend
+    from workers.trajectory import TrajectoryPoint, left_basin
+
+    spec = SweepSpec.model_validate(entry["spec"] | {"tolerance": tolerance})
+    rows, per_ratio = [], {}
+    fc, ob = [], []
+    for traj in entry["trajectories"]:
+        points = [
+            TrajectoryPoint(
+                **(p | {"role": "target"} if heldout_only and p["role"] == "pretraining" else p)
+            )
+            for p in traj["points"]
+        ]
+        steps = sorted({p.step for p in points})
+        history, kept, reason = [], [], None
+        for step in steps:
+            at = [p for p in points if p.step == step]
+            history.append(at)
+            kept += at
+            reason = left_basin(spec, history)
+            if reason is not None and step < max(steps):
+                break
+        pruned = reason is not None and kept[-1].step < max(steps)
+        forecast = forecast_drift(spec, kept)
+        rows.append(
+            _Replayed(traj["ratio"], kept[-1].step, pruned, json_safe([vars(f) for f in forecast]))
+        )
+        grid_f = next((f for f in forecast if f.eval_set == GRID_SET), None)
+        per_ratio[repr(traj["ratio"])] = {
+            "pruned_at": kept[-1].step if pruned else None,
+            "reason": reason,
+            "forecast_grid_heldout": json_safe(vars(grid_f)) if grid_f else None,
+            "observed": table[(traj["ratio"], lr)]["by_step"][k_max]["general"],
+        }
+        if grid_f is not None:
+            fc.append(grid_f.drift)
+            ob.append(table[(traj["ratio"], lr)]["by_step"][k_max]["general"])
+    rec = recommend(spec, [], trajectories=rows)
+    return {
+        "answer": _cell(table, ratios, lr, k_max, rec.ratio, truth, tolerance)
+        | {"reason": rec.reason},
+        "heldout_point_rule": _cell(
+            table,
+            ratios,
+            lr,
+            k_max,
+            _smallest_within(per_ratio, tolerance),
+            truth,
+            tolerance,
+        ),
+        "per_ratio": per_ratio,
+        "spearman_grid_heldout": spearman(fc, ob),
+        "_fc": fc,
+        "_ob": ob,
+    }
+
+
+def _smallest_within(per_ratio: dict[str, Any], tolerance: float) -> float | None:
+    ok = [
+        float(r)
+        for r, v in per_ratio.items()
+        if v["forecast_grid_heldout"] is not None
+        and v["forecast_grid_heldout"]["drift"] is not None
+        and v["forecast_grid_heldout"]["drift"] <= tolerance
+    ]
+    return min(ok) if ok else None
+
+
+@dataclass
+class _Replayed:
+    """A replayed trajectory as the rules read it (the database row's fields)."""
+
+    ratio: float | None
+    steps_done: int
+    pruned: bool
+    forecast: list[Any] | None
 
 
 def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, Any]:
@@ -412,14 +528,18 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, per answer kind: at how many rates they hold."""
-    res = {}
-    kinds = ("first_step", "first_step_least_forgetting", "trajectory", "forecast_rule")
+    res: dict[str, Any] = {}
+    kinds: tuple[str, ...] = ("first_step", "first_step_least_forgetting", "trajectory")
+    kinds += ("forecast_rule", "replay_current_code.answer")
+    kinds += ("replay_current_code_heldout_only.answer",)
+    kinds += ("replay_current_code.heldout_point_rule",)
+    kinds += ("replay_current_code_heldout_only.heldout_point_rule",)
     kinds += ("ablation.trajectory", "ablation.forecast_rule")
     for kind in (*kinds, "ablation.heldout_point_rule", "ablation.heldout_high_rule"):
         ok = []
         for lr, entry in out["rates"].items():
-            holder = entry.get("ablation", {}) if kind.startswith("ablation.") else entry
-            cell = holder.get(kind.removeprefix("ablation."))
+            head, _, tail = kind.partition(".")
+            cell = entry.get(head, {}).get(tail) if tail else entry.get(kind)
             if not cell or (cell.get("ratio") is None and entry["truly_flat"]["smallest"] is None):
                 # No flat ratio exists and the answer says none: right, but not a hit either.
                 continue

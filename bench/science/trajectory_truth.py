@@ -214,7 +214,7 @@ def llama_config(cfg: TruthConfig, vocab_size: int, eos: int) -> LlamaConfig:
         bos_token_id=eos,
         pad_token_id=eos,
         tie_word_embeddings=False,
-        attn_implementation="sdpa",
+        attn_implementation="sdpa",  # type: ignore[call-arg]  # a PretrainedConfig kwarg
     )
 
 
@@ -241,7 +241,7 @@ def pretrain(
     """Pre-train the Llama on the general text, save it with its tokenizer; return the record."""
     torch.manual_seed(0)
     config = llama_config(cfg, len(tokenizer), int(tokenizer.eos_token_id))
-    model = LlamaForCausalLM(config).to(device)
+    model = LlamaForCausalLM(config).to(device)  # type: ignore[arg-type]  # transformers' .to
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(
         model.parameters(),
@@ -395,7 +395,7 @@ def run_grid(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 losses = model.losses(ids)
             opt.zero_grad()
-            losses.sum().backward()
+            losses.sum().backward()  # type: ignore[no-untyped-call]
             opt.step()
             if step % 10 == 0 or step == 1:
                 for h, v in zip(history, losses.detach().tolist(), strict=True):
@@ -437,7 +437,8 @@ def check_cell(
 ) -> dict[str, Any]:
     """One cell again with ``LlamaForCausalLM`` and ``torch.optim.AdamW`` (same data order)."""
     seed, ratio, lr = cfg.check_cell
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.to(device)  # type: ignore[arg-type]  # transformers wraps .to
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=cfg.betas, eps=cfg.eps, weight_decay=0)
     general, latex = rows["general_train"].to(device), rows["latex_train"].to(device)
@@ -487,10 +488,10 @@ class _Row:
 class _TrajectoryRow:
     """A finished trajectory task as the rules read it (the database row's fields)."""
 
-    ratio: float
+    ratio: float | None
     steps_done: int
     pruned: bool
-    forecast: list[Any]
+    forecast: list[Any] | None
 
 
 def _plain_jsonl(src: Path, dst: Path, limit: int | None) -> None:
