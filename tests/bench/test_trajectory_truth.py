@@ -139,3 +139,68 @@ def test_cost_counts_steps_and_forwards_against_the_grid() -> None:
     assert cost["sweep"]["optimizer_steps"] == 140
     assert cost["steps_fraction"] == pytest.approx(140 / 1200)
     assert cost["sweep"]["forwards"] == 10 + 100 + 600
+
+
+def _spec_json() -> dict[str, object]:
+    from service.spec import DataRef, FinetuneRef, ModelRef, SweepSpec, TrajectorySpec
+
+    spec = SweepSpec(
+        model=ModelRef(path="m"),
+        pretraining=DataRef(name="general", path="g.jsonl"),
+        finetuning=[FinetuneRef(name="latex", path="l.jsonl")],
+        retention=[DataRef(name="grid_heldout", path="h.jsonl")],
+        ratios=[0.0, 0.5],
+        learning_rate=1e-4,
+        seq_len=8,
+        batch_tokens=16,
+        planned_steps=300,
+        trajectory=TrajectorySpec(steps=100, measure_every=20),
+    )
+    return spec.model_dump(mode="json")
+
+
+def _points(pt: list[float], held: list[float]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for k, (a, b) in enumerate(zip(pt, held, strict=True)):
+        for name, role, d in (("general", "pretraining", a), ("grid_heldout", "retention", b)):
+            out.append(
+                {
+                    "step": 20 * k,
+                    "lr": 1e-4,
+                    "eval_set": name,
+                    "role": role,
+                    "status": "ok",
+                    "loss": 3.0 + d,
+                    "drift": d,
+                    "eta_c": None,
+                    "eta_c_low": None,
+                    "eta_c_high": None,
+                    "loss_change": None,
+                    "forwards": 1,
+                }
+            )
+    return out
+
+
+def test_replay_prunes_on_the_pretraining_rows_unless_only_held_out_sets_count() -> None:
+    from bench.science.analyze_trajectory import replay
+
+    rising = [0.0, 0.03, 0.04, 0.05, 0.06, 0.07]  # training rows: above 0.02 and rising
+    flat = [0.0, 0.004, 0.002, 0.001, 0.0, -0.001]  # held-out rows: flat
+    entry = {
+        "spec": _spec_json(),
+        "trajectories": [{"ratio": 0.5, "points": _points(rising, flat)}],
+    }
+    grid = {
+        "cells": [
+            {"seed": 0, "ratio": 0.5, "lr": 1e-4, "drift": {"300": {"general": 0.0, "latex": -1.0}}}
+        ]
+    }
+    table = grid_table(grid)
+    truth = {"smallest": 0.5, "upward": 0.5}
+    as_is = replay(entry, 0.02, table, [0.5], 1e-4, 300, truth)
+    assert as_is["per_ratio"]["0.5"]["pruned_at"] == 60
+    assert as_is["answer"]["ratio"] is None
+    held = replay(entry, 0.02, table, [0.5], 1e-4, 300, truth, heldout_only=True)
+    assert held["per_ratio"]["0.5"]["pruned_at"] is None
+    assert held["heldout_point_rule"]["ratio"] == 0.5
