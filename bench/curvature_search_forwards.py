@@ -2,8 +2,10 @@
 
 A tiny OLMo-2 trains with AdamW on a generated Markov language; every `--every` steps, lambda_c is
 measured along the optimizer's own next update direction on the step's batch, once with the
-baseline search ("bisect") and once with the model-placed search ("quadratic"), each warm-started
-from its own previous eta_c. Writes bench/results/search_forwards_cpu.json.
+baseline search ("bisect"), once with the model-placed search ("quadratic") and once with the
+model-placed search given the line's slope `-g.d` (free here: `g` is the batch's own gradient, the
+one the optimizer's direction is computed from), each warm-started from its own previous eta_c.
+Writes bench/results/search_forwards_cpu.json.
 
     .venv/bin/python bench/curvature_search_forwards.py
 """
@@ -21,7 +23,13 @@ import torch
 from torch import Tensor, nn
 from transformers import Olmo2Config, Olmo2ForCausalLM
 
-from workers.curvature import CriticalLR, SearchMethod, direction_params, measure, update_direction
+from workers.curvature import (
+    CriticalLR,
+    direction_params,
+    line_slope,
+    measure,
+    update_direction,
+)
 
 V, T, B = 64, 32, 16
 
@@ -63,7 +71,7 @@ def main() -> None:
     model = Olmo2ForCausalLM(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     data = markov_batches(args.steps, seed=1)
-    methods: list[SearchMethod] = ["bisect", "quadratic"]
+    methods = ["bisect", "quadratic", "quadratic_slope"]
     results: dict[str, list[CriticalLR]] = {m: [] for m in methods}
     guess = dict.fromkeys(methods, args.lr)
     start = time.perf_counter()
@@ -73,6 +81,8 @@ def main() -> None:
         lm_loss(model, data[step]).backward()
         if step % args.every == 0:
             d = update_direction(opt)  # AdamW with its real state (fresh at step 0)
+            params = direction_params(opt)
+            slope = line_slope([p.grad for p in params], d)  # type: ignore[misc]
             for m in methods:
                 r = measure(
                     model,
@@ -80,8 +90,9 @@ def main() -> None:
                     d,
                     data[step],
                     lr_guess=guess[m],
-                    method=m,
-                    params=direction_params(opt),
+                    method="bisect" if m == "bisect" else "quadratic",
+                    params=params,
+                    slope=slope if m == "quadratic_slope" else None,
                 )
                 if r.status == "ok":
                     guess[m] = r.eta
@@ -115,10 +126,11 @@ def main() -> None:
             ),
         }
     eta_b = [r.eta for r in results["bisect"]]
-    eta_q = [r.eta for r in results["quadratic"]]
-    summary["max_relative_eta_difference"] = max(
-        abs(a - b) / a for a, b in zip(eta_b, eta_q, strict=True) if a > 0
-    )
+    for m in ("quadratic", "quadratic_slope"):
+        eta_q = [r.eta for r in results[m]]
+        summary[f"max_relative_eta_difference_{m}_vs_bisect"] = max(
+            abs(a - b) / a for a, b in zip(eta_b, eta_q, strict=True) if a > 0
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

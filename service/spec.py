@@ -71,6 +71,18 @@ class DataRef(_Strict):
         return self
 
 
+class PretrainingRef(DataRef):
+    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat."""
+
+    within_tolerance: bool = Field(
+        default=True,
+        description="Whether this set's drift must stay within the tolerance. Set false when "
+        "the model was trained on these very documents: their drift also counts lost "
+        "memorisation, several times the drift of unseen text of the same kind; then give a "
+        "held-out sample as a retention set, which is always guarded.",
+    )
+
+
 class FinetuneRef(DataRef):
     """A fine-tuning data set; several are mixed by their weights."""
 
@@ -193,7 +205,7 @@ class SweepSpec(_Strict):
     """A mix sweep: which model, which data, which ratios, and how to measure."""
 
     model: ModelRef
-    pretraining: DataRef
+    pretraining: PretrainingRef
     finetuning: list[FinetuneRef] = Field(min_length=1)
     retention: list[DataRef] = Field(default_factory=list)
     targets: list[DataRef] = Field(default_factory=list)
@@ -254,6 +266,11 @@ class SweepSpec(_Strict):
                 "'trajectory' runs on listed ratios: give 'ratios' (a list, or 'auto') instead "
                 "of 'ratio_range'"
             )
+        if not self.pretraining.within_tolerance and not self.retention:
+            raise ValueError(
+                "'pretraining.within_tolerance' is false and there is no retention set: nothing "
+                "would be kept within the tolerance; add a held-out sample as a retention set"
+            )
         if self.schedule.warmup_steps >= self.planned_steps:
             raise ValueError(
                 f"'schedule.warmup_steps' ({self.schedule.warmup_steps}) must be below "
@@ -275,6 +292,13 @@ class SweepSpec(_Strict):
     def eval_sets(self) -> list[DataRef]:
         """Every set whose loss is evaluated: pre-training, fine-tuning, retention, targets."""
         return [self.pretraining, *self.finetuning, *self.retention, *self.targets]
+
+    def guarded(self, name: str) -> bool:
+        """Whether the drift of the set called ``name`` must stay within the tolerance."""
+        if name not in {ref.name for ref in self.eval_sets()}:
+            return False
+        role = self.role(name)
+        return role == "retention" or (role == "pretraining" and self.pretraining.within_tolerance)
 
     def role(self, name: str) -> str:
         """The role of the evaluation set called ``name``."""

@@ -337,7 +337,7 @@ def _confidence(
 
 def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
     forecasts = [SetForecast.model_validate(f) for f in row.forecast or []]
-    retention = [f for f in forecasts if f.role in RETENTION_ROLES]
+    retention = [f for f in forecasts if spec.guarded(f.eval_set)]
     tuning = [f for f in forecasts if f.role == "finetuning" and f.drift is not None]
     weights = {ref.name: ref.weight for ref in spec.finetuning}
     drift = max((f.drift for f in retention if f.drift is not None), default=None)

@@ -251,16 +251,18 @@ def open_trajectory_study(
     )
 
 
-def report_trajectory(trial: optuna.Trial, step: int, points: list[TrajectoryPoint]) -> bool:
-    """Report a measured step's largest retention drift; True means go on."""
-    drifts = [p.drift for p in points if p.role in RETENTION_ROLES]
+def report_trajectory(
+    trial: optuna.Trial, spec: SweepSpec, step: int, points: list[TrajectoryPoint]
+) -> bool:
+    """Report a measured step's largest drift of a guarded set; True means go on."""
+    drifts = [p.drift for p in points if spec.guarded(p.eval_set)]
     trial.report(max(drifts, default=0.0), step)
     return not trial.should_prune()
 
 
 def annotate_trajectory(trial: optuna.Trial, spec: SweepSpec, result: Trajectory) -> None:
     """Store a trajectory's constraint, forecasts and cost on its trial, before completing it."""
-    retention = [f for f in result.forecast if f.role in RETENTION_ROLES]
+    retention = [f for f in result.forecast if spec.guarded(f.eval_set)]
     high = max((f.high for f in retention), default=math.inf)
     margin = high - spec.tolerance if math.isfinite(high) else 1e9
     trial.set_constraint(CONSTRAINT_ATTR, margin)

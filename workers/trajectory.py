@@ -38,7 +38,6 @@ from workers.data import training_rows
 from workers.forecast import Forecast, forecast_drift
 from workers.sweep import PreparedSweep, data_source, field_names, mix_weights
 
-RETENTION_ROLES = ("pretraining", "retention")
 RISING_OVER = 3  # measurements above the tolerance, not falling, before a mix is pruned
 LOSS_BATCHES = 4  # held-out batches per set whose mean loss is the trajectory's loss
 
@@ -111,7 +110,7 @@ def left_basin(spec: SweepSpec, history: Sequence[Sequence[TrajectoryPoint]]) ->
     window = measured[-RISING_OVER:]
     for ref in spec.eval_sets():
         series = [next((p for p in points if p.eval_set == ref.name), None) for points in window]
-        if any(p is None or p.role not in RETENTION_ROLES for p in series):
+        if not spec.guarded(ref.name) or any(p is None for p in series):
             continue
         drifts = [p.drift for p in series if p is not None]
         if min(drifts) > spec.tolerance and drifts[-1] >= drifts[0]:

@@ -331,7 +331,7 @@ class Worker:
             if not queue.record_points(self.sessions, task, self.worker_id, ratio, step, rows):
                 lease.state = queue.Heartbeat.lost
                 raise TaskAbortedError("lost")
-            return studies.report_trajectory(trial, step, points)
+            return studies.report_trajectory(trial, spec, step, points)
 
         try:
             measured = run_trajectory(

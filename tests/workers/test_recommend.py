@@ -204,3 +204,33 @@ def test_trajectory_basis_with_none_within_or_all_pruned() -> None:
     pruned = [Traj(r, 20, True, _forecast(0.3, 0.4, 0.1)) for r in (0.0, 0.5)]
     rec = recommend(s, curves(), trajectories=pruned)
     assert rec.ratio is None and "Every trajectory (0, 0.5) was pruned" in rec.reason
+
+
+def test_a_pretraining_set_the_model_memorised_can_be_left_unguarded() -> None:
+    body = {
+        "trajectory": {"steps": 100, "measure_every": 10},
+        "pretraining": {"name": "pt", "path": "pt", "within_tolerance": False},
+        "retention": [{"name": "heldout", "path": "h"}],
+    }
+    s = spec(**body)
+    held = {
+        "eval_set": "heldout",
+        "role": "retention",
+        "steps": 300,
+        "drift": 0.0,
+        "low": -0.01,
+        "high": 0.01,
+        "measured": False,
+        "method": "fit",
+    }
+    # The training rows drift (lost memorisation) while held-out text stays flat.
+    rows = [Traj(0.25, 100, False, [*_forecast(0.06, 0.08, 0.5), held])]
+    rec = recommend(s, curves(), trajectories=rows)
+    assert rec.ratio == 0.25 and rec.forecast_drift == 0.0
+    guarded = recommend(spec(trajectory=body["trajectory"]), curves(), trajectories=rows)
+    assert guarded.ratio is None
+
+
+def test_an_unguarded_pretraining_set_needs_a_retention_set() -> None:
+    with pytest.raises(ValueError, match="add a held-out sample as a retention set"):
+        spec(pretraining={"name": "pt", "path": "pt", "within_tolerance": False})

@@ -5,7 +5,9 @@ Read in this order:
 - `direction`: the update direction `d` an optimizer step would take (SGD, Adam, AdamW).
 - `search`: the line search for `eta_c = min{eta: L(theta - eta d) > L(theta)}`.
 - `perturb`: moving a model to `theta - eta d` exactly (also for bf16 models) and back.
-- `measure`: the line function on a real model and one batch; the one-step loss change.
+- `compensated`: bf16 products with 16-bit operands and float32 results, for `perturb`.
+- `measure`: the line function on a real model and one batch; the one-step loss change; the
+  line's slope from a gradient.
 - `mixture`: per-domain gradients mixed for any simplex weights, then the optimizer transform.
 - `hessian`: directional sharpness and `lambda_max` for validation on small models.
 - `stats`: mean, spread and confidence interval over batches.
@@ -32,7 +34,7 @@ from workers.curvature.hessian import (
     directional_sharpness,
     lambda_max,
 )
-from workers.curvature.measure import LossChange, loss_change, measure
+from workers.curvature.measure import LossChange, line_slope, loss_change, measure
 from workers.curvature.mixture import (
     DirectionFn,
     DomainGradients,
@@ -79,6 +81,7 @@ __all__ = [
     "domain_gradients",
     "is_increase",
     "lambda_max",
+    "line_slope",
     "loss_change",
     "measure",
     "mix_gradients",

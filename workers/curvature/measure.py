@@ -13,6 +13,10 @@ Forward counting: `CriticalLR.forwards` from `measure` includes the `L(theta)` f
 `measure` computed it, and excludes it when the caller passed `loss0` (e.g. `result.loss0` of an
 earlier measurement on the same batch, model and precision).
 
+A known slope of the line, `dL/deta = -g.d` at `eta = 0` (`slope=`; `line_slope` from the gradient
+`g` of the evaluation loss, one backward pass per evaluation batch, shared by every direction
+measured on it), lets the search place its probes from the first one (see `search`).
+
 For the critical sharpness, `batch` is data that produced `d`; for the relative critical sharpness
 (`lambda_c^{mix->task}`) it is the other task's batch (method.md §2).
 """
@@ -32,7 +36,7 @@ from workers.curvature.errors import CurvatureError
 from workers.curvature.perturb import Perturbation, Precision, check_direction
 from workers.curvature.search import CriticalLR, SearchMethod, critical_lr
 
-__all__ = ["LossChange", "loss_change", "measure"]
+__all__ = ["LossChange", "line_slope", "loss_change", "measure"]
 
 BatchT = TypeVar("BatchT")  # whatever loss_fn accepts: a tensor of token ids, a dict, ...
 
@@ -118,6 +122,7 @@ def measure(
     loss0: float | None = None,
     params: Sequence[Tensor] | None = None,
     precision: Precision = "auto",
+    slope: float | None = None,
 ) -> CriticalLR:
     """Measure the critical learning rate of `model` along `direction` on one batch.
 
@@ -133,7 +138,9 @@ def measure(
         loss0: `L(theta)` if already known on this batch, model and precision (saves a forward).
         params: Parameters the direction belongs to; default: those with `requires_grad`, in
             `model.parameters()` order.
-        precision: `"auto"`, `"exact"`, `"fp32"` or `"split"` (see `perturb`).
+        precision: `"auto"`, `"exact"`, `"fp32"`, `"split"` or `"compensated"` (see `perturb`).
+        slope: `dL/deta` at `eta = 0`, i.e. `line_slope(grads, direction)` with the gradient of
+            `loss_fn` on this batch; places probes only (see `critical_lr`).
 
     Returns:
         The search result; `forwards` includes the `L(theta)` forward when it was computed here.
@@ -155,7 +162,13 @@ def measure(
         own = loss0 is None
         base = loss_at(0.0) if loss0 is None else float(loss0)
         result = critical_lr(
-            loss_at, loss0=base, lr_guess=lr_guess, tol=tol, max_steps=max_steps, method=method
+            loss_at,
+            loss0=base,
+            lr_guess=lr_guess,
+            tol=tol,
+            max_steps=max_steps,
+            method=method,
+            slope=slope,
         )
     return dataclasses.replace(result, forwards=result.forwards + int(own))
 
@@ -202,3 +215,36 @@ def loss_change(
         loss = _scalar_loss(loss_fn(model, batch))
         forwards += 1
     return LossChange(lr, float(loss0), loss, loss - float(loss0), forwards)
+
+
+def line_slope(grads: Sequence[Tensor], direction: Sequence[Tensor]) -> float:
+    """`dL/deta` of `L(theta - eta * d)` at `eta = 0`: `-g.d` (float32 or wider per chunk of a
+    tensor, summed in float64).
+
+    Args:
+        grads: The gradient `g` of the evaluation loss, one tensor per parameter (any float dtype,
+            e.g. from `domain_gradients` on the evaluation batch with the model in eval mode).
+        direction: `d`, aligned with `grads`.
+
+    Returns:
+        The slope (negative for a descent direction).
+    """
+    if len(grads) != len(direction):
+        raise CurvatureError(
+            f"got {len(grads)} gradient tensors for {len(direction)} direction tensors; "
+            "pass them for the same parameters in the same order"
+        )
+    total = 0.0
+    chunk = 1 << 24  # bounds the float32 temporaries of the largest tensors (embeddings)
+    for i, (g, d) in enumerate(zip(grads, direction, strict=True)):
+        if g.shape != d.shape:
+            raise CurvatureError(
+                f"gradient {i} has shape {tuple(g.shape)} but direction {i} {tuple(d.shape)}"
+            )
+        gf, df = g.reshape(-1), d.reshape(-1).to(g.device)
+        wide = torch.promote_types(torch.promote_types(g.dtype, d.dtype), torch.float32)
+        for start in range(0, gf.numel(), chunk):
+            a = gf[start : start + chunk].to(wide)
+            b = df[start : start + chunk].to(wide)
+            total += float(torch.dot(a, b))
+    return -total

@@ -3,12 +3,12 @@
 Fine-tuning steps (`eta` of 1e-6 to 1e-4 times a sign-like Adam direction) are far below the
 resolution of bf16 weights (relative 2**-8): writing `theta - eta * d` into a bf16 parameter rounds
 it back to `theta` and the search sees no change at all (method.md §6: "41 forwards, no bracket").
-`Perturbation` therefore offers four precisions:
+`Perturbation` therefore offers five precisions:
 
 - `"exact"`: write `theta - eta * d`, computed in float32 from a saved copy, into each parameter in
   its own dtype. Exact for float32/float64 models; for bf16/fp16 parameters it is the naive path
   and loses small steps (kept as the benchmark's baseline).
-- `"fp32"`: the reference for low-precision models (and `"auto"`'s choice for them). Each
+- `"fp32"`: the reference for low-precision models (`"auto"`'s choice for fp16 ones). Each
   low-precision parameter is swapped for a float32 tensor holding `theta - eta * d` for the
   duration, so the forward runs in float32. Costs float32 weight memory and float32 matmul speed:
   on one H100, 0.98 s a forward for OLMo-2-1B on 8 x 2048 tokens (6.4x bf16) and 2.55 s for 7B on
@@ -33,10 +33,32 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
   On the H100 (bench/results/curvature_gpu_h100.json, a 34M OLMo-2 trained 45 s) it was -3.6%
   (own direction) and -8.3% (relative direction) off the fp32 reference, at 1.5x a plain bf16
   forward. Experimental: never chosen by "auto".
-- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, else `"fp32"`.
+- `"compensated"`: fast and accurate for bf16 models. The residual stream runs in float32 as in
+  `"fp32"` (embeddings return `W[ids] - eta * D[ids]` in float32; norm gains and other small
+  low-precision parameters are swapped for float32). Every `nn.Linear` with a bf16 weight keeps
+  `W` untouched and splits its float32 input into two bf16 parts, `x = x_hi + x_lo` (16 mantissa
+  bits together), and sums three bf16 products with float32 accumulation and a float32 result:
 
-During `"exact"` and `"fp32"` searches float32 matmuls run at full precision (TF32 off): TF32 rounds
-matmul inputs to 10 mantissa bits, the same trap one level down.
+        y = x_hi W^T + x_lo W^T - eta * x_hi D^T                 # (N, out), float32
+
+  `W` is exact in bf16 (it *is* the model), so the only roundings left are `x`'s at 2**-17
+  instead of bf16's 2**-9 (256x less rounding dither than `"split"`) and the dropped
+  `eta * x_lo D^T` (2**-9 of the step's own contribution); `D` is used rounded to bf16 (fixed
+  across probes, so every probe lies on one line). On CUDA the products are bf16 tensor-core
+  matmuls with a float32 output (`torch.mm(..., out_dtype=torch.float32)`), three times a plain
+  linear layer; elsewhere the same bf16 parts are multiplied in float32 (the same numbers up to
+  summation order). Attention runs in float32 on the float32 projections (on an H200, float32
+  SDPA costs about 35x a bf16 flash-attention call; a version built from bf16 products, tried,
+  was no faster: bench/results/measurement_cost_h200.json).
+  Measured on one H200 (random-init Llama-3 shapes, bench/measurement_cost.py): a probe costs
+  5.3x a plain bf16 forward at 1.2 B parameters and 4.3x at 8 B, against 10.7x and 11.9x for
+  `"fp32"`, with eta_c within 0.05% and the loss change at 3e-5 within 0.4% of `"fp32"`'s, and
+  65 GB peak at 8 B on 8 k tokens (`"fp32"`: 95 GB).
+- `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, `"compensated"` when
+  any is bf16, else `"fp32"` (fp16 weights are not exact in bf16 parts).
+
+During `"exact"`, `"fp32"` and `"compensated"` searches float32 matmuls run at full precision
+(TF32 off): TF32 rounds matmul inputs to 10 mantissa bits, the same trap one level down.
 
 On exit every parameter holds its original tensor again, bit for bit (also after an exception):
 `exact` copies back from the saved clone; `fp32` and `split` never wrote into the original tensors.
@@ -52,13 +74,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.curvature.compensated import addmm_f32_, mm_f32, split_bf16
 from workers.curvature.errors import CurvatureError
 
 __all__ = ["Perturbation", "Precision", "check_direction"]
 
-Precision = Literal["auto", "exact", "fp32", "split"]
+Precision = Literal["auto", "exact", "fp32", "split", "compensated"]
 
 _WIDE = (torch.float32, torch.float64)
+_PRECISIONS = ("exact", "fp32", "split", "compensated")
 
 
 def check_direction(params: Sequence[Tensor], direction: Sequence[Tensor]) -> None:
@@ -107,10 +131,16 @@ class Perturbation:
         if len({id(p) for p in params}) != len(params):
             raise CurvatureError("params lists a parameter twice; pass each parameter once")
         if precision == "auto":
-            precision = "exact" if all(p.dtype in _WIDE for p in params) else "fp32"
-        if precision not in ("exact", "fp32", "split"):
+            if all(p.dtype in _WIDE for p in params):
+                precision = "exact"
+            elif any(p.dtype == torch.bfloat16 for p in params):
+                precision = "compensated"
+            else:
+                precision = "fp32"
+        if precision not in _PRECISIONS:
             raise CurvatureError(
-                f"precision must be 'auto', 'exact', 'fp32' or 'split', got {precision!r}"
+                "precision must be 'auto', 'exact', 'fp32', 'split' or 'compensated', "
+                f"got {precision!r}"
             )
         self.model = model
         self.precision: Precision = precision
@@ -120,6 +150,7 @@ class Perturbation:
         self._swapped: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (param, orig, work, d)
         self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
         self._matmul_precision: str | None = None
+        self._cache: dict[int, Tensor] = {}  # per-search conversions (bf16 D, float32 biases)
 
     def __enter__(self) -> Perturbation:
         try:
@@ -151,7 +182,7 @@ class Perturbation:
     # -- setup and teardown --------------------------------------------------------------------
 
     def _install(self) -> None:
-        if self.precision in ("exact", "fp32"):
+        if self.precision in ("exact", "fp32", "compensated"):
             self._matmul_precision = torch.get_float32_matmul_precision()
             torch.set_float32_matmul_precision("highest")  # no TF32 while the step must count
         by_id = {id(p): (p, d) for p, d in self._pairs}
@@ -160,6 +191,10 @@ class Perturbation:
             for module in self.model.modules():
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override(module, by_id)
+        elif self.precision == "compensated":
+            for module in self.model.modules():
+                if isinstance(module, nn.Linear | nn.Embedding):
+                    handled |= self._override_compensated(module, by_id)
         for p, d in self._pairs:
             if id(p) in handled:
                 continue
@@ -214,10 +249,78 @@ class Perturbation:
 
         return forward
 
-    def _embedding_forward(self, weight: Tensor, d_weight: Tensor) -> Callable[[Tensor], Tensor]:
+    def _embedding_forward(
+        self, weight: Tensor, d_weight: Tensor | None
+    ) -> Callable[[Tensor], Tensor]:
         def forward(ids: Tensor) -> Tensor:
             rows = F.embedding(ids, weight).float()  # (..., E) exact upcast of W[ids]
+            if d_weight is None:
+                return rows
             return rows - self.eta * F.embedding(ids, d_weight).float()
+
+        return forward
+
+    def _override_compensated(
+        self, module: nn.Linear | nn.Embedding, by_id: dict[int, tuple[Tensor, Tensor]]
+    ) -> set[int]:
+        weight: Tensor = module.weight
+        if weight.dtype != torch.bfloat16:
+            return set()  # float32 weights run as they are; fp16 ones go to the float32 swap
+        # Frozen bf16 weights (not perturbed) are overridden too: the float32 residual stream
+        # must not be rounded back to bf16 on the way through them.
+        d_weight = by_id[id(weight)][1] if id(weight) in by_id else None
+        forward: Callable[..., Tensor]
+        covered = {id(weight)} if d_weight is not None else set()
+        if isinstance(module, nn.Embedding):
+            if module.max_norm is not None:
+                return set()
+            forward = self._embedding_forward(weight, d_weight)
+        else:
+            bias: Tensor | None = module.bias
+            d_bias = by_id[id(bias)][1] if bias is not None and id(bias) in by_id else None
+            if bias is not None and d_bias is not None:
+                covered.add(id(bias))
+            forward = self._compensated_linear_forward(weight, d_weight, bias, d_bias)
+        self._overridden.append((module, module.__dict__.get("forward")))
+        module.__dict__["forward"] = forward
+        return covered
+
+    def _bf16(self, t: Tensor) -> Tensor:
+        """`t` in bf16, converted once per search (directions often come in float32)."""
+        if t.dtype == torch.bfloat16:
+            return t
+        if id(t) not in self._cache:
+            self._cache[id(t)] = t.to(torch.bfloat16)
+        return self._cache[id(t)]
+
+    def _f32(self, t: Tensor) -> Tensor:
+        if t.dtype == torch.float32:
+            return t
+        if id(t) not in self._cache:
+            self._cache[id(t)] = t.to(torch.float32)
+        return self._cache[id(t)]
+
+    def _compensated_linear_forward(
+        self,
+        weight: Tensor,
+        d_weight: Tensor | None,
+        bias: Tensor | None,
+        d_bias: Tensor | None,
+    ) -> Callable[[Tensor], Tensor]:
+        out_features, in_features = weight.shape
+
+        def forward(x: Tensor) -> Tensor:
+            lead = x.shape[:-1]
+            hi, lo = split_bf16(x.reshape(-1, in_features).to(torch.float32))  # (M, K) each
+            y = mm_f32(hi, weight)  # (M, N) float32
+            addmm_f32_(y, lo, weight)
+            if d_weight is not None and self.eta != 0.0:
+                addmm_f32_(y, hi, self._bf16(d_weight), alpha=-self.eta)
+            if bias is not None:
+                y += self._f32(bias)
+                if d_bias is not None and self.eta != 0.0:
+                    y.add_(self._f32(d_bias), alpha=-self.eta)
+            return y.view(*lead, out_features)
 
         return forward
 
@@ -232,6 +335,7 @@ class Perturbation:
             if previous is not None:
                 module.__dict__["forward"] = previous
         self._saved, self._swapped, self._overridden = [], [], []
+        self._cache = {}
         if self._matmul_precision is not None:
             torch.set_float32_matmul_precision(self._matmul_precision)
             self._matmul_precision = None

@@ -19,10 +19,20 @@ non-finite loss counts as an increase; a loss equal to `L0` does not. Two method
   A warm start (`lr_guess` = the last `eta_c`) first tries a step of one `tol`-width towards the
   root, which closes the bracket in two probes when `eta_c` barely moved.
 
+A known slope (`slope=`, the derivative `dL/deta` at 0, i.e. `-g.d` from one backward pass on the
+evaluation batch) is the point `(0, slope)` of that same straight line, so the first probe already
+gives the model: a warm start within about one `tol`-width of the root closes in two probes. The
+slope only places probes; the bracket, and so the answer, still comes from evaluated losses.
+
 Status semantics: `increases_immediately` when even the search floor `lr_guess * 2**-max_steps`
 raises the loss, or when no probe ever lowered the loss below `L0` (the probes that did not increase
 it only tied `L0`, also one extra probe at `lower/2`: the descent, if any, is below the loss's
-rounding resolution); `lambda_c` is then inf and `eta` 0.
+rounding resolution); `lambda_c` is then inf and `eta` 0. That verdict needs a *confirmed* increase:
+a loss above `L0` by more than its rounding (`_TIE_ULPS` float32 ulps of `L0`), or a non-finite one.
+When every increase seen is within rounding (a tiny starting guess, where `L` ties `L0` up to an
+ulp or two), the search steps up until the loss leaves the rounding band: a clear descent restarts
+the search from there (the tiny "increases" were ties), a clear increase confirms the verdict, and
+a loss flat within rounding up to the cap is `no_increase`.
 `no_increase` when `lr_guess * 2**max_steps` still did not raise the loss: `eta = lower` is a lower
 bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
 """
@@ -34,12 +44,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from workers.curvature.errors import CurvatureError
 
 __all__ = ["CriticalLR", "SearchMethod", "Status", "critical_lr", "is_increase"]
 
 Status = Literal["ok", "increases_immediately", "no_increase"]
 SearchMethod = Literal["bisect", "quadratic"]
+
+# A loss within this many float32 ulps of L0 may be a tie blurred by rounding: it does not by
+# itself prove that a direction raises the loss (it still counts as an increase in the bracket).
+_TIE_ULPS = 4.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,9 @@ class _Bracket:
         self.probes: list[tuple[float, float]] = []
 
     def probe(self, eta: float) -> bool:
-        loss = float(self.loss_at(eta))
+        return self.record(eta, float(self.loss_at(eta)))
+
+    def record(self, eta: float, loss: float) -> bool:
         self.probes.append((eta, loss))
         if is_increase(loss, self.loss0):
             if eta < self.hi:
@@ -103,8 +121,9 @@ class _Bracket:
 
 
 def _bisect(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None:
-    eta = lr_guess
-    if b.probe(eta):
+    # A bracket seeded with a descent (the tie walk) doubles from there without re-probing it.
+    eta = b.lo if b.probes else lr_guess
+    if not b.probes and b.probe(eta):
         for _ in range(max_steps):
             eta /= 2
             if not b.probe(eta):
@@ -132,21 +151,28 @@ def _line_root(p1: tuple[float, float], p2: tuple[float, float]) -> float | None
     return root if root > 0 and math.isfinite(root) else None
 
 
-def _quadratic(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None:
+def _quadratic(
+    b: _Bracket, lr_guess: float, tol: float, max_steps: int, slope: float | None
+) -> None:
     q = 1 / (1 - tol)  # the bracket is closed once upper/lower <= q
     m = q**0.25  # margin to one side of a predicted root
     floor, cap = lr_guess * 2.0**-max_steps, lr_guess * 2.0**max_steps
     growth = 2.0  # step factor while there is no bracket and no model; squared after each use
     surprises = 0
     budget = 4 * max_steps + 64  # loose; past it, plain bisection (which always terminates)
-    b.probe(lr_guess)
-    first = True
+    # The known slope is the line's value at eta = 0: (0, dL/deta(0)) in the (eta, y) plane.
+    origin = [(0.0, slope)] if slope is not None and math.isfinite(slope) else []
+    # Without a slope, a warm start first steps one tol-width towards the root; with it, the
+    # model is known from the first probe on, and the same rules place the second probe.
+    first = not origin and not b.probes
+    if not b.probes:  # else seeded with a descent by the tie walk
+        b.probe(lr_guess)
     while not b.closed(tol):
         finite = sorted((e, b.slope(e, loss)) for e, loss in b.probes if math.isfinite(loss))
         if not math.isfinite(b.hi):  # every probe so far left the loss <= L0: step up
             if b.lo >= cap:
                 return
-            ups = [pt for pt in finite if pt[0] <= b.lo]
+            ups = origin + [pt for pt in finite if pt[0] <= b.lo]
             root = _line_root(ups[-2], ups[-1]) if len(ups) >= 2 else None
             if first:
                 eta = b.lo * q  # warm start: one tol-width towards the root
@@ -159,7 +185,10 @@ def _quadratic(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None
             if b.hi <= floor:
                 return
             downs = [pt for pt in finite if pt[0] >= b.hi]
-            root = _line_root(downs[0], downs[1]) if len(downs) >= 2 else None
+            # With the slope, interpolate between eta = 0 and the nearest increase; else
+            # extrapolate from the two nearest increases.
+            pair = origin + downs[:1] if origin else downs[:2]
+            root = _line_root(pair[0], pair[1]) if len(pair) >= 2 and downs else None
             if first:
                 eta = b.hi / q
             elif root is not None and root < b.hi:
@@ -201,16 +230,20 @@ def critical_lr(
     tol: float = 1 / 16,
     max_steps: int = 40,
     method: SearchMethod = "quadratic",
+    slope: float | None = None,
 ) -> CriticalLR:
     """Search the smallest step along a line at which the loss rises above `loss0`.
 
     Args:
         loss_at: The line function, `eta -> L(theta - eta * d)`; each call is one forward.
         loss0: `L(theta)`, the loss at `eta = 0` (must be finite).
-        lr_guess: First step to try; pass the last `eta_c` for a warm start.
+        lr_guess: First step to try; pass the last `eta_c` for a warm start (with a slope, the
+            last `eta_c` times `slope / last slope` carries the last curvature over).
         tol: Stop once `1 - lower/upper <= tol`.
         max_steps: At most this many doublings/halvings away from `lr_guess` (factor 2**max_steps).
         method: `"quadratic"` (model-placed probes, fewer forwards) or `"bisect"` (the baseline).
+        slope: `dL/deta` at `eta = 0` (`-g.d`), if known; places the quadratic search's probes
+            (ignored by `"bisect"`). It never decides the bracket.
 
     Returns:
         The bracket, the estimate, its status and every probe.
@@ -229,22 +262,82 @@ def critical_lr(
         raise CurvatureError(f"max_steps must be >= 1, got {max_steps}")
     if method not in ("bisect", "quadratic"):
         raise CurvatureError(f"method must be 'bisect' or 'quadratic', got {method!r}")
+    if slope is not None and not math.isfinite(slope):
+        raise CurvatureError(f"slope must be a finite number or None, got {slope}")
+
+    def search(b: _Bracket) -> None:
+        if method == "bisect":
+            _bisect(b, lr_guess, tol, max_steps)
+        else:
+            _quadratic(b, lr_guess, tol, max_steps, slope)
+        if b.lo > 0 and math.isfinite(b.hi) and not _descended(b):
+            # Every probe at or below `lower` only tied L0. One more probe below tells a root
+            # that happened to be hit exactly (the loss descends there) from a loss whose descent
+            # is below its rounding resolution (flat there too: increases_immediately).
+            eta = b.lo / 2
+            b.probes.append((eta, float(loss_at(eta))))
+
     b = _Bracket(loss_at, float(loss0))
-    if method == "bisect":
-        _bisect(b, lr_guess, tol, max_steps)
-    else:
-        _quadratic(b, lr_guess, tol, max_steps)
-    if b.lo > 0 and math.isfinite(b.hi) and not _descended(b):
-        # Every probe at or below `lower` only tied L0. One more probe below tells a root that
-        # happened to be hit exactly (the loss descends there) from a loss whose descent is below
-        # its rounding resolution (flat there too: increases_immediately).
-        eta = b.lo / 2
-        b.probes.append((eta, float(loss_at(eta))))
+    search(b)
+    if not math.isfinite(b.hi) or _descended(b) or _confirmed_increase(b):
+        return _result(b)
+    # Every increase so far is within rounding of L0: no evidence yet that d ascends.
+    earlier = b.probes
+    b, verdict = _walk_out_of_ties(b, lr_guess * 2.0**max_steps, slope)
+    if verdict == "descent":
+        search(b)
+    elif verdict == "flat":
+        b.probes = earlier + b.probes
+        top = max(e for e, _ in b.probes)
+        return CriticalLR(
+            top, math.inf, top, 2 / top, len(b.probes), "no_increase", b.probes, b.loss0
+        )
+    b.probes = earlier + b.probes
     return _result(b)
 
 
 def _descended(b: _Bracket) -> bool:
     return any(math.isfinite(loss) and loss < b.loss0 for _, loss in b.probes)
+
+
+def _tie_band(loss0: float) -> float:
+    return _TIE_ULPS * float(np.spacing(np.float32(abs(loss0))))
+
+
+def _confirmed_increase(b: _Bracket) -> bool:
+    band = _tie_band(b.loss0)
+    return any(not math.isfinite(loss) or loss > b.loss0 + band for _, loss in b.probes)
+
+
+def _walk_out_of_ties(
+    b: _Bracket, cap: float, slope: float | None
+) -> tuple[_Bracket, Literal["descent", "increase", "flat"]]:
+    """Step up from the largest probe until the loss leaves L0's rounding band.
+
+    Returns a new bracket holding the walk's probes (seeded with the descent, which the search
+    then continues from) and what the walk found. The earlier within-band "increases" are not
+    in the new bracket: they were ties.
+    """
+    band = _tie_band(b.loss0)
+    eta = max(e for e, _ in b.probes) * 8
+    if slope is not None and slope < 0:
+        eta = max(eta, 8 * band / -slope)  # where the first-order change is a few bands
+    walk = _Bracket(b.loss_at, b.loss0)
+    while True:
+        eta = min(eta, cap)
+        loss = float(b.loss_at(eta))
+        if not math.isfinite(loss) or loss > b.loss0 + band:
+            walk.record(eta, loss)
+            # A confirmed increase: the old bracket's verdict stands, with the walk's probe added.
+            b.probes = walk.probes
+            return b, "increase"
+        if loss < b.loss0 - band:
+            walk.record(eta, loss)
+            return walk, "descent"
+        walk.probes.append((eta, loss))
+        if eta >= cap:
+            return walk, "flat"
+        eta *= 8
 
 
 def _result(b: _Bracket) -> CriticalLR:

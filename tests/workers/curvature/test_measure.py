@@ -19,6 +19,7 @@ from workers.curvature import (
     CurvatureError,
     SearchMethod,
     adamw_direction,
+    line_slope,
     loss_change,
     measure,
     update_direction,
@@ -144,3 +145,52 @@ def test_mismatched_direction_is_a_clear_error() -> None:
         measure(model, mse, list(model.parameters()), regression_data(), lr_guess=-1.0)
     with pytest.raises(CurvatureError, match="tol"):
         measure(model, mse, list(model.parameters()), regression_data(), lr_guess=1.0, tol=2.0)
+
+
+def test_line_slope_is_the_directional_derivative(
+    quadratic_factory: Callable[..., Quadratic],
+) -> None:
+    model = quadratic_factory(12, 1e2, seed=3)
+    g = model.grad()
+    d = adamw_direction([model.theta], [g], weight_decay=0.0, dtype=torch.float64)[0]
+    slope = line_slope([g], [d])
+    assert slope == pytest.approx(-float(g @ d), rel=1e-12)
+    # d/deta of L(theta - eta d) at 0 by central differences on the quadratic (exact for it).
+    with torch.no_grad():
+        theta = model.theta.detach().clone()
+        eps = 1e-4
+        model.theta.copy_(theta - eps * d)
+        up = float(model())
+        model.theta.copy_(theta + eps * d)
+        down = float(model())
+        model.theta.copy_(theta)
+    assert slope == pytest.approx((up - down) / (2 * eps), rel=1e-8)
+    with pytest.raises(CurvatureError, match="gradient"):
+        line_slope([g], [d, d])
+    with pytest.raises(CurvatureError, match="shape"):
+        line_slope([g], [d[:3]])
+
+
+@pytest.mark.parametrize("method", ["bisect", "quadratic"])
+def test_slope_keeps_the_answer_and_saves_probes(
+    quadratic_factory: Callable[..., Quadratic], method: SearchMethod
+) -> None:
+    model = quadratic_factory(20, 1e3, seed=5)
+    g = model.grad()
+    d = adamw_direction([model.theta], [g], weight_decay=0.0, dtype=torch.float64)[0]
+    true = 2 * float(d @ g) / float(d @ model.hessian @ d)  # eta_c of a quadratic
+    plain = measure(model, quadratic_loss, [d], None, lr_guess=true * 1.04, method=method)
+    known = measure(
+        model,
+        quadratic_loss,
+        [d],
+        None,
+        lr_guess=true * 1.04,
+        method=method,
+        slope=line_slope([g], [d]),
+    )
+    for r in (plain, known):
+        assert r.status == "ok" and r.lower <= true <= r.upper
+    assert known.forwards <= plain.forwards
+    if method == "quadratic":
+        assert known.forwards == 3  # L(theta) and two probes

@@ -124,3 +124,93 @@ def test_quadratic_beats_bisect_on_average() -> None:
             )
     assert np.median(counts["quadratic"]) < np.median(counts["bisect"])
     assert max(counts["quadratic"]) <= max(counts["bisect"]) + 2
+
+
+def _tied_at_tiny_steps(a: float, b: float, loss0: float):  # type: ignore[no-untyped-def]
+    """A float32 descent line whose tiny steps come out one ulp *above* L0 (rounding noise)."""
+    ulp = float(np.spacing(np.float32(loss0)))
+
+    def loss_at(eta: float) -> float:
+        if a * eta < ulp:
+            return float(np.nextafter(np.float32(loss0), np.float32(np.inf)))
+        return float(np.float32(loss0 - a * eta + b * eta * eta))
+
+    return loss_at
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("slope", [None, -1.0])
+def test_one_ulp_tie_at_a_tiny_guess_is_not_an_ascent(
+    method: SearchMethod, slope: float | None
+) -> None:
+    # eta_c = a/b = 0.5; starting 9 orders of magnitude below it, every probe near the guess
+    # ties L0 up to one ulp, which is rounding, not an increase.
+    r = critical_lr(
+        _tied_at_tiny_steps(1.0, 2.0, 3.0), loss0=3.0, lr_guess=1e-9, method=method, slope=slope
+    )
+    assert r.status == "ok"
+    assert r.lower <= 0.5 <= r.upper
+    assert 1 - r.lower / r.upper <= 1 / 16
+    assert r.forwards == len(r.probes)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_confirmed_ascent_still_increases_immediately(method: SearchMethod) -> None:
+    # An ascent whose tiny steps also tie within an ulp: the walk up confirms a clear increase.
+    ulp = float(np.spacing(np.float32(3.0)))
+    loss_at = lambda e: float(np.float32(3.0 + e)) if e > ulp else 3.0 + ulp  # noqa: E731
+    r = critical_lr(loss_at, loss0=3.0, lr_guess=1e-9, method=method)
+    assert r.status == "increases_immediately"
+    assert any(loss > 3.0 + 4 * ulp for _, loss in r.probes)
+
+
+def test_flat_within_rounding_up_to_the_cap_is_no_increase() -> None:
+    ulp = float(np.spacing(np.float32(3.0)))
+    r = critical_lr(lambda e: 3.0 + ulp, loss0=3.0, lr_guess=1e-3, max_steps=8)
+    assert r.status == "no_increase"
+    assert r.lower == pytest.approx(1e-3 * 2.0**8)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("slope_error", [0.0, 0.3, -0.3])
+def test_slope_keeps_the_bracket(seed: int, slope_error: float) -> None:
+    # A slope that is off by 30% (or a non-quadratic line) may cost probes, never the bracket.
+    rng = np.random.default_rng(seed)
+    a, b = 10 ** rng.uniform(-3, 3), 10 ** rng.uniform(-3, 3)
+    cubic = rng.uniform(0.0, 0.3) * b * b / a
+    true = (-b + math.sqrt(b * b + 4 * cubic * a)) / (2 * cubic) if cubic > 0 else a / b
+    r = critical_lr(
+        lambda e: 2.0 - a * e + b * e * e + cubic * e**3,
+        loss0=2.0,
+        lr_guess=true * 10 ** rng.uniform(-3, 3),
+        slope=-a * (1 + slope_error),
+    )
+    assert r.status == "ok"
+    assert r.lower <= true <= r.upper
+    assert 1 - r.lower / r.upper <= 1 / 16
+
+
+def test_slope_closes_a_warm_start_in_two_probes() -> None:
+    # eta_c = 0.5. With the slope, one probe gives the line; a guess within one tol-width of the
+    # root (either side) then needs exactly one more probe. Without it, the same start costs more.
+    for guess in (0.48, 0.515, 0.52):
+        with_slope = critical_lr(_quadratic(1.0, 2.0), loss0=2.0, lr_guess=guess, slope=-1.0)
+        assert with_slope.lower <= 0.5 <= with_slope.upper
+        assert with_slope.forwards == 2
+    rng = np.random.default_rng(1)
+    counts: dict[bool, list[int]] = {True: [], False: []}
+    for _ in range(100):
+        a, b = 10 ** rng.uniform(-2, 2), 10 ** rng.uniform(-2, 2)
+        guess = a / b * 10 ** rng.uniform(-0.1, 0.1)  # warm starts within ~25%
+        for known in (True, False):
+            r = critical_lr(
+                _quadratic(a, b), loss0=2.0, lr_guess=guess, slope=-a if known else None
+            )
+            counts[known].append(r.forwards)
+    assert np.median(counts[True]) < np.median(counts[False])
+    assert np.median(counts[True]) <= 3
+
+
+def test_bad_slope() -> None:
+    with pytest.raises(CurvatureError, match="slope"):
+        critical_lr(lambda e: 1.0, loss0=1.0, lr_guess=1e-3, slope=math.nan)
