@@ -665,13 +665,14 @@ def ablation_answers(
 ) -> dict[str, Any]:
     """The trajectories again with pruning off, to test the forecast itself.
 
-    The worker's rule prunes a mix after two measurements above the tolerance or with eta_c far
-    below the rate; on this text it pruned every mix at step 20 (`service_answers`), before any
-    forecast to N could be fitted. Here the same runner runs all K steps: the run spec's
-    tolerance is the largest the spec allows (so the drift rule never fires) and
+    The worker's rule of run 4 pruned a mix after two measurements above the tolerance or with
+    eta_c far below the rate; on this text it pruned every mix at step 20 (`service_answers`),
+    before any forecast to N could be fitted. Here the same runner runs all K steps: the run
+    spec's tolerance is the largest the spec allows (so the drift rule never fires) and
     `workers.trajectory.FAR_BELOW` is set to infinity for this process (so the eta_c rule of the
-    runner of run 5 never fires; later runners do not prune on eta_c and ignore it). Nothing else changes: the forecasts are `run_trajectory`'s own, and `recommend` reads
-    them with the real tolerance. A second retention set holds exactly the held-out documents
+    runner of run 5 never fires; later runners do not prune on eta_c and ignore it). Nothing
+    else changes: the forecasts are `run_trajectory`'s own, and `recommend` reads them with the
+    real tolerance. A second retention set holds exactly the held-out documents
     whose first ``eval_rows`` sequences the grid measures, so forecast and ground truth are read
     on the same documents. As for trajectory tasks, ``prepare`` skips the direction gradients.
     """
