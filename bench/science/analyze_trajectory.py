@@ -393,10 +393,9 @@ def replay(
 ) -> dict[str, Any]:
     """This checkout's pruning, forecast and rules, re-applied to recorded trajectory points.
 
-    With ``heldout_only`` the pre-training set's points (rows of the file the model was
-    pre-trained on) are relabelled as a target set, so that only the held-out retention sets
-    count for pruning and for the tolerance: what the rules would answer if the pre-training
-    loss were measured on documents the model never saw.
+    With ``heldout_only`` the spec's ``pretraining.within_tolerance`` is false: the pre-training
+    set (rows of the file the model was pre-trained on) is left out of pruning and of the
+    tolerance, and only the held-out retention sets are guarded.
 
     The points are what the runner of the recorded run measured (run 5: one held-out batch per
     set, every 20 steps, no pruning). Walking them in order, the current
@@ -411,16 +410,14 @@ def replay(
     from workers.recommend import recommend
     from workers.trajectory import TrajectoryPoint, left_basin
 
-    spec = SweepSpec.model_validate(entry["spec"] | {"tolerance": tolerance})
+    raw = entry["spec"] | {"tolerance": tolerance}
+    if heldout_only:
+        raw["pretraining"] = raw["pretraining"] | {"within_tolerance": False}
+    spec = SweepSpec.model_validate(raw)
     rows, per_ratio = [], {}
     fc, ob = [], []
     for traj in entry["trajectories"]:
-        points = [
-            TrajectoryPoint(
-                **(p | {"role": "target"} if heldout_only and p["role"] == "pretraining" else p)
-            )
-            for p in traj["points"]
-        ]
+        points = [TrajectoryPoint(**p) for p in traj["points"]]
         steps = sorted({p.step for p in points})
         history, kept, reason = [], [], None
         for step in steps:

@@ -546,6 +546,7 @@ def service_answers(
         DataRef,
         FinetuneRef,
         ModelRef,
+        PretrainingRef,
         SweepSpec,
         TrajectorySpec,
     )
@@ -567,7 +568,7 @@ def service_answers(
             break
         spec = SweepSpec(
             model=ModelRef(path=str(served)),
-            pretraining=DataRef(name="general", path=str(root / "general_train.jsonl")),
+            pretraining=PretrainingRef(name="general", path=str(root / "general_train.jsonl")),
             finetuning=[FinetuneRef(name="latex", path=str(root / "latex_train.jsonl"))],
             retention=[DataRef(name="general_heldout", path=str(root / "general_eval.jsonl"))],
             ratios=list(cfg.ratios),
@@ -683,6 +684,7 @@ def ablation_answers(
         DataRef,
         FinetuneRef,
         ModelRef,
+        PretrainingRef,
         SweepSpec,
         TrajectorySpec,
     )
@@ -705,7 +707,7 @@ def ablation_answers(
             break
         spec = SweepSpec(
             model=ModelRef(path=str(served)),
-            pretraining=DataRef(name="general", path=str(root / "general_train.jsonl")),
+            pretraining=PretrainingRef(name="general", path=str(root / "general_train.jsonl")),
             finetuning=[FinetuneRef(name="latex", path=str(root / "latex_train.jsonl"))],
             retention=[
                 DataRef(name="general_heldout", path=str(root / "general_eval.jsonl")),

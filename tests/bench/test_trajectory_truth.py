@@ -142,11 +142,18 @@ def test_cost_counts_steps_and_forwards_against_the_grid() -> None:
 
 
 def _spec_json() -> dict[str, object]:
-    from service.spec import DataRef, FinetuneRef, ModelRef, SweepSpec, TrajectorySpec
+    from service.spec import (
+        DataRef,
+        FinetuneRef,
+        ModelRef,
+        PretrainingRef,
+        SweepSpec,
+        TrajectorySpec,
+    )
 
     spec = SweepSpec(
         model=ModelRef(path="m"),
-        pretraining=DataRef(name="general", path="g.jsonl"),
+        pretraining=PretrainingRef(name="general", path="g.jsonl"),
         finetuning=[FinetuneRef(name="latex", path="l.jsonl")],
         retention=[DataRef(name="grid_heldout", path="h.jsonl")],
         ratios=[0.0, 0.5],
