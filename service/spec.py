@@ -104,20 +104,48 @@ class RatioRange(_Strict):
 
 
 class AdamWSpec(_Strict):
-    """AdamW as the fine-tuning run will use it (fresh state unless the model has one)."""
+    """AdamW (decoupled weight decay) as the fine-tuning run will use it; fresh state unless the
+    model comes with one (``model.optimizer_state``)."""
 
     name: Literal["adamw"] = "adamw"
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.0
+    amsgrad: bool = Field(
+        default=False,
+        description="Use the running maximum of the second moment (with a given state, it must "
+        "hold max_exp_avg_sq.<name>).",
+    )
+
+
+class AdamSpec(_Strict):
+    """Adam with coupled (L2) weight decay, added to the gradient before the moments."""
+
+    name: Literal["adam"] = "adam"
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
+    amsgrad: bool = False
 
 
 class SGDSpec(_Strict):
-    """SGD (momentum buffers start empty, so the first step is the plain gradient)."""
+    """SGD with optional momentum; buffers start empty unless the model comes with them
+    (``model.optimizer_state`` holding ``momentum_buffer.<name>``)."""
 
     name: Literal["sgd"] = "sgd"
     momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
+    dampening: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0
+    nesterov: bool = False
     weight_decay: NonNegativeFloat = 0.0
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> SGDSpec:
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("'nesterov' needs 'momentum' above 0 and 'dampening' 0 (as torch)")
+        return self
+
+
+OptimizerSpec = Annotated[AdamWSpec | AdamSpec | SGDSpec, Field(discriminator="name")]
 
 
 Objective = Literal["flat_pretraining", "balanced", "pareto"]
@@ -222,7 +250,7 @@ class SweepSpec(_Strict):
         "first-step screen picks where the trajectories run.",
     )
     ratio_range: RatioRange | None = None
-    optimizer: Annotated[AdamWSpec | SGDSpec, Field(discriminator="name")] = AdamWSpec()
+    optimizer: OptimizerSpec = AdamWSpec()
     learning_rate: PositiveFloat = Field(description="Planned (peak) fine-tuning learning rate.")
     seq_len: int = Field(default=256, ge=8)
     batch_tokens: int = Field(

@@ -13,11 +13,10 @@ the tokens that produced its direction.
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from service.db.queue import MeasurementResult
-from service.spec import AdamWSpec, DataRef, SweepSpec
+from service.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
     AdamState,
     CriticalLR,
@@ -33,6 +32,7 @@ from workers.curvature import (
     DomainGradients,
     Perturbation,
     SharpnessStats,
+    adam_direction,
     adamw_direction,
     domain_gradients,
     loss_change,
@@ -42,6 +42,7 @@ from workers.curvature import (
     summarize,
 )
 from workers.data import (
+    DataError,
     DataSource,
     LoadPolicy,
     ModelSource,
@@ -304,9 +305,10 @@ def _gradient_device(model: nn.Module, copies: int, fraction: float) -> torch.de
 def _reference_losses(prepared: PreparedSweep, params: list[Tensor]) -> dict[str, list[float]]:
     """``L_e(theta)`` of every evaluation batch, through the same precision path as the probes.
 
-    ``measure`` runs a bf16 model's probes in float32 (``Perturbation`` at step 0 is ``theta`` on
-    that path); a plain bf16 forward would differ from it by rounding noise larger than the loss
-    changes being searched for, so ``L(theta)`` is taken the same way, once, for every ratio.
+    ``measure`` runs a bf16 model's probes on the compensated path (float32 activations, hi/lo
+    bf16 products; ``Perturbation`` at step 0 is ``theta`` on that path); a plain bf16 forward
+    would differ from it by rounding noise larger than the loss changes being searched for, so
+    ``L(theta)`` is taken the same way, once, for every ratio.
     """
     zeros = [torch.zeros_like(p) for p in params]
     losses: dict[str, list[float]] = {}
@@ -323,30 +325,107 @@ def _token_loss(model: nn.Module, chunk: Tensor) -> Tensor:
     return loss.float()
 
 
-def _transform(spec: SweepSpec, model: nn.Module, state: dict[str, Tensor] | None) -> DirectionFn:
-    opt = spec.optimizer
-    if not isinstance(opt, AdamWSpec):
-        return functools.partial(sgd_direction, weight_decay=opt.weight_decay)
-    fresh = functools.partial(
-        adamw_direction, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-    )
+def check_optimizer_state(spec: SweepSpec, state: dict[str, Tensor] | None) -> None:
+    """Refuse optimizer state the spec's optimizer cannot use, instead of ignoring any of it.
+
+    Raises:
+        DataError: SGD buffers for an Adam optimizer or the reverse, or amsgrad without (or
+            with an unused) running maximum.
+    """
     if state is None:
-        return fresh
+        return
+    opt = spec.optimizer
+    kinds = {key.split(".", 1)[0] for key in state if key != "step"}
+    if isinstance(opt, SGDSpec):
+        if "momentum_buffer" not in kinds:
+            raise DataError(
+                "model.optimizer_state",
+                "the state holds Adam moments but 'optimizer.name' is sgd; give momentum_buffer."
+                "<name> tensors, or set the optimizer the state comes from",
+            )
+        if opt.momentum == 0:
+            raise DataError(
+                "optimizer.momentum",
+                "momentum buffers were given but 'momentum' is 0, so they would be ignored; set "
+                "the momentum the run uses",
+            )
+        return
+    if "momentum_buffer" in kinds:
+        raise DataError(
+            "model.optimizer_state",
+            f"the state holds SGD momentum buffers but 'optimizer.name' is {opt.name}; set sgd, "
+            "or give Adam moments",
+        )
+    if opt.amsgrad != ("max_exp_avg_sq" in kinds):
+        need = "needs max_exp_avg_sq.<name>" if opt.amsgrad else "is off, so max_exp_avg_sq would"
+        raise DataError(
+            "optimizer.amsgrad",
+            f"'amsgrad' {need}{' in the state' if opt.amsgrad else ' be ignored'}; match "
+            "'amsgrad' to the run the state comes from",
+        )
+
+
+def _transform(spec: SweepSpec, model: nn.Module, state: dict[str, Tensor] | None) -> DirectionFn:
+    """The optimizer's transform from a (mixed) gradient to its update direction."""
+    opt = spec.optimizer
+    check_optimizer_state(spec, state)
     names = {id(p): n for n, p in model.named_parameters()}
-    steps = int(state["step"].item())
 
-    def with_state(params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
-        keys = [names[id(p)] for p in params]
-        adam = AdamState(
-            exp_avg=[state[f"exp_avg.{k}"] for k in keys],
-            exp_avg_sq=[state[f"exp_avg_sq.{k}"] for k in keys],
-            steps=[steps] * len(keys),
-        )
-        return adamw_direction(
-            params, grads, state=adam, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+    def keyed(kind: str, params: Sequence[Tensor]) -> list[Tensor]:
+        assert state is not None
+        return [state[f"{kind}.{names[id(p)]}"] for p in params]
+
+    if isinstance(opt, SGDSpec):
+        sgd = opt
+
+        def sgd_transform(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
+            buffers: list[Tensor | None] | None = (
+                list(keyed("momentum_buffer", params)) if state is not None else None
+            )
+            return sgd_direction(
+                params,
+                grads,
+                momentum_buffers=buffers,
+                momentum=sgd.momentum,
+                dampening=sgd.dampening,
+                nesterov=sgd.nesterov,
+                weight_decay=sgd.weight_decay,
+            )
+
+        return sgd_transform
+    adam = opt
+
+    def adam_transform(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
+        moments = None
+        if state is not None:
+            steps = int(state["step"].item())
+            moments = AdamState(
+                exp_avg=keyed("exp_avg", params),
+                exp_avg_sq=keyed("exp_avg_sq", params),
+                steps=[steps] * len(params),
+                max_exp_avg_sq=keyed("max_exp_avg_sq", params) if adam.amsgrad else None,
+            )
+        if isinstance(adam, AdamWSpec):
+            return adamw_direction(
+                params,
+                grads,
+                state=moments,
+                betas=adam.betas,
+                eps=adam.eps,
+                weight_decay=adam.weight_decay,
+                amsgrad=adam.amsgrad,
+            )
+        return adam_direction(
+            params,
+            grads,
+            state=moments,
+            betas=adam.betas,
+            eps=adam.eps,
+            weight_decay=adam.weight_decay,
+            amsgrad=adam.amsgrad,
         )
 
-    return with_state  # type: ignore[return-value]
+    return adam_transform
 
 
 def data_source(ref: DataRef) -> DataSource:
@@ -448,6 +527,7 @@ __all__ = [
     "PreparedSweep",
     "RatioMeasurement",
     "TaskAbortedError",
+    "check_optimizer_state",
     "data_source",
     "default_micro_batch_tokens",
     "field_names",

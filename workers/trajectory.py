@@ -32,11 +32,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from service.spec import AdamWSpec, SweepSpec
+from service.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, loss_change, measure, update_direction
 from workers.data import training_rows
 from workers.forecast import Forecast, forecast_drift
-from workers.sweep import PreparedSweep, data_source, field_names, mix_weights
+from workers.sweep import (
+    PreparedSweep,
+    check_optimizer_state,
+    data_source,
+    field_names,
+    mix_weights,
+)
 
 RISING_OVER = 3  # measurements above the tolerance, not falling, before a mix is pruned
 LOSS_BATCHES = 4  # held-out batches per set whose mean loss is the trajectory's loss
@@ -298,23 +304,50 @@ def _autocast(spec: SweepSpec, device: torch.device) -> torch.autocast | nullcon
 def _optimizer(
     spec: SweepSpec, model: nn.Module, params: list[Tensor], state: dict[str, Tensor] | None
 ) -> torch.optim.Optimizer:
-    """The user's optimizer over float32 parameters, with the AdamW state the model came with."""
+    """The user's optimizer over float32 parameters, with the state the model came with."""
     opt = spec.optimizer
+    check_optimizer_state(spec, state)
     lr = spec.lr_at(0)
-    if not isinstance(opt, AdamWSpec):
-        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    optimizer = torch.optim.AdamW(
-        params, lr=lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-    )
-    if state is not None:
-        steps = float(state["step"].item())
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                optimizer.state[p] = {
-                    "step": torch.tensor(steps),
-                    "exp_avg": state[f"exp_avg.{name}"].to(p.device, torch.float32).clone(),
-                    "exp_avg_sq": state[f"exp_avg_sq.{name}"].to(p.device, torch.float32).clone(),
-                }
+    optimizer: torch.optim.Optimizer
+    if isinstance(opt, SGDSpec):
+        optimizer = torch.optim.SGD(
+            params,
+            lr=lr,
+            momentum=opt.momentum,
+            dampening=opt.dampening,
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
+        )
+    else:
+        kind = torch.optim.AdamW if isinstance(opt, AdamWSpec) else torch.optim.Adam
+        optimizer = kind(
+            params,
+            lr=lr,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            amsgrad=opt.amsgrad,
+        )
+    if state is None:
+        return optimizer
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+
+        def own(kind: str, name: str = name, p: Tensor = p) -> Tensor:
+            return state[f"{kind}.{name}"].to(p.device, torch.float32).clone()
+
+        if isinstance(opt, SGDSpec):
+            optimizer.state[p] = {"momentum_buffer": own("momentum_buffer")}
+            continue
+        entry = {
+            "step": torch.tensor(float(state["step"].item())),
+            "exp_avg": own("exp_avg"),
+            "exp_avg_sq": own("exp_avg_sq"),
+        }
+        if opt.amsgrad:
+            entry["max_exp_avg_sq"] = own("max_exp_avg_sq")
+        optimizer.state[p] = entry
     return optimizer
 
 

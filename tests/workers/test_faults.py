@@ -19,7 +19,15 @@ from sqlalchemy import select, update
 
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState
+from service.db.models import (
+    Measurement,
+    Sweep,
+    SweepState,
+    SweepTask,
+    TaskKind,
+    TaskState,
+    TrajectoryPoint,
+)
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import submit
 from workers.worker import Worker
@@ -202,3 +210,48 @@ def test_a_worker_killed_in_a_crash_window_leaves_no_trial_running(
         # the value the committed measurements give, and wrote the recommendation.
         assert failed == [] and len(trials) == 2
         assert all(t.values is not None for t in trials)
+
+
+def test_a_trajectory_whose_worker_is_killed_restarts_elsewhere_and_counts_once(
+    db_url: str, env: dict[str, str], procs: Procs, sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    settings = Settings(
+        home=tmp_path / "home", database_url=db_url, allowed_roots=[sweep_assets.root]
+    )
+    trajectory = {"steps": 12, "measure_every": 2}
+    body = sweep_assets.spec(ratios=[0.5], batches=1, trajectory=trajectory, planned_steps=12)
+    sweep_id = submit(settings, body)
+    doomed = procs.start("doomed", "-m", "service.cli", "worker", "--id", "doomed")
+
+    def stepping() -> bool:
+        _, tasks = sweep_state(db_url, sweep_id)
+        return any(t.kind == TaskKind.trajectory and t.steps_done >= 2 for t in tasks)
+
+    wait_until(stepping, "the first worker is part-way through the trajectory")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    procs.start("heir", "-m", "service.cli", "worker", "--id", "heir")
+    wait_until(lambda: sweep_state(db_url, sweep_id)[0].is_final, "the sweep ends")
+
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as session:
+        sweep = session.get_one(Sweep, sweep_id)
+        assert sweep.state == SweepState.succeeded, sweep.error
+        assert sweep.optimizer_steps == 12  # the killed worker's steps are not counted
+        task = session.scalars(
+            select(SweepTask).where(
+                SweepTask.sweep_id == sweep_id, SweepTask.kind == TaskKind.trajectory
+            )
+        ).one()
+        assert task.worker_id == "heir" and task.steps_done == 12
+        steps = session.scalars(
+            select(TrajectoryPoint.step)
+            .where(TrajectoryPoint.task_id == task.id, TrajectoryPoint.eval_set == "general")
+            .order_by(TrajectoryPoint.step)
+        ).all()
+        assert steps == [0, 2, 4, 6, 8, 10, 12]  # one clean run, from step 0
+    engine.dispose()
+    study = optuna.load_study(study_name=f"sharpmix-{sweep_id}-trajectory", storage=db_url)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert optuna.trial.TrialState.RUNNING not in states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 1

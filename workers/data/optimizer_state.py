@@ -1,11 +1,14 @@
-"""AdamW state for the update direction, in a safe, name-keyed file layout.
+"""Optimizer state for the update direction, in a safe, name-keyed file layout.
 
 Layout (one flat mapping of tensors, stored as safetensors, or as a ``torch.save`` dict that
-``torch.load(weights_only=True)`` can read):
+``torch.load(weights_only=True)`` can read), either Adam/AdamW moments:
 
-- ``exp_avg.<param_name>``: AdamW first moment ``m`` of parameter ``<param_name>``, same shape;
+- ``exp_avg.<param_name>``: first moment ``m`` of parameter ``<param_name>``, same shape;
 - ``exp_avg_sq.<param_name>``: second moment ``v``, same shape;
-- ``step``: number of optimizer steps taken so far, a one-element tensor (``t`` in method.md §1).
+- ``max_exp_avg_sq.<param_name>``: running maximum of ``v``, only for amsgrad;
+- ``step``: number of optimizer steps taken so far, a one-element tensor (``t`` in method.md §1);
+
+or SGD momentum buffers: ``momentum_buffer.<param_name>`` for every trainable parameter.
 
 ``<param_name>`` is the name in ``model.named_parameters()`` (tied weights appear once). Every
 trainable parameter needs both moments. Names rather than positions key the state so the file
@@ -47,20 +50,29 @@ def load_optimizer_state(
     """
     raw = _read(path)
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if "step" not in raw or raw["step"].numel() != 1:
-        raise DataError(_FIELD, f"{path.name} has no one-element 'step' tensor; add the step")
-    expected = {f"{kind}.{name}" for name in params for kind in ("exp_avg", "exp_avg_sq")}
+    families = {key.split(".", 1)[0] for key in raw if key != "step"}
+    if "momentum_buffer" in families:
+        kinds: tuple[str, ...] = ("momentum_buffer",)
+        layout = "momentum_buffer.<name>"
+    else:
+        if "step" not in raw or raw["step"].numel() != 1:
+            raise DataError(_FIELD, f"{path.name} has no one-element 'step' tensor; add the step")
+        kinds = ("exp_avg", "exp_avg_sq")
+        if "max_exp_avg_sq" in families:
+            kinds += ("max_exp_avg_sq",)
+        layout = "exp_avg.<name> and exp_avg_sq.<name> (and max_exp_avg_sq.<name> for amsgrad)"
+    expected = {f"{kind}.{name}" for name in params for kind in kinds}
     missing = sorted(expected - raw.keys())
     extra = sorted(raw.keys() - expected - {"step"})
     if missing or extra:
         raise DataError(
             _FIELD,
             f"{path.name} does not match the model: missing {_few(missing)}, unexpected "
-            f"{_few(extra)}; keys must be exp_avg.<name> and exp_avg_sq.<name> for every "
-            "trainable parameter name in model.named_parameters()",
+            f"{_few(extra)}; keys must be {layout} for every trainable parameter name in "
+            "model.named_parameters(), not both kinds of state",
         )
     for name, param in params.items():
-        for kind in ("exp_avg", "exp_avg_sq"):
+        for kind in kinds:
             shape = tuple(raw[f"{kind}.{name}"].shape)
             if shape != tuple(param.shape):
                 raise DataError(

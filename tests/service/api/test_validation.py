@@ -127,6 +127,10 @@ def test_a_bad_cursor_and_limit_are_refused_naming_the_parameter(api: Api) -> No
         ({"trajectory": {"steps": 0, "measure_every": 1}}, ["body", "trajectory", "steps"]),
         ({"trajectory": {"steps": 10}}, ["body", "trajectory", "measure_every"]),
         ({"ratios": "automatic"}, ["body", "ratios", "auto"]),
+        ({"optimizer": {"name": "sgd", "nesterov": True}}, ["body", "optimizer", "sgd"]),
+        ({"optimizer": {"name": "sgd", "dampening": 2}}, ["body", "optimizer", "sgd", "dampening"]),
+        ({"optimizer": {"name": "adam", "amsgrad": "x"}}, ["body", "optimizer", "adam", "amsgrad"]),
+        ({"optimizer": {"name": "lion"}}, ["body", "optimizer"]),
     ],
 )
 def test_bad_planned_run_values_are_refused_naming_the_field(
