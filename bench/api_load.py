@@ -178,13 +178,19 @@ def main() -> int:
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", "--port", str(ours)],
-                env=env, cwd=ROOT, stdout=quiet, stderr=quiet,
+                env=env,
+                cwd=ROOT,
+                stdout=quiet,
+                stderr=quiet,
             )
         )
         procs.append(
             subprocess.Popen(
                 [sys.executable, __file__, "--serve-trivial", str(trivial)],
-                env=env, cwd=ROOT, stdout=quiet, stderr=quiet,
+                env=env,
+                cwd=ROOT,
+                stdout=quiet,
+                stderr=quiet,
             )
         )
         base = f"http://127.0.0.1:{ours}"

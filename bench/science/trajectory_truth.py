@@ -530,9 +530,15 @@ def service_answers(
     device: torch.device,
     *,
     deadline: float,
+    grid_docs: int | None = None,
     on_rate: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """At each planned rate: first-step screen, trajectories with forecasts, recommendations.
+
+    With ``grid_docs`` (run 6 on): the pre-training set is the text the model was pre-trained
+    on, so ``pretraining.within_tolerance`` is false and two held-out retention sets are guarded
+    instead: a seeded sample of every held-out document, and exactly the held-out documents the
+    grid measures (``grid_docs`` of them).
 
     The sweep: pre-training set = the general training text, fine-tuning set = the LaTeX
     training text, one retention set = the held-out general documents (the grid's ground truth
@@ -558,19 +564,27 @@ def service_answers(
     root = Path(tempfile.mkdtemp(prefix="sharpmix-truth-"))
     for split in ("general_train", "general_eval", "latex_train"):
         _plain_jsonl(data / f"{split}.jsonl.gz", root / f"{split}.jsonl", cfg.docs)
+    retention = [DataRef(name="general_heldout", path=str(root / "general_eval.jsonl"))]
+    if grid_docs is not None:
+        _plain_jsonl(data / "general_eval.jsonl.gz", root / "grid_heldout.jsonl", grid_docs)
+        retention.append(DataRef(name="grid_heldout", path=str(root / "grid_heldout.jsonl")))
     served = root / "model"
     shutil.copytree(model_dir, served)
     policy = LoadPolicy(allowed_roots=(root,), cache_dir=root / "cache", offline=True)
-    out: dict[str, Any] = {"rates": {}, "root": str(root)}
+    out: dict[str, Any] = {"rates": {}, "root": str(root), "grid_docs": grid_docs}
     for lr in lrs:
         if time.perf_counter() > deadline:
             out["stopped_by_deadline"] = True
             break
         spec = SweepSpec(
             model=ModelRef(path=str(served)),
-            pretraining=PretrainingRef(name="general", path=str(root / "general_train.jsonl")),
+            pretraining=PretrainingRef(
+                name="general",
+                path=str(root / "general_train.jsonl"),
+                within_tolerance=grid_docs is None,
+            ),
             finetuning=[FinetuneRef(name="latex", path=str(root / "latex_train.jsonl"))],
-            retention=[DataRef(name="general_heldout", path=str(root / "general_eval.jsonl"))],
+            retention=retention,
             ratios=list(cfg.ratios),
             optimizer=AdamWSpec(betas=cfg.betas, eps=cfg.eps, weight_decay=0.0),
             learning_rate=lr,
@@ -795,6 +809,7 @@ def _start_children(
     procs: int,
     *,
     ablation_docs: int | None = None,
+    service_docs: int | None = None,
 ) -> list[_Child]:
     """One process per share of the planned rates, started now, beside the grid.
 
@@ -824,6 +839,7 @@ def _start_children(
         ]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--grid-docs", str(ablation_docs)] if ablation_docs is not None else []
+        cmd += ["--service-docs", str(service_docs)] if service_docs is not None else []
         with log.open("wb") as handle:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
         children.append(_Child(lrs, proc, result, log))
@@ -868,7 +884,14 @@ def _service_child(args: argparse.Namespace, cfg: TruthConfig, start: float) -> 
         )
     else:
         result = service_answers(
-            cfg, lrs, args.model_dir, args.data, device, deadline=start + args.budget, on_rate=save
+            cfg,
+            lrs,
+            args.model_dir,
+            args.data,
+            device,
+            deadline=start + args.budget,
+            grid_docs=args.service_docs,
+            on_rate=save,
         )
     write_json(out, result)
 
@@ -898,6 +921,13 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--lrs", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--grid-docs", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--service-docs", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--held-out-guard",
+        action="store_true",
+        help="service part: guard held-out retention sets (the grid's documents among them) "
+        "instead of the pre-training rows the model was trained on (run 6)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     cfg = TruthConfig.tiny() if args.tiny else TruthConfig()
@@ -961,8 +991,14 @@ def main() -> None:
     if procs is None:
         procs = len(cfg.lrs) if device.type == "cuda" else 0
     children: list[_Child] = []
+    service_docs = None
+    if "service" in parts and args.held_out_guard:
+        service_docs = grid_documents(texts["general_eval"], tokenizer, cfg.eval_rows * cfg.seq_len)
+        run["service_grid_docs"] = service_docs
     if "service" in parts and procs > 0:
-        children = _start_children(args, cfg, model_dir, deadline - time.perf_counter(), procs)
+        children = _start_children(
+            args, cfg, model_dir, deadline - time.perf_counter(), procs, service_docs=service_docs
+        )
     if "grid" in parts:
         # Inline service work after the grid needs its share of the budget; children run beside.
         grid_deadline = deadline - (0.35 * args.budget if "service" in parts and not procs else 30)
@@ -1004,6 +1040,7 @@ def main() -> None:
                 args.data,
                 device,
                 deadline=deadline,
+                grid_docs=service_docs,
                 on_rate=lambda r: write_json(out / "service.json", r | {"partial": True}),
             ),
         )
