@@ -590,7 +590,8 @@ def service_answers(
             learning_rate=lr,
             seq_len=cfg.seq_len,
             batch_tokens=cfg.batch_rows * cfg.seq_len,
-            batches=cfg.sweep_batches,
+            # The grid's 12 documents hold 40,881 tokens: three evaluation batches of 10 k.
+            batches=cfg.sweep_batches if grid_docs is None else min(cfg.sweep_batches, 3),
             planned_steps=cfg.planned_steps,
             tolerance=cfg.tolerance,
             trajectory=TrajectorySpec(steps=cfg.trajectory_steps, measure_every=cfg.measure_every),
