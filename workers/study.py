@@ -57,14 +57,15 @@ class BasinPruner(BasePruner):
 
 
 class DriftPruner(BasePruner):
-    """Prune a trajectory once its retention drift has stayed above the tolerance, not falling,
-    at the last three measured steps after step 0."""
+    """Prune a trajectory once its guarded drift has stayed above the tolerance, not falling, at
+    the last three measured steps after the burn-in (the first quarter of the trajectory)."""
 
-    def __init__(self, tolerance: float) -> None:
+    def __init__(self, tolerance: float, burn_in: int = 0) -> None:
         self.tolerance = tolerance
+        self.burn_in = burn_in
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        steps = [s for s in sorted(trial.intermediate_values) if s > 0]
+        steps = [s for s in sorted(trial.intermediate_values) if s > self.burn_in]
         values = [trial.intermediate_values[s] for s in steps[-RISING_OVER:]]
         return (
             len(values) == RISING_OVER and min(values) > self.tolerance and values[-1] >= values[0]
@@ -278,7 +279,7 @@ def open_trajectory_study(
         storage=store,
         direction="minimize",
         sampler=_sampler(spec, slot, ratio),
-        pruner=DriftPruner(spec.tolerance),
+        pruner=DriftPruner(spec.tolerance, burn_in=_burn_in(spec)),
         load_if_exists=True,
     )
 
@@ -338,6 +339,12 @@ def close_trajectory_orphans(
             continue
         closed.append(number)
     return closed
+
+
+def _burn_in(spec: SweepSpec) -> int:
+    if spec.trajectory is None:
+        return 0
+    return min(spec.trajectory.steps, spec.planned_steps) // 4
 
 
 def _sampler(spec: SweepSpec, slot: int, ratio: float | None) -> BaseSampler:

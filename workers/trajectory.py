@@ -102,15 +102,19 @@ def planned_measure_steps(spec: SweepSpec) -> list[int]:
 def left_basin(spec: SweepSpec, history: Sequence[Sequence[TrajectoryPoint]]) -> str | None:
     """Why the mix has clearly left the pre-training basin, or None while it has not.
 
-    Clearly means: at the last three measurements after step 0, a pre-training or retention loss
-    is above the tolerance and has not come down since the first of them. On real text the loss
+    Clearly means: at the last three measurements after the first quarter of the trajectory (the
+    forecast's burn-in), a guarded loss is above the tolerance and has not come down since the
+    first of them. On real text the loss
     of the pre-training text jumps within the first tens of steps and then, with enough
     pre-training data in the mix, comes back down (docs/evidence.md), so one or two measurements
     above the tolerance are not enough; and eta_c along the current update falls far below the
     current rate (to 0, an immediate rise) within ten steps even for mixes that end flat, so it
     is recorded but never prunes.
     """
-    measured = [points for points in history if points and points[0].step > 0]
+    assert spec.trajectory is not None
+    # The same burn-in as the forecast's: the early jump says little about step N.
+    burn = min(spec.trajectory.steps, spec.planned_steps) // 4
+    measured = [points for points in history if points and points[0].step > burn]
     if len(measured) < RISING_OVER:
         return None
     window = measured[-RISING_OVER:]

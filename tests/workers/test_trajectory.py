@@ -137,9 +137,15 @@ def test_left_basin_needs_three_measurements_above_the_tolerance_not_falling() -
     assert left_basin(spec, jump) is None
     rising = [*start, *(_points(s, d, 1e-3, 1e-4) for s, d in ((10, 0.06), (20, 0.07), (30, 0.07)))]
     reason = left_basin(spec, rising)
-    assert reason is not None and "tolerance" in reason and "steps 10-30" in reason
+    assert reason is None  # steps 10-15 lie in the burn-in: only 20 and 30 count
+    rising.append(_points(40, 0.08, 1e-3, 1e-4))
+    reason = left_basin(spec, rising)
+    assert reason is not None and "tolerance" in reason and "steps 20-40" in reason
     twice = rising[:3]
     assert left_basin(spec, twice) is None
+    # Within the burn-in (the first quarter of K = 60 steps: up to step 15) nothing counts.
+    early = [*start, *(_points(s, d, 1e-3, 1e-4) for s, d in ((5, 0.06), (10, 0.07), (15, 0.08)))]
+    assert left_basin(spec, early) is None
     # eta_c far below the rate (an immediate rise) is recorded, never a reason to prune.
     sharp = [*start, *(_points(s, 0.01, 0.0, 1e-4) for s in (10, 20, 30, 40))]
     assert left_basin(spec, sharp) is None

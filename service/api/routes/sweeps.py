@@ -24,8 +24,8 @@ from service.api.schemas import (
 from service.db import sweeps
 from service.db.models import SweepState
 from service.db.reads import SweepReader
-from service.preflight import check_files
 from service.notify import check_notify_url
+from service.preflight import check_files
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
 
