@@ -92,6 +92,6 @@ def test_submit_fails_on_a_cancelled_sweep_and_on_a_refusal(
 
     spec_file.write_text(yaml.safe_dump(sweep_body(ratios=[0.5, 2.0])))
     assert main(base) == 2
-    assert "422: body.ratios.1: " in capsys.readouterr().err
+    assert "422: body.ratios.list.1: " in capsys.readouterr().err
     assert main([*base[:-2], "--api-key", "smx_wrong"]) == 2
     assert "401" in capsys.readouterr().err

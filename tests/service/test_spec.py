@@ -23,7 +23,9 @@ def example() -> dict[str, object]:
 def test_example_sweep_is_valid() -> None:
     spec = SweepSpec.model_validate(example())
     assert spec.sequences_per_batch == 32
-    assert spec.slots == 10
+    # ratios: auto: an eight-ratio first-step screen, then four trajectories around its boundary.
+    assert spec.slots == 8 and spec.trajectory_slots == 4
+    assert spec.planned_steps == 2000 and spec.lr_at(0) < spec.learning_rate  # warm-up
     assert [ref.name for ref in spec.eval_sets()] == ["dclm", "math"]
     assert spec.role("math") == "finetuning"
 

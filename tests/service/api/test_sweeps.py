@@ -23,6 +23,7 @@ def test_submit_returns_the_queued_sweep(api: Api) -> None:
         "tasks_done": 0,
         "forwards": 0,
         "backwards": 0,
+        "optimizer_steps": 0,
         "compute_seconds": 0.0,
         "eta_seconds": None,
     }
