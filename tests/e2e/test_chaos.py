@@ -63,9 +63,11 @@ def test_sweeps_survive_kills_and_a_stall_without_loss_or_double_count(
 ) -> None:
     cluster = pg_cluster
     rng = random.Random(15)
-    ratios = [0.0, 0.5, 1.0]
+    # Enough work that the kills land while sweeps still run, on a loaded machine or an idle one.
+    ratios = [0.0, 0.25, 0.5, 0.75, 1.0]
     ids = [
-        cluster.client.submit(sweep_assets.spec(ratios=ratios, seed=seed)).id for seed in range(4)
+        cluster.client.submit(sweep_assets.spec(ratios=ratios, seed=seed, batches=3)).id
+        for seed in range(6)
     ]
     workers: dict[str, subprocess.Popen[bytes]] = {}
     serial = 0
@@ -88,7 +90,7 @@ def test_sweeps_survive_kills_and_a_stall_without_loss_or_double_count(
         return all(cluster.client.get(i).state in ("succeeded", "failed", "cancelled") for i in ids)
 
     while time.monotonic() < deadline and not all_final():
-        time.sleep(rng.uniform(2.0, 5.0))
+        time.sleep(rng.uniform(1.0, 2.5))
         held = {w: t for w, t in held_tasks(cluster.db_url).items() if w in workers}
         if not held:
             continue

@@ -1,0 +1,133 @@
+"""Run 6 of the trajectory ground truth: the service's answers against the grid, as run.
+
+Run 6 (`trajectory_truth.py --parts service --held-out-guard`) re-trained run 4's model (every
+recorded pre-training loss equal) and ran the worker's own first-step screen, trajectories and
+rules per planned rate, with the pre-training rows (text the model was trained on) left out of
+the tolerance rule and two held-out retention sets guarded: a seeded sample of every held-out
+document (``general_heldout``) and exactly the grid's held-out documents (``grid_heldout``).
+This script sets its answers against run 4's grid (``grid.json``), writes
+``summary_run6.json`` beside them and prints the table of docs/evidence.md.
+
+    .venv/bin/python -m bench.science.analyze_run6 bench/science/results/trajectory
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from bench.science.analyze import spearman
+
+TOLERANCE = 0.02
+K_MAX = "300"
+
+
+def _truth(grid: dict[str, Any]) -> dict[tuple[float, float], float]:
+    """Seed-mean drift of the grid's held-out general loss at K = 300, per (lr, ratio)."""
+    cells: dict[tuple[float, float], list[float]] = {}
+    for cell in grid["cells"]:
+        cells.setdefault((cell["lr"], cell["ratio"]), []).append(cell["drift"][K_MAX]["general"])
+    return {key: mean(values) for key, values in cells.items()}
+
+
+def analyze(folder: Path) -> dict[str, Any]:
+    """Per planned rate: the answers, the truly flat ratio, hits; Spearman; cost."""
+    grid = json.loads((folder / "grid.json").read_text())
+    service = json.loads((folder / "service_run6.json").read_text())
+    truth = _truth(grid)
+    ratios = sorted({r for _, r in truth})
+    out: dict[str, Any] = {"tolerance": TOLERANCE, "rates": {}, "cells": []}
+    forecasts: list[float] = []
+    observed: list[float] = []
+    steps = forwards = 0
+    for key, entry in service["rates"].items():
+        lr = float(key)
+        flat = next((r for r in ratios if truth[(lr, r)] <= TOLERANCE), None)
+        answer = entry["trajectory"]["ratio"]
+        first = entry["first_step"]["ratio"]
+        distance = (
+            abs(ratios.index(answer) - ratios.index(flat))
+            if answer is not None and flat is not None
+            else None
+        )
+        hit = (
+            answer is not None
+            and truth[(lr, answer)] <= TOLERANCE
+            and distance is not None
+            and distance <= 1
+        )
+        for trajectory in entry["trajectories"]:
+            steps += trajectory["steps_done"]
+            forwards += trajectory["forwards"]
+            grid_forecast = next(
+                f for f in trajectory["forecast"] if f["eval_set"] == "grid_heldout"
+            )
+            forecasts.append(grid_forecast["drift"])
+            observed.append(truth[(lr, trajectory["ratio"])])
+            out["cells"].append(
+                {
+                    "lr": lr,
+                    "ratio": trajectory["ratio"],
+                    "steps_done": trajectory["steps_done"],
+                    "pruned": trajectory["pruned"],
+                    "prune_reason": trajectory["prune_reason"],
+                    "forecast_grid_heldout": grid_forecast,
+                    "forecast_general_heldout": next(
+                        f for f in trajectory["forecast"] if f["eval_set"] == "general_heldout"
+                    ),
+                    "observed_drift": truth[(lr, trajectory["ratio"])],
+                }
+            )
+        forwards += entry["prepare"]["forwards"] + sum(
+            m["forwards"] for s in entry["screen"] for m in s["measurements"]
+        )
+        out["rates"][key] = {
+            "truly_flat": flat,
+            "trajectory_answer": answer,
+            "answer_drift": truth[(lr, answer)] if answer is not None else None,
+            "grid_steps_from_flat": distance,
+            "hit": hit,
+            "first_step_answer": first,
+            "reason": entry["trajectory"]["reason"],
+            "replay": {r: truth[(lr, r)] for r in (0.0, 0.05, 0.25, 0.5) if (lr, r) in truth},
+        }
+    scored = [v for v in out["rates"].values() if v["truly_flat"] is not None]
+    out["hits"] = sum(v["hit"] for v in scored)
+    out["rates_scored"] = len(scored)
+    out["spearman_forecast_vs_observed"] = spearman(forecasts, observed)
+    per_rate = len(service["rates"])
+    out["cost"] = {
+        "optimizer_steps": steps,
+        "grid_optimizer_steps": grid["optimizer_steps"],
+        "steps_fraction": steps / grid["optimizer_steps"],
+        "forwards": forwards,
+        "grid_forwards": grid["optimizer_steps"] + grid["forwards_eval"],
+        "forwards_fraction": forwards / (grid["optimizer_steps"] + grid["forwards_eval"]),
+        "rates": per_rate,
+    }
+    return out
+
+
+def main() -> None:
+    """Analyze, write summary_run6.json, print the table."""
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/science/results/trajectory")
+    result = analyze(folder)
+    (folder / "summary_run6.json").write_text(json.dumps(result, indent=1) + "\n")
+    print("| lr | truly flat | first step | trajectory answer | its drift | hit |")
+    for key, row in result["rates"].items():
+        drift = row["answer_drift"]
+        print(
+            f"| {float(key):g} | {row['truly_flat']} | {row['first_step_answer']} | "
+            f"{row['trajectory_answer']} | {'-' if drift is None else f'{drift:+.3f}'} | "
+            f"{row['hit']} |"
+        )
+    print(f"hits {result['hits']} of {result['rates_scored']}")
+    print(f"Spearman forecast vs observed: {result['spearman_forecast_vs_observed']}")
+    print(f"cost: {json.dumps(result['cost'])}")
+
+
+if __name__ == "__main__":
+    main()
