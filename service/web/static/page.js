@@ -332,7 +332,8 @@ function renderTrajectories(traj) {
   if (!ratios.length) {
     drift.hidden = true;
     sharp.hidden = true;
-    note.replaceChildren(el("p", {}, traj === null
+    // traj.steps is null when the spec asks for no trajectory block at all.
+    note.replaceChildren(el("p", {}, traj === null || traj.steps === null
       ? "This sweep has no trajectories: it measured the first step only (a first-step verdict)."
       : "No trajectory point yet: they appear as the workers step on each mix."));
     return;

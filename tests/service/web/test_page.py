@@ -50,6 +50,7 @@ class Served:
     other_key: str
     sweep_id: str
     answer: float | None
+    trajectory_sweep_id: str
 
 
 def _key(settings: Settings, tenant: str) -> str:
@@ -77,7 +78,16 @@ def served(sweep_assets: SweepAssets, tmp_path_factory: pytest.TempPathFactory) 
             done = client.wait(sweep.id, timeout=120, poll=0.2, max_poll=1.0)
             assert done.state == "succeeded", done.error
             answer = client.recommendation(sweep.id).ratio
-        yield Served(url, key, _key(settings, "rival"), sweep.id, answer)
+            body = sweep_assets.spec(
+                ratios=[0.0, 1.0],
+                batches=1,
+                trajectory={"steps": 4, "measure_every": 2},
+                planned_steps=8,
+            )
+            stepped = client.submit(body)
+            done = client.wait(stepped.id, timeout=240, poll=0.2, max_poll=1.0)
+            assert done.state == "succeeded", done.error
+        yield Served(url, key, _key(settings, "rival"), sweep.id, answer, stepped.id)
     finally:
         server.shutdown()
 
@@ -183,6 +193,19 @@ def _check_screenshot(png: bytes) -> None:
         near = np.abs(pixels - np.array(colour)).max(axis=1) <= 12
         assert near.sum() > 150, f"colour {colour} hardly drawn ({near.sum()} pixels)"
     assert (pixels.max(axis=1) < 80).sum() > 2000
+
+
+def test_a_trajectory_sweep_draws_drift_and_sharpness_against_step(
+    served: Served, page: Any
+) -> None:
+    _enter_key(page, served.url, served.key)
+    page.goto(f"{served.url}/sweeps/{served.trajectory_sweep_id}")
+    page.locator("#chart-drift .main-svg").first.wait_for()
+    assert page.locator("#chart-trajectory-sharpness .main-svg").count() >= 1
+    note = page.locator("#trajectory-note").inner_text()
+    assert "planned run: 8 steps" in note and "tolerance" in note
+    assert "step" in page.locator("#chart-drift").inner_text()
+    assert _axe_violations(page) == []
 
 
 def test_a_refused_key_is_asked_again_and_another_tenant_sees_nothing(
