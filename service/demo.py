@@ -3,7 +3,7 @@
 Builds (or reuses) the demo corpora and the tiny OLMo-2-style model pre-trained on the general
 corpus, starts the API with an in-process worker on a free port, creates an API key, posts a
 trajectory sweep of math fine-tuning mixed with general text (a first-step screen over eight
-ratios, then real AdamW steps on the three around its boundary), waits for it, and prints the
+ratios, then real AdamW steps on the two around its boundary), waits for it, and prints the
 per-ratio table, the trajectories with their forecasts, the recommendation and where the plots
 were written.
 """
@@ -23,8 +23,8 @@ from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
 from service.spec import Recommendation
 
-# A 200-step run planned; 24 real steps per trajectory on CPU, forecast to 200 from there.
-DEMO_TRAJECTORY = {"steps": 24, "measure_every": 6, "ratios": 3}
+# A 200-step run planned; 12 real steps per trajectory on CPU, forecast to 200 from there.
+DEMO_TRAJECTORY = {"steps": 12, "measure_every": 4, "ratios": 2}
 
 
 def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def test_demo_spec_is_a_valid_sweep(tmp_path: Path) -> None:
 
     spec = SweepSpec.model_validate(demo_spec(tmp_path / "m", tmp_path / "g", tmp_path / "a"))
     assert spec.ratios == "auto" and spec.objective == "flat_pretraining"
-    assert spec.trajectory is not None and spec.trajectory_slots == 3
+    assert spec.trajectory is not None and spec.trajectory_slots == 2
 
 
 def test_demo_sweep_prints_table_recommendation_and_plot(
