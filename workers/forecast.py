@@ -110,10 +110,12 @@ def _one(spec: SweepSpec, name: str, role: str, series: Sequence[DriftPoint]) ->
         )
     burn = last // 4
     tail = [(p.step, p.drift) for p in series if p.step > burn]
-    scale = cumulative_lr(spec, last)
-    xs = [cumulative_lr(spec, s) / scale for s, _ in tail]
+    # The schedule's rates once, up to N: every S(t) below is a sum over a prefix of them.
+    rates = [spec.lr_at(step) for step in range(target)]
+    scale = math.fsum(rates[:last])
+    xs = [math.fsum(rates[:s]) / scale for s, _ in tail]
     ys = [d for _, d in tail]
-    x_target = cumulative_lr(spec, target) / scale
+    x_target = math.fsum(rates) / scale
     fits = [_fit(xs, ys, p) for p in EXPONENTS]
     best = min(fits, key=lambda f: f.sse)
     n = len(xs)
