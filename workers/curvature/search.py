@@ -32,7 +32,12 @@ a loss above `L0` by more than its rounding (`_TIE_ULPS` float32 ulps of `L0`), 
 When every increase seen is within rounding (a tiny starting guess, where `L` ties `L0` up to an
 ulp or two), the search steps up until the loss leaves the rounding band: a clear descent restarts
 the search from there (the tiny "increases" were ties), a clear increase confirms the verdict, and
-a loss flat within rounding up to the cap is `no_increase`.
+a loss flat within rounding up to the cap is `no_increase`. Descents are judged the same way: a
+loss below `L0` by no more than its rounding is a tie, not a descent, so a direction that ascends
+but for a one-ulp dip at tiny steps is `increases_immediately` whatever the starting guess (before,
+a cold start could report `ok` with an eta_c of rounding noise where a warm start reported
+`increases_immediately`). The band is counted in the losses' own precision: float32 ulps when every
+loss is a float32 value (a model's loss), float64 ulps otherwise.
 `no_increase` when `lr_guess * 2**max_steps` still did not raise the loss: `eta = lower` is a lower
 bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
 """
@@ -297,15 +302,27 @@ def critical_lr(
 
 
 def _descended(b: _Bracket) -> bool:
-    return any(math.isfinite(loss) and loss < b.loss0 for _, loss in b.probes)
+    # A descent within L0's rounding band is a tie, as an increase within it is: only a loss
+    # below that band proves that the direction lowers the loss somewhere.
+    band = _tie_band(b)
+    return any(math.isfinite(loss) and loss < b.loss0 - band for _, loss in b.probes)
 
 
-def _tie_band(loss0: float) -> float:
-    return _TIE_ULPS * float(np.spacing(np.float32(abs(loss0))))
+def _tie_band(b: _Bracket) -> float:
+    """`_TIE_ULPS` ulps of L0 in the precision the losses come in.
+
+    A model's loss is a float32 scalar (every value exactly representable in float32): its band
+    is float32 ulps. Losses computed in float64 (closed forms, sums of float32 chunks) are
+    resolved to float64 ulps.
+    """
+    values = [b.loss0] + [loss for _, loss in b.probes if math.isfinite(loss)]
+    if all(float(np.float32(v)) == v for v in values):
+        return _TIE_ULPS * float(np.spacing(np.float32(abs(b.loss0))))
+    return _TIE_ULPS * float(np.spacing(abs(b.loss0)))
 
 
 def _confirmed_increase(b: _Bracket) -> bool:
-    band = _tie_band(b.loss0)
+    band = _tie_band(b)
     return any(not math.isfinite(loss) or loss > b.loss0 + band for _, loss in b.probes)
 
 
@@ -318,7 +335,7 @@ def _walk_out_of_ties(
     then continues from) and what the walk found. The earlier within-band "increases" are not
     in the new bracket: they were ties.
     """
-    band = _tie_band(b.loss0)
+    band = _tie_band(b)
     eta = max(e for e, _ in b.probes) * 8
     if slope is not None and slope < 0:
         eta = max(eta, 8 * band / -slope)  # where the first-order change is a few bands

@@ -214,3 +214,23 @@ def test_slope_closes_a_warm_start_in_two_probes() -> None:
 def test_bad_slope() -> None:
     with pytest.raises(CurvatureError, match="slope"):
         critical_lr(lambda e: 1.0, loss0=1.0, lr_guess=1e-3, slope=math.nan)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("guess", [1e-9, 1e-6, 1e-3])
+def test_descent_within_rounding_is_a_tie_whatever_the_start(
+    method: SearchMethod, guess: float
+) -> None:
+    # A float32 loss that rises along d, except that rounding lowers it by one ulp at tiny steps:
+    # that dip is no descent, so every starting guess gives the same verdict.
+    loss0 = float(np.float32(3.369))
+    ulp = float(np.spacing(np.float32(loss0)))
+
+    def loss_at(eta: float) -> float:
+        if eta < 1e-7:
+            return loss0 - ulp
+        return float(np.float32(loss0 + 0.03 * eta + 1e-6))
+
+    r = critical_lr(loss_at, loss0=loss0, lr_guess=guess, method=method)
+    assert r.status == "increases_immediately"
+    assert r.sharpness == math.inf and r.eta == 0.0
