@@ -279,8 +279,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 # ---------------------------------------------------------------------------- sharpmix sweeps
-# One verb per function; each prints a table for people, or JSON with --json. The export verb
-# (`sharpmix sweeps export`) joins them in _add_sweeps_commands when the server gains the route.
+# One verb per function; each prints a table for people, or JSON with --json.
 
 
 def _file_completion() -> object:
@@ -481,6 +480,20 @@ def _sweeps_plot(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _sweeps_export(args: argparse.Namespace, settings: Settings) -> int:
+    with _client(args, settings) as client:
+        text = client.export(args.sweep_id, args.format, args.ratio)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    args.output.write_text(text)
+    if args.json:
+        _print_json({"path": str(args.output), "format": args.format, "bytes": len(text)})
+    else:
+        print(args.output)
+    return EXIT_OK
+
+
 def _add_sweeps_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sweeps = sub.add_parser("sweeps", help="list, follow, cancel and read sweeps on a server")
     verbs = sweeps.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -496,6 +509,7 @@ def _add_sweeps_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         ("trials", _sweeps_trials, "its measurements: one row per ratio and evaluation set"),
         ("recommendation", _sweeps_recommendation, "the answer of a succeeded sweep"),
         ("plot", _sweeps_plot, "save the critical-sharpness plot as a PNG"),
+        ("export", _sweeps_export, "the recommended mix as a training stack's configuration"),
     ):
         verb = verbs.add_parser(name, help=text, description=text, parents=common)
         verb.add_argument("sweep_id", metavar="SWEEP_ID")
@@ -505,6 +519,16 @@ def _add_sweeps_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
             verb.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "plot":
             verb.add_argument("-o", "--output", type=Path, help="file (default plot-ID.png)")
+        if name == "export":
+            from service.export import FORMATS
+
+            verb.add_argument(
+                "--format", choices=FORMATS, default="json", help="which stack (default json)"
+            )
+            verb.add_argument(
+                "--ratio", type=float, help="export this pre-training ratio, not the answer"
+            )
+            verb.add_argument("-o", "--output", type=Path, help="file (default: standard output)")
 
 
 def _completion(args: argparse.Namespace, settings: Settings) -> int:

@@ -145,6 +145,13 @@ class SharpmixClient:
         """The PNG of the trajectories: pre-training drift and lambda_c against step."""
         return self._request("GET", f"/v1/sweeps/{sweep_id}/trajectories.png").content
 
+    def export(self, sweep_id: str, fmt: str = "json", ratio: float | None = None) -> str:
+        """The recommended mix (or ``ratio``) as a training stack's configuration, as text."""
+        params: dict[str, str] = {"format": fmt}
+        if ratio is not None:
+            params["ratio"] = repr(ratio)
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/export", params=params).text
+
     def cancel(self, sweep_id: str) -> SweepOut:
         """Ask the sweep to stop."""
         return SweepOut.model_validate(

@@ -49,6 +49,7 @@ from workers.data import (
     check_model_fits,
     load_model,
     token_batches,
+    token_stream,
 )
 
 
@@ -94,6 +95,9 @@ class PreparedSweep:
     tokenizer: PreTrainedTokenizerBase | None = None
     policy: LoadPolicy | None = None
     optimizer_state: dict[str, Tensor] | None = None
+    # Per direction set: {"tokens", "documents"} of its whole tokenised data (EOS included),
+    # which exports need to turn token shares into per-example sampling weights.
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def loss_fn(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token loss of a (sequences, seq_len) batch, in micro-batches of equal size."""
@@ -250,6 +254,11 @@ def prepare(
 
     groups = field_names(spec)
     direction_batches = [batches(ref, groups[ref.name], 0) for ref in direction_sets]
+    sources: dict[str, dict[str, int]] = {}
+    for ref in direction_sets:  # read back from the token cache the batches just filled
+        stream = token_stream(data_source(ref), tokenizer, policy, field=groups[ref.name])
+        if stream.documents:
+            sources[ref.name] = {"tokens": len(stream.tokens), "documents": stream.documents}
     eval_batches = {
         ref.name: batches(ref, groups[ref.name], spec.batches if ref.name in direction_names else 0)
         for ref in spec.eval_sets()
@@ -269,6 +278,7 @@ def prepare(
         tokenizer=tokenizer,
         policy=policy,
         optimizer_state=loaded.optimizer_state,
+        sources=sources,
     )
     # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
     model.train()

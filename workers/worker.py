@@ -284,6 +284,7 @@ class Worker:
             backwards=prepared.backwards if fresh else 0,
             seconds=time.perf_counter() - start,
             optuna_trial_number=trial.number,
+            sources=prepared.sources,
         )
         studies.annotate(trial, spec, measured.measurements)
         if not queue.complete_task(

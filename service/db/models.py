@@ -178,6 +178,8 @@ class Sweep(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     recommendation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Per direction set: {"tokens": n, "documents": m}, written by the first finished task.
+    sources: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)

@@ -94,6 +94,8 @@ class TaskResult:
     backwards: int
     seconds: float
     optuna_trial_number: int | None = None
+    # Token and document counts of the direction sets (see PreparedSweep.sources), for exports.
+    sources: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,10 @@ def complete_task(
                 updated_at=now,
             )
         )
+        if result.sources:  # the same counts from every worker of the sweep: the last one stays
+            session.execute(
+                update(Sweep).where(Sweep.id == task.sweep_id).values(sources=result.sources)
+            )
         if task.spec.ratios == "auto" and plan is not None:
             _plan_trajectories_without_commit(session, task, plan)
         session.commit()

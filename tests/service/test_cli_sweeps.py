@@ -83,6 +83,15 @@ def test_every_verb_prints_a_table_or_json(
     assert code == 0 and json.loads(out)["path"] == str(target)
     assert target.read_bytes()[:4] == b"\x89PNG"
 
+    code, out, _ = run(capsys, "sweeps", "export", finished, *server, "--format", "olmo-core")
+    assert code == 0 and "target_ratio: 0.25" in out and "token share" in out
+    target = tmp_path / "mix.json"
+    code, out, _ = run(capsys, "sweeps", "export", finished, *server, "-o", str(target), "--json")
+    assert code == 0 and json.loads(out)["format"] == "json"
+    assert [s["token_share"] for s in json.loads(target.read_text())["sources"]] == [0.25, 0.75]
+    code, _, err = run(capsys, "sweeps", "export", finished, *server, "--format", "hf")
+    assert code != 0 and "token counts" in err  # this sweep's worker recorded none
+
     code, out, err = run(capsys, "sweeps", "wait", finished, *server)
     assert code == 0 and "succeeded" in out
     assert err.count(f"sweep {finished}") == 1 and "ratios" in err and "succeeded" in err

@@ -72,6 +72,12 @@ def test_worker_runs_a_sweep_to_a_recommendation(
         assert sweep.recommendation is not None
         assert sweep.recommendation["objective"] == "flat_pretraining"
         assert len(sweep.recommendation["ranking"]) == 3
+        # Exports convert token shares with each set's measured tokens per document.
+        text = (sweep_assets.root / sweep_assets.general).read_text()
+        general = [line for line in text.splitlines() if line.strip()]
+        assert sweep.sources is not None and set(sweep.sources) == {"general", "math"}
+        assert sweep.sources["general"]["documents"] == len(general)
+        assert sweep.sources["general"]["tokens"] > len(general)  # each document ends in EOS
     engine.dispose()
 
     study = optuna.load_study(study_name=f"sharpmix-{sweep_id}", storage=db_url)

@@ -62,7 +62,7 @@ def token_stream(
         "documents": len(texts),
     }
     path = write_stream(policy.cache_dir, key, tokens, meta)
-    return TokenStream(tokens, path, cache_hit=False)
+    return TokenStream(tokens, path, cache_hit=False, documents=len(texts))
 
 
 def token_batches(

@@ -26,11 +26,14 @@ class TokenStream:
         tokens: ``doc0 EOS doc1 EOS ...`` as ``uint32`` (memory-mapped when read from the cache).
         path: The cache file.
         cache_hit: True when the stream was read from the cache, not tokenised now.
+        documents: How many documents the stream holds (one EOS after each); None for a cache
+            entry whose sidecar does not say.
     """
 
     tokens: TokenArray
     path: Path
     cache_hit: bool
+    documents: int | None = None
 
 
 def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -66,7 +69,13 @@ def read_stream(cache_dir: Path, key: str) -> TokenStream | None:
     path = _entry(cache_dir, key)
     if not path.is_file():
         return None
-    return TokenStream(np.load(path, mmap_mode="r"), path, cache_hit=True)
+    documents: int | None = None
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        documents = int(meta["documents"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # the sidecar is for people; the stream itself is complete without it
+    return TokenStream(np.load(path, mmap_mode="r"), path, cache_hit=True, documents=documents)
 
 
 def write_stream(cache_dir: Path, key: str, tokens: TokenArray, meta: dict[str, object]) -> Path:

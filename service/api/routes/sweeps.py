@@ -24,6 +24,7 @@ from service.api.schemas import (
 from service.db import sweeps
 from service.db.models import SweepState
 from service.db.reads import SweepReader
+from service.export import ExportError, Format, render_export
 from service.notify import check_notify_url
 from service.preflight import check_files
 from service.spec import Recommendation, SweepSpec, check_limits, check_paths
@@ -195,6 +196,80 @@ def get_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Response:
         recommendation = Recommendation.model_validate(sweep.recommendation)
     png = plot.render_sweep_plot(SweepSpec.model_validate(sweep.spec), measurements, recommendation)
     return Response(png, media_type="image/png")
+
+
+@router.get(
+    "/{sweep_id}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/yaml": {"schema": {"type": "object"}},
+                "text/plain": {"schema": {"type": "string"}},
+            },
+            "description": "The mix in the chosen stack's configuration language; the file "
+            "says whether its weights are token or example shares.",
+        },
+        409: {
+            "model": Message,
+            "description": "No ratio to export (the sweep has not succeeded or recommends "
+            "none; pass ratio), or no token counts for an example-share format.",
+        },
+    },
+)
+def export_mix(
+    sweep_id: str,
+    tenant: TenantDep,
+    session: SessionDep,
+    format: Annotated[
+        Format,
+        Query(
+            description="json (token and example shares), hf (datasets.interleave_datasets), "
+            "llamafactory, axolotl, torchtune (InterleavedDataset), olmo-core "
+            "(SourceMixtureConfig), megatron (--data-path blend)."
+        ),
+    ] = "json",
+    ratio: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="Export this pre-training ratio instead of the recommended one.",
+        ),
+    ] = None,
+) -> Response:
+    """The recommended mix (or ``ratio``) as a configuration for a training stack.
+
+    Our ratio is a token share; stacks that sample examples get example shares converted with
+    the measured mean tokens per example of each data set."""
+    sweep = sweeps.get_sweep(session, tenant.id, sweep_id)
+    basis: str | None = None
+    if ratio is None:
+        recommendation = sweeps.get_recommendation(session, tenant.id, sweep_id)
+        if recommendation.ratio is None:
+            raise HTTPException(
+                status_code=409,
+                detail=f"sweep {sweep_id} recommends no ratio ({recommendation.reason}); pass "
+                "ratio= to export one of its candidates anyway",
+            )
+        ratio, basis = recommendation.ratio, recommendation.basis
+    try:
+        exported = render_export(
+            format,
+            SweepSpec.model_validate(sweep.spec),
+            sweep_id=sweep_id,
+            ratio=ratio,
+            basis=basis,
+            sources=sweep.sources,
+        )
+    except ExportError as error:
+        raise HTTPException(status_code=409, detail=str(error)) from error
+    return Response(
+        exported.content,
+        media_type=exported.media_type,
+        headers={"Content-Disposition": f'inline; filename="{exported.filename}"'},
+    )
 
 
 @router.post(

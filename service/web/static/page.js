@@ -420,7 +420,13 @@ function renderEndpoints(id) {
     ["Recommendation", `${base}/recommendation`],
     ["Trajectories", `${base}/trajectories`],
     ["Plot (PNG, drawn by the server)", `${base}/plot.png`],
-    // The export endpoint's link goes here once the server has one.
+    ["Export: token and example shares (JSON)", `${base}/export?format=json`],
+    ["Export: datasets.interleave_datasets", `${base}/export?format=hf`],
+    ["Export: LLaMA-Factory", `${base}/export?format=llamafactory`],
+    ["Export: axolotl", `${base}/export?format=axolotl`],
+    ["Export: torchtune", `${base}/export?format=torchtune`],
+    ["Export: OLMo-core", `${base}/export?format=olmo-core`],
+    ["Export: Megatron", `${base}/export?format=megatron`],
   ];
   $("endpoints").replaceChildren(...endpoints.map(([label, path]) => {
     const link = el("a", { href: path }, label);
@@ -445,8 +451,12 @@ async function showRaw(path) {
     img.src = URL.createObjectURL(await response.blob());
     img.hidden = false;
     raw.hidden = true;
-  } else {
+  } else if ((response.headers.get("content-type") || "").startsWith("application/json")) {
     raw.textContent = JSON.stringify(await response.json(), null, 2);
+    raw.hidden = false;
+    img.hidden = true;
+  } else {
+    raw.textContent = await response.text();
     raw.hidden = false;
     img.hidden = true;
   }

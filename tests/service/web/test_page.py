@@ -174,6 +174,10 @@ def test_the_page_lists_the_sweep_and_shows_its_answer_and_evidence(
     page.get_by_role("link", name="Recommendation").click()
     page.locator("#raw").wait_for()
     assert '"objective"' in page.locator("#raw").inner_text()
+    # Export links show the file as text (YAML here), or why there is none.
+    page.get_by_role("link", name="Export: OLMo-core").click()
+    expected = "recommends no ratio" if served.answer is None else "target_ratio"
+    page.locator("#raw", has_text=expected).wait_for()
 
     # The key was entered once and lives in this tab's session storage, never in a URL.
     assert page.evaluate("sessionStorage.getItem('sharpmix.apiKey')") == served.key
