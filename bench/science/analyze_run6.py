@@ -1,20 +1,23 @@
-"""Run 6 of the trajectory ground truth: the service's answers against the grid, as run.
+"""Runs 6 and 7 of the trajectory ground truth: the service's answers against the grid, as run.
 
 Run 6 (`trajectory_truth.py --parts service --held-out-guard`) re-trained run 4's model (every
 recorded pre-training loss equal) and ran the worker's own first-step screen, trajectories and
 rules per planned rate, with the pre-training rows (text the model was trained on) left out of
 the tolerance rule and two held-out retention sets guarded: a seeded sample of every held-out
 document (``general_heldout``) and exactly the grid's held-out documents (``grid_heldout``).
-This script sets its answers against run 4's grid (``grid.json``), writes
-``summary_run6.json`` beside them and prints the table of docs/evidence.md.
+Run 7 is the same call with later worker code (pruning counts only the measurements after the
+burn-in; a descent within the loss's rounding band is a tie in the search). This script sets a
+run's answers (``service_run<N>.json``) against run 4's grid (``grid.json``), writes
+``summary_run<N>.json`` beside them and prints the table of docs/evidence.md.
 
     .venv/bin/python -m bench.science.analyze_run6 bench/science/results/trajectory
+    .venv/bin/python -m bench.science.analyze_run6 bench/science/results/trajectory --run 7
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -33,10 +36,10 @@ def _truth(grid: dict[str, Any]) -> dict[tuple[float, float], float]:
     return {key: mean(values) for key, values in cells.items()}
 
 
-def analyze(folder: Path) -> dict[str, Any]:
+def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
     """Per planned rate: the answers, the truly flat ratio, hits; Spearman; cost."""
     grid = json.loads((folder / "grid.json").read_text())
-    service = json.loads((folder / "service_run6.json").read_text())
+    service = json.loads((folder / f"service_run{run}.json").read_text())
     truth = _truth(grid)
     ratios = sorted({r for _, r in truth})
     out: dict[str, Any] = {"tolerance": TOLERANCE, "rates": {}, "cells": []}
@@ -112,10 +115,15 @@ def analyze(folder: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Analyze, write summary_run6.json, print the table."""
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("bench/science/results/trajectory")
-    result = analyze(folder)
-    (folder / "summary_run6.json").write_text(json.dumps(result, indent=1) + "\n")
+    """Analyze, write summary_run<N>.json, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "folder", type=Path, nargs="?", default=Path("bench/science/results/trajectory")
+    )
+    parser.add_argument("--run", type=int, default=6, help="reads service_run<N>.json")
+    args = parser.parse_args()
+    result = analyze(args.folder, args.run)
+    (args.folder / f"summary_run{args.run}.json").write_text(json.dumps(result, indent=1) + "\n")
     print("| lr | truly flat | first step | trajectory answer | its drift | hit |")
     for key, row in result["rates"].items():
         drift = row["answer_drift"]
