@@ -68,6 +68,19 @@ class Forecast:
     method: str
 
 
+def burn_in(spec: SweepSpec, last: int) -> int:
+    """Steps at the start of a trajectory that neither the forecast nor pruning read.
+
+    A quarter of the planned trajectory (``min(K, N) // 4``): the early jump of the pre-training
+    loss says little about step N (docs/evidence.md, section 5). A trajectory stopped before its
+    K steps keeps the same window as pruning saw; one too short for it (``last`` at or below it)
+    falls back to a quarter of what was measured.
+    """
+    planned = min(spec.trajectory.steps, spec.planned_steps) if spec.trajectory else last
+    burn = planned // 4
+    return burn if burn < last else last // 4
+
+
 def cumulative_lr(spec: SweepSpec, steps: int) -> float:
     """``S(steps)``: the sum of the planned schedule's rates over the first ``steps`` steps."""
     return math.fsum(spec.lr_at(s) for s in range(steps))
@@ -108,7 +121,7 @@ def _one(spec: SweepSpec, name: str, role: str, series: Sequence[DriftPoint]) ->
         return Forecast(
             name, role, target, d, -math.inf, math.inf, False, "too few points to forecast"
         )
-    burn = last // 4
+    burn = burn_in(spec, last)
     tail = [(p.step, p.drift) for p in series if p.step > burn]
     # The schedule's rates once, up to N: every S(t) below is a sum over a prefix of them.
     rates = [spec.lr_at(step) for step in range(target)]

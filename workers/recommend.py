@@ -377,8 +377,8 @@ def _on_trajectories(
     elif chosen is None and all(v.pruned for v in verdicts):
         reason = (
             f"Every trajectory ({', '.join(f'{v.ratio:g}' for v in verdicts)}) was pruned: each "
-            f"mix clearly left the pre-training basin (a retention loss above the tolerance "
-            f"{tol:g} nats, or a critical rate far below the current rate) before step "
+            f"mix clearly left the pre-training basin (a guarded loss above the tolerance "
+            f"{tol:g} nats at three measurements after the burn-in, not coming down) before step "
             f"{spec.trajectory.steps if spec.trajectory else n}. Lower the learning rate, or "
             "try ratios with more pre-training data."
         )

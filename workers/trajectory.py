@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from service.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, loss_change, measure, update_direction
 from workers.data import training_rows
-from workers.forecast import Forecast, forecast_drift
+from workers.forecast import Forecast, burn_in, forecast_drift
 from workers.sweep import (
     PreparedSweep,
     check_optimizer_state,
@@ -113,7 +113,7 @@ def left_basin(spec: SweepSpec, history: Sequence[Sequence[TrajectoryPoint]]) ->
     """
     assert spec.trajectory is not None
     # The same burn-in as the forecast's: the early jump says little about step N.
-    burn = min(spec.trajectory.steps, spec.planned_steps) // 4
+    burn = burn_in(spec, spec.trajectory.steps)
     measured = [points for points in history if points and points[0].step > burn]
     if len(measured) < RISING_OVER:
         return None
@@ -193,12 +193,11 @@ def run_trajectory(
                 history.append(points)
                 reason = left_basin(spec, history)
                 go_on = on_measure(step, points) if on_measure is not None else True
-                if reason is not None or not go_on:
-                    result.pruned = step < last
+                if (reason is not None or not go_on) and step < last:
+                    result.pruned = True
                     result.prune_reason = reason or "pruned by the study"
                     result.steps_done = step
-                    if result.pruned:
-                        break
+                    break
             if step < last:
                 for group in optimizer.param_groups:
                     group["lr"] = lr

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from service.spec import SweepSpec
-from workers.forecast import cumulative_lr, forecast_drift
+from workers.forecast import burn_in, cumulative_lr, forecast_drift
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,18 @@ def test_the_early_jump_is_left_out_of_the_trend() -> None:
     (forecast,) = forecast_drift(spec, points)
     assert forecast.drift == pytest.approx(0.05 - 1e-4 * 290, abs=1e-9)
     assert forecast.low <= 0.021 <= forecast.high
+
+
+def test_a_stopped_trajectory_keeps_the_planned_burn_in() -> None:
+    # Pruned at step 50 of 100: the fit reads steps 30-50, the window pruning read (after step
+    # 25), not steps 20-50 (after a quarter of 50), so the early jump at step 20 stays out.
+    spec = _spec()
+    drift = {0: 0.0, 10: 0.02, 20: 0.09, 30: 0.03, 40: 0.04, 50: 0.05}
+    points = [Point(s, "general", "pretraining", d) for s, d in drift.items()]
+    (forecast,) = forecast_drift(spec, points)
+    assert "the 3 points after step 25" in forecast.method
+    assert burn_in(spec, 50) == 25 and burn_in(spec, 100) == 25
+    assert burn_in(spec, 20) == 5  # shorter than the burn-in: a quarter of what was measured
 
 
 def test_noise_widens_the_interval_around_the_truth() -> None:
