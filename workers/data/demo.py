@@ -35,7 +35,7 @@ from workers.data.vocab import train_tokenizer
 log = logging.getLogger(__name__)
 
 # Bump when anything below changes what gets built; an older build is then rebuilt.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_DIR = "demo"
 MANIFEST = "manifest.json"
 
@@ -43,7 +43,7 @@ VOCAB_SIZE = 512
 SEQ_LEN = 128  # training sequence length; the model's context is twice that
 GENERAL_DOCS, MATH_DOCS, EVAL_DOCS = 6000, 3000, 400
 MATH_SHARE = 0.05  # share of arithmetic rows in pre-training (method.md §7 used 5%)
-PRETRAIN_STEPS, BATCH_SIZE, PEAK_LR, WARMUP = 400, 16, 3e-3, 40
+PRETRAIN_STEPS, BATCH_SIZE, PEAK_LR, WARMUP = 300, 16, 3e-3, 30
 
 
 @dataclass(frozen=True)
