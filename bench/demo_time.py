@@ -62,6 +62,9 @@ def main() -> None:
             "load_average_1m_before": load_before,
             "python": platform.python_version(),
             "torch": torch.__version__,
+            # What `make demo` exports (and the sharpmix command defaults to): spinning OpenMP
+            # threads are what a loaded machine punishes most.
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         },
         "cold": cold,
         "warm": warm,
