@@ -26,7 +26,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Olmo2Config
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from workers.data import LoadPolicy, train_tokenizer
 from workers.data.corpora import general_documents, math_documents
 from workers.sweep import default_micro_batch_tokens, prepare

@@ -28,7 +28,7 @@ from service.errors import SharpmixError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from service.api.schemas import SweepOut
+    from contract.wire import SweepOut
     from service.client import SharpmixClient
 
 Command = Callable[[argparse.Namespace, Settings], int]

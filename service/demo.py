@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.api.schemas import SweepOut, TrajectoriesOut, TrialOut
+from contract.recommendation import Recommendation
+from contract.wire import SweepOut, TrajectoriesOut, TrialOut
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
-from service.spec import Recommendation
 
 # A 200-step run planned; 12 real steps per trajectory on CPU, forecast to 200 from there.
 DEMO_TRAJECTORY = {"steps": 12, "measure_every": 4, "ratios": 2}

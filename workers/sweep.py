@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from service.db.queue import MeasurementResult
-from service.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
+from contract.results import BatchResult, MeasurementResult, Status
+from contract.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
     AdamState,
     CriticalLR,
@@ -468,20 +468,11 @@ def _summary(
     pruned: bool,
 ) -> MeasurementResult:
     stats = summarize(results, warn=False)
-    statuses = [r.status for r in results]
-    if pruned:
-        status = "pruned"
-    elif "increases_immediately" in statuses:
-        status = "increases_immediately"
-    elif "no_increase" in statuses:
-        status = "no_increase"
-    else:
-        status = "ok"
     point, low, high = _estimate(results, stats)
     return MeasurementResult(
         eval_set=name,
         role=spec.role(name),
-        status=status,
+        status=Status.of_batches((r.status for r in results), pruned=pruned),
         eta_c=point,
         eta_c_low=low,
         eta_c_high=high,
@@ -492,15 +483,15 @@ def _summary(
         forwards=sum(r.forwards for r in results) + len(changes),
         batches=len(results),
         per_batch=[
-            {
-                "eta_c": r.eta,
-                "lower": r.lower,
-                "upper": r.upper if math.isfinite(r.upper) else None,
-                "status": r.status,
-                "forwards": r.forwards,
-                "loss0": loss0[b],
-                "loss_change": changes[b],
-            }
+            BatchResult(
+                eta_c=r.eta,
+                lower=r.lower,
+                upper=r.upper if math.isfinite(r.upper) else None,
+                status=Status(r.status),
+                forwards=r.forwards,
+                loss0=loss0[b],
+                loss_change=changes[b],
+            )
             for b, r in enumerate(results)
         ],
     )

@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bench.science.common import write_json
-from service.spec import DataRef, FinetuneRef, ModelRef, SweepSpec
+from contract.spec import DataRef, FinetuneRef, ModelRef, SweepSpec
 from workers.curvature import CriticalLR, summarize
 from workers.recommend import recommend
 

@@ -404,8 +404,8 @@ def replay(
     reads the result with the real tolerance. A re-reading of measurements already made, not a
     new run: the current runner would also have measured on more batches.
     """
+    from contract.spec import SweepSpec
     from service.db.queue import json_safe
-    from service.spec import SweepSpec
     from workers.forecast import forecast_drift
     from workers.recommend import recommend
     from workers.trajectory import TrajectoryPoint, left_basin

@@ -32,20 +32,21 @@ from typing import Any, Protocol, cast
 from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db._errors import database_errors
-from service.db.models import (
-    SWEEP_FROM,
-    TASK_FROM,
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-    utcnow,
+from contract.recommendation import Recommendation
+from contract.results import (
+    BatchResult,
+    DoneTrial,
+    MeasurementResult,
+    PointResult,
+    Status,
+    TaskResult,
+    TrajectoryResult,
+    TrialRecords,
 )
-from service.spec import Recommendation, SweepSpec
+from contract.spec import Role, SweepSpec
+from contract.states import SWEEP_FROM, TASK_FROM, SweepState, TaskKind, TaskState
+from service.db._errors import database_errors
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint, utcnow
 
 LIVE_SWEEP_STATES = (SweepState.queued, SweepState.running)
 
@@ -63,95 +64,6 @@ class ClaimedTask:
     study_name: str
     spec: SweepSpec
     kind: TaskKind = TaskKind.measure
-
-
-@dataclass(frozen=True)
-class MeasurementResult:
-    """One (ratio, evaluation set) summary, as the worker computed it."""
-
-    eval_set: str
-    role: str
-    status: str
-    eta_c: float | None
-    eta_c_low: float | None
-    eta_c_high: float | None
-    sharpness: float | None
-    spread: float | None
-    loss: float
-    loss_change: float | None
-    forwards: int
-    batches: int
-    per_batch: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """Everything a finished task writes."""
-
-    ratio: float
-    measurements: list[MeasurementResult]
-    forwards: int
-    backwards: int
-    seconds: float
-    optuna_trial_number: int | None = None
-    # Token and document counts of the direction sets (see PreparedSweep.sources), for exports.
-    sources: dict[str, dict[str, int]] | None = None
-
-
-@dataclass(frozen=True)
-class PointResult:
-    """One evaluation set at one step of a trajectory, as the worker measured it."""
-
-    step: int
-    lr: float
-    eval_set: str
-    role: str
-    status: str
-    loss: float
-    drift: float
-    eta_c: float | None
-    eta_c_low: float | None
-    eta_c_high: float | None
-    loss_change: float | None
-    forwards: int
-
-
-@dataclass(frozen=True)
-class TrajectoryResult:
-    """Everything a finished trajectory task writes beside its points."""
-
-    ratio: float
-    steps_done: int
-    pruned: bool
-    forecast: list[dict[str, Any]]
-    forwards: int
-    backwards: int
-    seconds: float
-    optuna_trial_number: int | None = None
-
-
-@dataclass(frozen=True)
-class DoneTrial:
-    """A finished task's Optuna trial, with what its task wrote (to close the trial from)."""
-
-    number: int
-    ratio: float
-    measurements: list[MeasurementResult]
-    pruned: bool
-
-
-@dataclass(frozen=True)
-class TrialRecords:
-    """What a sweep's own rows say about its Optuna trials.
-
-    Attributes:
-        live: Trial numbers recorded by tasks that a worker holds with a lease that has not run
-            out (other than the asking task): those trials are someone's work in progress.
-        done: Trials recorded by done tasks, by number.
-    """
-
-    live: frozenset[int]
-    done: dict[int, DoneTrial]
 
 
 class Heartbeat(enum.StrEnum):
@@ -335,15 +247,7 @@ def complete_task(
         if not owned:
             session.rollback()
             return False
-        session.add_all(
-            Measurement(
-                sweep_id=task.sweep_id,
-                task_id=task.task_id,
-                ratio=result.ratio,
-                **{**vars(m), "per_batch": json_safe(m.per_batch)},
-            )
-            for m in result.measurements
-        )
+        session.add_all(_measurement_row(task, result.ratio, m) for m in result.measurements)
         session.execute(
             update(Sweep)
             .where(Sweep.id == task.sweep_id)
@@ -413,7 +317,10 @@ def record_points(
             return False
         session.add_all(
             TrajectoryPoint(
-                sweep_id=task.sweep_id, task_id=task.task_id, ratio=ratio, **json_safe(vars(p))
+                sweep_id=task.sweep_id,
+                task_id=task.task_id,
+                ratio=ratio,
+                **json_safe({**vars(p), "role": p.role.value, "status": p.status.value}),
             )
             for p in points
         )
@@ -449,7 +356,7 @@ def complete_trajectory(
                     ratio=result.ratio,
                     steps_done=result.steps_done,
                     pruned=result.pruned,
-                    forecast=json_safe(result.forecast),
+                    forecast=[f.model_dump(mode="json") for f in result.forecast],
                     forwards=result.forwards,
                     optuna_trial_number=result.optuna_trial_number,
                     updated_at=now,
@@ -659,16 +566,38 @@ def trial_records(
             live.add(number)
         elif t.state == TaskState.done and t.ratio is not None:
             measured = [_as_result(m) for m in by_task.get(t.id, [])]
-            pruned = t.pruned or any(m.status == "pruned" for m in measured)
+            pruned = t.pruned or any(m.status is Status.pruned for m in measured)
             done[number] = DoneTrial(number, t.ratio, measured, pruned)
     return TrialRecords(frozenset(live), done)
+
+
+def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> Measurement:
+    per_batch = [{**vars(b), "status": b.status.value} for b in m.per_batch]
+    return Measurement(
+        sweep_id=task.sweep_id,
+        task_id=task.task_id,
+        ratio=ratio,
+        eval_set=m.eval_set,
+        role=m.role.value,
+        status=m.status.value,
+        eta_c=m.eta_c,
+        eta_c_low=m.eta_c_low,
+        eta_c_high=m.eta_c_high,
+        sharpness=m.sharpness,
+        spread=m.spread,
+        loss=m.loss,
+        loss_change=m.loss_change,
+        forwards=m.forwards,
+        batches=m.batches,
+        per_batch=json_safe(per_batch),
+    )
 
 
 def _as_result(row: Measurement) -> MeasurementResult:
     return MeasurementResult(
         eval_set=row.eval_set,
-        role=row.role,
-        status=row.status,
+        role=Role(row.role),
+        status=Status(row.status),
         eta_c=row.eta_c,
         eta_c_low=row.eta_c_low,
         eta_c_high=row.eta_c_high,
@@ -678,8 +607,13 @@ def _as_result(row: Measurement) -> MeasurementResult:
         loss_change=row.loss_change,
         forwards=row.forwards,
         batches=row.batches,
-        per_batch=list(row.per_batch),
+        per_batch=[_as_batch(entry) for entry in row.per_batch],
     )
+
+
+def _as_batch(entry: dict[str, Any]) -> BatchResult:
+    # PostgreSQL's JSON has no infinity: a missing upper bound was stored as null.
+    return BatchResult(**{**entry, "status": Status(entry["status"])})
 
 
 def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> bool:

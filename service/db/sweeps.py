@@ -19,17 +19,11 @@ from sqlalchemy import Engine, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.states import SweepState, TaskKind, TaskState
 from service.db._errors import database_errors, transaction
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-    utcnow,
-)
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint, utcnow
 from service.errors import (
     ConflictError,
     DatabaseError,
@@ -37,7 +31,6 @@ from service.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from service.spec import Recommendation, SweepSpec
 
 
 def create_sweep(

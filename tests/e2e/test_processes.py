@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from contract.states import TaskState
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, SweepTask, TaskState
+from service.db.models import Measurement, SweepTask
 from service.db.tenants import create_api_key, create_tenant
 from service.embedded import EmbeddedServer
 from tests.conftest import SweepAssets

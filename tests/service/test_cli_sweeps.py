@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.states import SweepState
 from service.cli import main
 from service.config import get_settings
-from service.db.models import SweepState
 from tests.service.support import Api, add_measurement, finish, set_state
 
 pytestmark = pytest.mark.db

@@ -17,17 +17,10 @@ import optuna
 import pytest
 from sqlalchemy import select, update
 
+from contract.states import SweepState, TaskKind, TaskState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-)
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import submit
 from workers.worker import Worker

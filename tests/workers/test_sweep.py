@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from workers.curvature import CriticalLR, measure, mixed_direction, summarize
 from workers.data import LoadPolicy

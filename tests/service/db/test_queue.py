@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.recommendation import Recommendation
+from contract.results import (
+    BatchResult,
+    MeasurementResult,
+    PointResult,
+    Status,
+    TaskResult,
+    TrajectoryResult,
+)
+from contract.spec import Role, SweepSpec
+from contract.states import SweepState, TaskKind, TaskState
 from service.db import queue
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    Tenant,
-    TrajectoryPoint,
-)
-from service.spec import Recommendation, SweepSpec
+from service.db.models import Measurement, Sweep, SweepTask, Tenant, TrajectoryPoint
 
 pytestmark = pytest.mark.db
 
@@ -72,12 +75,12 @@ def add_sweep(sessions: sessionmaker[Session], ratios: list[float]) -> str:
         return sweep.id
 
 
-def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
+def result_for(task: queue.ClaimedTask) -> TaskResult:
     assert task.ratio is not None
-    measurement = queue.MeasurementResult(
+    measurement = MeasurementResult(
         eval_set="pt",
-        role="pretraining",
-        status="ok",
+        role=Role.pretraining,
+        status=Status.ok,
         eta_c=1e-3,
         eta_c_low=9e-4,
         eta_c_high=1.1e-3,
@@ -87,9 +90,9 @@ def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
         loss_change=-0.01,
         forwards=6,
         batches=1,
-        per_batch=[{"eta_c": 1e-3}],
+        per_batch=[BatchResult(1e-3, 9e-4, 1.1e-3, Status.ok, 6, 2.0, -0.01)],
     )
-    return queue.TaskResult(
+    return TaskResult(
         ratio=task.ratio, measurements=[measurement], forwards=6, backwards=2, seconds=0.5
     )
 
@@ -232,22 +235,30 @@ def test_non_finite_numbers_are_stored_on_every_backend(sessions: sessionmaker[S
     task = queue.claim_task(sessions, "w1", lease_seconds=60)
     assert task is not None
     base = result_for(task)
-    rising = queue.MeasurementResult(
-        **{
-            **vars(base.measurements[0]),
-            "status": "increases_immediately",
-            "eta_c": None,
-            "sharpness": float("inf"),
-            "per_batch": [{"eta_c": 0.0, "upper": float("inf"), "loss_change": float("nan")}],
-        }
+    rising = replace(
+        base.measurements[0],
+        status=Status.increases_immediately,
+        eta_c=None,
+        sharpness=float("inf"),
+        per_batch=[
+            BatchResult(0.0, 0.0, float("inf"), Status.increases_immediately, 3, 2.0, math.nan)
+        ],
     )
-    result = queue.TaskResult(
-        ratio=0.0, measurements=[rising], forwards=3, backwards=1, seconds=0.1
-    )
+    result = TaskResult(ratio=0.0, measurements=[rising], forwards=3, backwards=1, seconds=0.1)
     assert queue.complete_task(sessions, task, "w1", result, recommend)
     with sessions() as session:
         row = session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).one()
-        assert row.per_batch == [{"eta_c": 0.0, "upper": None, "loss_change": None}]
+        assert row.per_batch == [
+            {
+                "eta_c": 0.0,
+                "lower": 0.0,
+                "upper": None,
+                "status": "increases_immediately",
+                "forwards": 3,
+                "loss0": 2.0,
+                "loss_change": None,
+            }
+        ]
         assert row.sharpness == float("inf")
 
 
@@ -274,13 +285,13 @@ def test_cancel_of_a_dead_workers_sweep_is_carried_out(sessions: sessionmaker[Se
         assert {t.state for t in sweep.tasks} == {TaskState.cancelled}
 
 
-def point(step: int, drift: float) -> queue.PointResult:
-    return queue.PointResult(
+def point(step: int, drift: float) -> PointResult:
+    return PointResult(
         step=step,
         lr=1e-3,
         eval_set="pt",
-        role="pretraining",
-        status="ok",
+        role=Role.pretraining,
+        status=Status.ok,
         loss=2.0 + drift,
         drift=drift,
         eta_c=1e-3,
@@ -313,7 +324,7 @@ def test_a_taken_over_trajectory_restarts_and_counts_once(sessions: sessionmaker
         assert session.scalar(select(func.count()).select_from(TrajectoryPoint)) == 0
     # The stalled worker wakes up: none of its writes land.
     assert not queue.record_points(sessions, stale, "stale", 0.5, 20, [point(20, 0.02)])
-    result = queue.TrajectoryResult(
+    result = TrajectoryResult(
         ratio=0.5, steps_done=20, pruned=False, forecast=[], forwards=30, backwards=20, seconds=1.0
     )
     assert not queue.complete_trajectory(sessions, stale, "stale", result, recommend)
@@ -434,7 +445,7 @@ def test_trial_records_tell_live_trials_from_done_ones(sessions: sessionmaker[Se
     assert done is not None and live is not None and mine is not None
     for task, worker, number in ((done, "w1", 0), (live, "w2", 1), (mine, "w3", 2)):
         assert queue.record_trial(sessions, task.task_id, worker, number)
-    finished = queue.TaskResult(**{**vars(result_for(done)), "optuna_trial_number": 0})
+    finished = TaskResult(**{**vars(result_for(done)), "optuna_trial_number": 0})
     assert queue.complete_task(sessions, done, "w1", finished)
 
     records = queue.trial_records(sessions, sweep_id, lease_seconds=60, task_id=mine.task_id)
