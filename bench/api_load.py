@@ -177,7 +177,7 @@ def main() -> int:
         quiet = subprocess.DEVNULL
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(ours)],
+                [sys.executable, "-m", "sharpmix.cli", "serve", "--port", str(ours)],
                 env=env,
                 cwd=ROOT,
                 stdout=quiet,

@@ -127,8 +127,8 @@ def sweep_assets(tmp_path_factory: pytest.TempPathFactory) -> SweepAssets:
     """Generated corpora and an OLMo-2-style model trained 40 steps on them (a few seconds)."""
     from transformers import AutoModelForCausalLM, Olmo2Config
 
-    from workers.data import train_tokenizer
-    from workers.data.corpora import general_documents, math_documents
+    from sharpmix.assets.corpora import general_documents, math_documents
+    from sharpmix.assets.vocab import train_tokenizer
 
     root = tmp_path_factory.mktemp("assets")
     general = general_documents(400, seed=1, world_seed=0)

@@ -2,7 +2,7 @@
 
 One process, one GPU, in four parts (each writes its JSON as soon as it has it):
 
-1. **Model.** A byte-level BPE tokenizer (``workers.data.vocab``, ~8k pieces) trained on the
+1. **Model.** A byte-level BPE tokenizer (``sharpmix.assets.vocab``, ~8k pieces) trained on the
    general text (Perl documentation and man pages, `debian_corpora.py`), and a Llama
    (``LlamaForCausalLM``, ~13 M parameters) pre-trained on it with AdamW and a warmup-stable-decay
    schedule, saved as a Hugging Face directory that `workers.data.load_model` loads.

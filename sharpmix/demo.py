@@ -21,7 +21,7 @@ from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.tenants import create_api_key, create_tenant
-from service.embedded import EmbeddedServer
+from sharpmix.embedded import EmbeddedServer
 
 # A 200-step run planned; 12 real steps per trajectory on CPU, forecast to 200 from there.
 DEMO_TRAJECTORY = {"steps": 12, "measure_every": 4, "ratios": 2}
@@ -55,7 +55,7 @@ def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
 
 def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
     """Run the demo; returns the process exit code."""
-    from workers.data.demo import build_demo_assets
+    from sharpmix.assets.demo import build_demo_assets
 
     start = time.perf_counter()
     _say(f"demo assets under {settings.home / 'demo'} (built once, then reused)")

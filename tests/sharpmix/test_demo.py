@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.demo import demo_spec, demo_sweep
+from sharpmix.demo import demo_spec, demo_sweep
 from tests.conftest import SweepAssets
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
