@@ -19,6 +19,8 @@ from workers.data.models import (
     check_model_fits,
     context_length,
     load_model,
+    micro_batched_loss,
+    next_token_loss,
 )
 from workers.data.optimizer_state import load_optimizer_state, save_optimizer_state
 from workers.data.paths import resolve_local_path
@@ -39,6 +41,8 @@ __all__ = [
     "load_model",
     "load_optimizer_state",
     "load_texts",
+    "micro_batched_loss",
+    "next_token_loss",
     "resolve_local_path",
     "save_optimizer_state",
     "token_batches",
