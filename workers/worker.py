@@ -222,9 +222,17 @@ class Worker:
         return True
 
     def housekeeping(self) -> None:
-        """The passes a worker makes before claiming: cancels whose worker died, and sweeps whose
-        last worker died between completing the last task and writing the recommendation."""
+        """The passes a worker makes before claiming, each in its own short transaction:
+
+        1. tasks whose worker stopped heartbeating go back to the queue;
+        2. cancels whose worker died are carried out;
+        3. sweeps whose last worker died between completing the last task and writing the
+           recommendation are finalized.
+        """
         lease = self.settings.lease_seconds
+        requeued = queue.requeue_stalled_tasks(self.sessions, lease_seconds=lease)
+        if requeued:
+            log.warning("%d task(s) of stalled workers requeued", requeued)
         queue.end_abandoned_cancels(self.sessions, lease_seconds=lease)
         for sweep in queue.sweeps_to_finish(self.sessions):
             # Every task is done, so no trial of the study is anyone's work in progress.

@@ -6,12 +6,18 @@ task whose heartbeat is older than the lease (its worker died), on PostgreSQL wi
 ``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait for or take the same row; on SQLite
 every transaction starts with ``BEGIN IMMEDIATE`` (see ``engine.py``), which serialises claims.
 
-Every write a worker makes goes through the ownership guard `_held_by` (``state = running`` and
-its ``worker_id``), and every state change takes its allowed from-states from the transition
-table in ``models.py``: a worker that stalled past its lease and came back finds its writes
-matching no row (the functions say so by returning False) and can neither count a task twice nor
-fail the task or the sweep of the worker that took over. The measurements are unique per (task,
-evaluation set) as a second line.
+This module is the one writer of sweep and task states (the API's cancel of an idle sweep calls
+`end_sweep_without_commit` too). Every write a worker makes goes through the ownership guard
+`_held_by` (``state = running`` and its ``worker_id``), and every state change takes its allowed
+from-states from the transition table (``contract/states.py``): a worker that stalled past its
+lease and came back finds its writes matching no row (the functions say so by returning False)
+and can neither count a task twice nor fail the task or the sweep of the worker that took over.
+The measurements are unique per (task, evaluation set) as a second line.
+
+Before each claim a worker runs the housekeeping passes, each its own short transaction:
+`requeue_stalled_tasks` (tasks of workers that stopped heartbeating), `end_abandoned_cancels`
+(cancels whose worker died) and `sweeps_to_finish` (sweeps whose last worker died before
+finalizing).
 
 The recommendation is computed with no transaction open (`finalize_sweep`): the last task's
 completion commits first, the worker then closes the task's Optuna trial, and only then is the
@@ -399,7 +405,7 @@ def _plan_trajectories_without_commit(session: Session, task: ClaimedTask, plan:
     try:
         chosen = plan(task.spec, measurements)
     except Exception as exc:  # a bug in the planner must not leave the sweep running forever
-        _end_sweep_without_commit(
+        end_sweep_without_commit(
             session, task.sweep_id, SweepState.failed, f"choosing trajectories failed: {exc!r}"
         )
         return
@@ -467,7 +473,7 @@ def finalize_sweep(sessions: sessionmaker[Session], sweep_id: str, finalize: Fin
         )
     except Exception as exc:  # a bug in the rules must not leave the sweep running forever
         with _session(sessions) as session:
-            failed = _end_sweep_without_commit(
+            failed = end_sweep_without_commit(
                 session, sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"
             )
             session.commit()
@@ -688,7 +694,7 @@ def fail_task(
                 )
             )
             if owned:
-                _end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
+                end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
         session.commit()
     return bool(owned)
 
@@ -702,11 +708,40 @@ def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> bool:
         True when this call ended the sweep.
     """
     with _session(sessions) as session:
-        ended = _end_sweep_without_commit(
+        ended = end_sweep_without_commit(
             session, sweep_id, SweepState.cancelled, None, requested_only=True
         )
         session.commit()
     return ended
+
+
+def requeue_stalled_tasks(sessions: sessionmaker[Session], *, lease_seconds: float) -> int:
+    """The stalled-task pass: running tasks whose heartbeat is older than the lease go back to
+    ``queued``, free for any worker, with their recorded Optuna trial kept for the next owner.
+
+    The worker that held such a task has died or stalled; if it comes back, every write it makes
+    finds the task out of its hands (`_held_by`) and changes nothing. `claim_task` takes over a
+    stale lease too, for a worker that stalls between this pass and the claim.
+
+    Returns:
+        How many tasks it requeued.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    with _session(sessions) as session:
+        requeued = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(
+                    SweepTask.state.in_(TASK_FROM[TaskState.queued]),
+                    SweepTask.state == TaskState.running,
+                    SweepTask.heartbeat_at < stale,
+                )
+                .values(state=TaskState.queued, worker_id=None, heartbeat_at=None, updated_at=now)
+            )
+        )
+        session.commit()
+    return requeued
 
 
 def end_abandoned_cancels(sessions: sessionmaker[Session], *, lease_seconds: float) -> int:
@@ -736,7 +771,7 @@ def end_abandoned_cancels(sessions: sessionmaker[Session], *, lease_seconds: flo
             .limit(16)
         ).all()
         for sweep_id in abandoned:
-            ended += _end_sweep_without_commit(
+            ended += end_sweep_without_commit(
                 session, sweep_id, SweepState.cancelled, None, requested_only=True
             )
         session.commit()
@@ -752,7 +787,7 @@ def _all_tasks_done() -> ColumnElement[bool]:
     return (Sweep.tasks_done >= Sweep.tasks_total) & ~unfinished
 
 
-def _end_sweep_without_commit(
+def end_sweep_without_commit(
     session: Session,
     sweep_id: str,
     state: SweepState,
@@ -760,6 +795,17 @@ def _end_sweep_without_commit(
     *,
     requested_only: bool = False,
 ) -> bool:
+    """Move a sweep to a final state, and its unfinished tasks to ``cancelled``, in the caller's
+    transaction; each write is guarded by the transition table.
+
+    Args:
+        state: ``failed``, ``cancelled`` (or ``succeeded``, which `finalize_sweep` writes itself).
+        error: Why the sweep failed, when it did.
+        requested_only: End it only if its user asked for the cancel.
+
+    Returns:
+        False when the sweep's state does not allow the move (nothing is written).
+    """
     now = utcnow()
     guard = [Sweep.id == sweep_id, Sweep.state.in_(SWEEP_FROM[state])]
     if requested_only:

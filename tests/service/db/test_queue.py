@@ -24,7 +24,7 @@ from contract.results import (
 )
 from contract.spec import Role, SweepSpec
 from contract.states import SweepState, TaskKind, TaskState
-from service.db import queue
+from service.db import queue, sweeps
 from service.db.engine import make_engine, make_session_factory
 from service.db.models import Measurement, Sweep, SweepTask, Tenant, TrajectoryPoint
 
@@ -368,6 +368,42 @@ def test_a_stalled_worker_can_neither_fail_nor_touch_the_new_owners_task(
         assert session.get_one(SweepTask, stalled.task_id).state == TaskState.done
         sweep = session.get_one(Sweep, sweep_id)
         assert sweep.state == SweepState.succeeded and sweep.error is None
+
+
+def test_the_stalled_task_pass_requeues_a_dead_workers_task(
+    sessions: sessionmaker[Session],
+) -> None:
+    add_sweep(sessions, [0.5])
+    stalled = queue.claim_task(sessions, "stalled", lease_seconds=60)
+    assert stalled is not None
+    assert queue.record_trial(sessions, stalled.task_id, "stalled", 3)
+    assert queue.requeue_stalled_tasks(sessions, lease_seconds=60) == 0  # the lease holds
+    time.sleep(0.05)
+    assert queue.requeue_stalled_tasks(sessions, lease_seconds=0.01) == 1
+    with sessions() as session:
+        task = session.get_one(SweepTask, stalled.task_id)
+        assert (task.state, task.worker_id, task.heartbeat_at) == (TaskState.queued, None, None)
+    # The stalled worker learns it at its next heartbeat, and none of its writes land.
+    assert queue.heartbeat(sessions, stalled.task_id, "stalled") is queue.Heartbeat.lost
+    assert not queue.fail_task(sessions, stalled, "stalled", "boom", retry=False, max_attempts=3)
+    heir = queue.claim_task(sessions, "heir", lease_seconds=60)
+    assert heir is not None and heir.task_id == stalled.task_id
+    assert heir.optuna_trial_number == 3 and heir.attempts == 2  # its trial is closed from here
+
+
+def test_an_idle_cancel_moves_states_by_the_transition_table(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    with sessions() as session:
+        tenant_id = session.get_one(Sweep, sweep_id).tenant_id
+        sweep = sweeps.request_cancel(session, tenant_id, sweep_id)
+        assert sweep.state == SweepState.cancelled and sweep.finished_at is not None
+    with sessions() as session:
+        tasks = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).all()
+        assert {t.state for t in tasks} == {TaskState.cancelled}
+        # A final sweep is not moved again, by the API or by a queue pass.
+        assert not queue.end_sweep_without_commit(session, sweep_id, SweepState.failed, "late")
 
 
 def test_the_recommendation_is_computed_with_no_lock_held(
