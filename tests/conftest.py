@@ -80,7 +80,7 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """URL of an empty database, once per backend. Later issues reuse it for every db test."""
+    """URL of an empty database, once per backend; `db_url` migrates it for every db test."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sharpmix.db'}"
     url: str = request.getfixturevalue("postgres_server_url")

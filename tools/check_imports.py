@@ -1,9 +1,4 @@
-"""Enforce the direction of imports between the layers.
-
-::
-
-    sharpmix (entry points) ──> service.api ──> service.db ──> contract <── workers ──> compute core
-                           └──────────────────────────────────────────────────┘
+"""Enforce the direction of imports between the layers (CONTRIBUTING.md draws them).
 
 - ``contract`` imports only pydantic and the standard library: both sides read it, the HTTP
   client included, without loading the other side.

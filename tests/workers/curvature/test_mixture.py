@@ -1,4 +1,4 @@
-"""Acceptance 2: mixed gradients equal the concatenated batch's, with no backward per ratio."""
+"""Mixed gradients equal the concatenated batch's, with no backward per ratio."""
 
 from __future__ import annotations
 
