@@ -729,11 +729,20 @@ def requeue_stalled_tasks(sessions: sessionmaker[Session], *, lease_seconds: flo
     now = utcnow()
     stale = now - timedelta(seconds=lease_seconds)
     with _session(sessions) as session:
+        candidates = select(SweepTask.id).where(
+            SweepTask.state.in_(TASK_FROM[TaskState.queued]),
+            SweepTask.state == TaskState.running,
+            SweepTask.heartbeat_at < stale,
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            # A task locked right now is being claimed or completed: leave it to that
+            # transaction instead of waiting on it (and into a lock cycle with its sweep row).
+            candidates = candidates.with_for_update(skip_locked=True)
         requeued = _rowcount(
             session.execute(
                 update(SweepTask)
                 .where(
-                    SweepTask.state.in_(TASK_FROM[TaskState.queued]),
+                    SweepTask.id.in_(candidates),
                     SweepTask.state == TaskState.running,
                     SweepTask.heartbeat_at < stale,
                 )
