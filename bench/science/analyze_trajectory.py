@@ -404,11 +404,12 @@ def replay(
     reads the result with the real tolerance. A re-reading of measurements already made, not a
     new run: the current runner would also have measured on more batches.
     """
-    from contract.spec import SweepSpec
+    from contract.results import PointResult, Status
+    from contract.spec import Role, SweepSpec
     from service.db.queue import json_safe
     from workers.forecast import forecast_drift
     from workers.recommend import recommend
-    from workers.trajectory import TrajectoryPoint, left_basin
+    from workers.trajectory import left_basin
 
     raw = entry["spec"] | {"tolerance": tolerance}
     if heldout_only:
@@ -417,7 +418,10 @@ def replay(
     rows, per_ratio = [], {}
     fc, ob = [], []
     for traj in entry["trajectories"]:
-        points = [TrajectoryPoint(**p) for p in traj["points"]]
+        points = [
+            PointResult(**{**p, "role": Role(p["role"]), "status": Status(p["status"])})
+            for p in traj["points"]
+        ]
         steps = sorted({p.step for p in points})
         history, kept, reason = [], [], None
         for step in steps:
