@@ -12,8 +12,10 @@ WORKDIR /app
 
 COPY pyproject.toml constraints.txt README.md ./
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.13.0
+COPY contract ./contract
 COPY service ./service
 COPY workers ./workers
+COPY sharpmix ./sharpmix
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -c constraints.txt .
 

@@ -80,11 +80,11 @@ def drop_database(admin_url: str, url: str) -> None:
 
 def seed(url: str, sweeps: int) -> tuple[str, str]:
     """Tenant, key and ``sweeps`` queued sweeps of three tasks; returns (key, one sweep id)."""
+    from contract.spec import SweepSpec
     from service.db import sweeps as sweep_store
     from service.db import tenants
     from service.db.engine import make_engine, make_session_factory
     from service.db.migrate import upgrade
-    from service.spec import SweepSpec
 
     upgrade(url)
     spec = SweepSpec.model_validate(
@@ -177,7 +177,7 @@ def main() -> int:
         quiet = subprocess.DEVNULL
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(ours)],
+                [sys.executable, "-m", "sharpmix.cli", "serve", "--port", str(ours)],
                 env=env,
                 cwd=ROOT,
                 stdout=quiet,

@@ -1,4 +1,4 @@
-"""GPU cost and precision of critical-sharpness measurements (issue 3, acceptance 8).
+"""GPU cost and precision of critical-sharpness measurements.
 
 Sections, each in its own try/except so one failure (e.g. an OOM) keeps the others; the JSON is
 rewritten after every section:

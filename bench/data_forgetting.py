@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from workers.data import build_demo_assets, measure_forgetting
+from sharpmix.assets.demo import build_demo_assets, measure_forgetting
 
 RESULT = Path(__file__).parent / "results" / "data_forgetting_cpu.json"
 

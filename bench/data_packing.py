@@ -31,8 +31,9 @@ import tokenizers
 import torch
 import transformers
 
-from workers.data import DataSource, LoadPolicy, token_batches, token_stream, train_tokenizer
-from workers.data.corpora import general_documents
+from sharpmix.assets.corpora import general_documents
+from sharpmix.assets.vocab import train_tokenizer
+from workers.data import DataSource, LoadPolicy, token_batches, token_stream
 from workers.data.packing import tokenize_documents
 
 RESULT = Path(__file__).parent / "results" / "data_packing_cpu.json"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARPMIX = [sys.executable, "-m", "service.cli", "demo"]
+SHARPMIX = [sys.executable, "-m", "sharpmix.cli", "demo"]
 BUDGET_S = 180.0
 
 

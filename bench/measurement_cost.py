@@ -26,7 +26,7 @@ Every section writes the JSON again when it ends; one failing section keeps the 
     .venv/bin/python bench/measurement_cost.py --tiny --out /tmp/measurement_cost.json  # CPU
 
 `--combine RUN1.json RUN2.json --out results.json` files two device runs' JSONs under one result
-with a summary per shape (the fields of the issue) and the default sweep extrapolated from the
+with a summary per shape and the default sweep extrapolated from the
 measured parts; `bench/results/measurement_cost_h200.json` was made that way (bench/README.md).
 """
 

@@ -26,9 +26,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Olmo2Config
 
-from service.spec import SweepSpec
-from workers.data import LoadPolicy, train_tokenizer
-from workers.data.corpora import general_documents, math_documents
+from contract.spec import SweepSpec
+from sharpmix.assets.corpora import general_documents, math_documents
+from sharpmix.assets.vocab import train_tokenizer
+from workers.data import LoadPolicy
 from workers.sweep import default_micro_batch_tokens, prepare
 
 SHAPES = {

@@ -1,1 +1,1 @@
-"""sharpmix service: HTTP API, job store and command line."""
+"""sharpmix service: the HTTP API and the job store (the command line is ``sharpmix.cli``)."""

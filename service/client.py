@@ -15,9 +15,10 @@ from typing import Any
 
 import httpx
 
-from service.api.schemas import SweepOut, SweepPage, TrajectoriesOut, TrialOut
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.wire import SweepOut, SweepPage, TrajectoriesOut, TrialOut
 from service.errors import SharpmixError
-from service.spec import Recommendation, SweepSpec
 
 
 class ClientError(SharpmixError):

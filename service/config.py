@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.spec import Limits
+
 Environment = Literal["development", "production"]
 
 
@@ -217,6 +219,19 @@ class Settings(BaseSettings):
     def roots(self) -> tuple[Path, ...]:
         """Directories local paths must stay inside (``home`` when none are configured)."""
         return tuple(self.allowed_roots) if self.allowed_roots else (self.home,)
+
+    @property
+    def limits(self) -> Limits:
+        """The operator's limits on one sweep, as the contract's check reads them."""
+        return Limits(
+            max_batches=self.max_batches,
+            max_batch_tokens=self.max_batch_tokens,
+            max_seq_len=self.max_seq_len,
+            max_ratios=self.max_ratios,
+            max_trajectory_steps=self.max_trajectory_steps,
+            max_trials=self.max_trials,
+            max_eval_sets=self.max_eval_sets,
+        )
 
     @property
     def cache_dir(self) -> Path:

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 
 __all__ = ["FORMATS", "ExportError", "ExportFile", "SourceShare", "render_export", "shares"]
 

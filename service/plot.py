@@ -29,8 +29,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.wire import finite
 from service.db.models import Measurement
-from service.spec import Recommendation, SweepSpec, finite
 
 # Fences of the robust axis, in decades: points further than this beyond the quartiles of
 # log10(lambda_c) are outliers; the axis keeps at least this span around what it shows.

@@ -1,5 +1,6 @@
-"""What can be checked about a sweep's local files before it is queued, so a mistake gets a 422
-naming the field now instead of a failed sweep later.
+"""What can be checked about a sweep before it is queued, so a mistake gets a 422 naming the
+field now instead of a failed sweep later: the operator's limits and the path rule (the
+contract's, whose errors become ``InvalidRequestError`` here), then the local files.
 
 Cheap checks only, reading headers and first records, never whole weight files or data sets:
 
@@ -23,9 +24,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from contract import paths
+from contract.errors import ContractError
+from contract.spec import DataRef, SweepSpec
+from contract.spec import check_limits as check_contract_limits
 from service.config import Settings
 from service.errors import InvalidRequestError
-from service.spec import DataRef, SweepSpec, resolve_under_roots
+
+OFFLINE_MESSAGE = "this server is offline (SHARPMIX_OFFLINE=1); give a local 'path' instead"
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
@@ -38,8 +44,57 @@ MAX_JSON_BYTES = 16 * 1024 * 1024  # a .json file (one document) is parsed whole
 RESAVE = "write it again with save_pretrained(dir, safe_serialization=True)"
 
 
+def check_limits(spec: SweepSpec, settings: Settings) -> None:
+    """Refuse a sweep above the operator's limits, naming the field and the limit.
+
+    Raises:
+        InvalidRequestError: when a size is above its ``SHARPMIX_MAX_*`` limit.
+    """
+    try:
+        check_contract_limits(spec, settings.limits)
+    except ContractError as exc:
+        # The contract's refusals are the user's to fix: the same field and words, as a 422.
+        raise InvalidRequestError(exc.field, exc.message) from exc
+
+
+def resolve_under_roots(path: str, roots: tuple[Path, ...], *, field: str) -> Path:
+    """The contract's path rule (:func:`contract.paths.resolve_under_roots`) for the API.
+
+    Raises:
+        InvalidRequestError: when the path escapes every root or does not exist.
+    """
+    try:
+        return paths.resolve_under_roots(path, roots, field=field)
+    except ContractError as exc:
+        raise InvalidRequestError(exc.field, exc.message) from exc
+
+
+def check_paths(spec: SweepSpec, settings: Settings) -> None:
+    """Check every local path of the spec against the allowed roots, and hub ids against offline
+    mode.
+
+    Raises:
+        InvalidRequestError: naming the first field at fault.
+    """
+    roots = settings.roots
+    refs: list[tuple[str, DataRef]] = [("pretraining", spec.pretraining)]
+    for group in ("finetuning", "retention", "targets"):
+        refs += [(f"{group}[{i}]", ref) for i, ref in enumerate(getattr(spec, group))]
+    if spec.model.path is not None:
+        resolve_under_roots(spec.model.path, roots, field="model.path")
+    if spec.model.optimizer_state is not None:
+        resolve_under_roots(spec.model.optimizer_state, roots, field="model.optimizer_state")
+    if spec.model.hub_id is not None and settings.offline:
+        raise InvalidRequestError("model.hub_id", OFFLINE_MESSAGE)
+    for prefix, ref in refs:
+        if ref.path is not None:
+            resolve_under_roots(ref.path, roots, field=f"{prefix}.path")
+        elif settings.offline:
+            raise InvalidRequestError(f"{prefix}.hub_id", OFFLINE_MESSAGE)
+
+
 def check_files(spec: SweepSpec, settings: Settings) -> None:
-    """Check the spec's local model and data files (after `service.spec.check_paths`).
+    """Check the spec's local model and data files (after `check_paths`).
 
     Raises:
         InvalidRequestError: naming the first field at fault and what to change.

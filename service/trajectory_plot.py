@@ -16,8 +16,8 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from service.api.schemas import TrajectoriesOut
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
+from contract.wire import TrajectoriesOut
 
 
 def render_trajectory_plot(spec: SweepSpec, data: TrajectoriesOut) -> bytes:

@@ -80,7 +80,7 @@ BACKENDS = [
 
 @pytest.fixture(params=BACKENDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """URL of an empty database, once per backend. Later issues reuse it for every db test."""
+    """URL of an empty database, once per backend; `db_url` migrates it for every db test."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sharpmix.db'}"
     url: str = request.getfixturevalue("postgres_server_url")
@@ -127,8 +127,8 @@ def sweep_assets(tmp_path_factory: pytest.TempPathFactory) -> SweepAssets:
     """Generated corpora and an OLMo-2-style model trained 40 steps on them (a few seconds)."""
     from transformers import AutoModelForCausalLM, Olmo2Config
 
-    from workers.data import train_tokenizer
-    from workers.data.corpora import general_documents, math_documents
+    from sharpmix.assets.corpora import general_documents, math_documents
+    from sharpmix.assets.vocab import train_tokenizer
 
     root = tmp_path_factory.mktemp("assets")
     general = general_documents(400, seed=1, world_seed=0)

@@ -37,3 +37,12 @@ def test_compose_config_accepts_the_file() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_image_copies_every_package() -> None:
+    copied = {
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+    }
+    assert {"contract", "service", "workers", "sharpmix", "migrations"} <= copied

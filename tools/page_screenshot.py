@@ -1,7 +1,7 @@
 """Screenshots of the web page for the README: the demo sweep, run for real, in headless Chromium.
 
 Uses the database and demo assets under SHARPMIX_HOME (the assets are built when missing). When
-tenant ``demo`` has no succeeded sweep there yet, runs the demo's sweep (``service.demo``) first.
+tenant ``demo`` has no succeeded sweep there yet, runs the demo's sweep (``sharpmix.demo``) first.
 Then serves the API, opens the sweeps list and the newest succeeded sweep's page in Debian's
 chromium and writes ``docs/img/sweeps-list.png`` and ``docs/img/sweep-page.png``.
 
@@ -32,8 +32,8 @@ def main() -> int:
     from service.config import get_settings
     from service.db.engine import make_engine, make_session_factory
     from service.db.tenants import create_api_key, create_tenant
-    from service.demo import demo_spec, demo_sweep
-    from workers.data.demo import build_demo_assets
+    from sharpmix.assets.demo import build_demo_assets
+    from sharpmix.demo import demo_spec, demo_sweep
 
     chromium = shutil.which("chromium")
     if chromium is None:

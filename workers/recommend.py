@@ -27,15 +27,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from service.spec import (
-    RatioRank,
-    Recommendation,
-    SetForecast,
-    SweepSpec,
-    TrajectoryVerdict,
-)
+from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
+from contract.spec import RETENTION_ROLES, SweepSpec
 
-RETENTION_ROLES = ("pretraining", "retention")
 WIDE_SPREAD = 2.0  # max/min of per-batch eta_c above this: batches disagree (method.md §7)
 SMALL_BATCH_TOKENS = 16384  # method.md §7: a few thousand tokens per gradient gave noise
 

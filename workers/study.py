@@ -33,10 +33,9 @@ from optuna.samplers import BaseSampler, PartialFixedSampler, TPESampler
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from service.db.queue import MeasurementResult, TrialRecords
-from service.spec import SweepSpec
-from workers.recommend import RETENTION_ROLES
-from workers.trajectory import RISING_OVER, Trajectory, TrajectoryPoint
+from contract.results import MeasurementResult, PointResult, TrialRecords
+from contract.spec import RETENTION_ROLES, SweepSpec
+from workers.trajectory import RISING_OVER, Trajectory
 
 RATIO = "ratio"
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
@@ -219,7 +218,7 @@ def set_measurement_attrs(trial: optuna.Trial, measurements: list[MeasurementRes
         for name, value in values.items():
             if value is not None and math.isfinite(value):
                 trial.set_user_attr(f"{m.eval_set}.{name}", value)
-        trial.set_user_attr(f"{m.eval_set}.status", m.status)
+        trial.set_user_attr(f"{m.eval_set}.status", m.status.value)
 
 
 def abandon(study: optuna.Study, trial: optuna.Trial | int) -> None:
@@ -285,7 +284,7 @@ def open_trajectory_study(
 
 
 def report_trajectory(
-    trial: optuna.Trial, spec: SweepSpec, step: int, points: list[TrajectoryPoint]
+    trial: optuna.Trial, spec: SweepSpec, step: int, points: list[PointResult]
 ) -> bool:
     """Report a measured step's largest drift of a guarded set; True means go on."""
     drifts = [p.drift for p in points if spec.guarded(p.eval_set)]

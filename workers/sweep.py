@@ -14,31 +14,29 @@ the tokens that produced its direction.
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from service.db.queue import MeasurementResult
-from service.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
+from contract.results import BatchResult, MeasurementResult, Status
+from contract.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
-    AdamState,
+    AdamHyper,
     CriticalLR,
     DirectionFn,
     DomainGradients,
     Perturbation,
-    SharpnessStats,
-    adam_direction,
-    adamw_direction,
+    SGDHyper,
     domain_gradients,
+    eta_estimate,
     loss_change,
     measure,
     mixed_direction,
-    sgd_direction,
+    state_transform,
     summarize,
 )
 from workers.data import (
@@ -48,6 +46,8 @@ from workers.data import (
     ModelSource,
     check_model_fits,
     load_model,
+    micro_batched_loss,
+    next_token_loss,
     token_batches,
     token_stream,
 )
@@ -101,27 +101,7 @@ class PreparedSweep:
 
     def loss_fn(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token loss of a (sequences, seq_len) batch, in micro-batches of equal size."""
-        chunks = torch.split(batch, self.micro_batch)
-        total = torch.zeros((), dtype=torch.float32, device=batch.device)
-        for chunk in chunks:
-            # (b, T) -> scalar; transformers shifts labels and averages over b * (T - 1) tokens.
-            total = total + model(input_ids=chunk, labels=chunk).loss.float() * len(chunk)
-        return total / len(batch)
-
-    def _direction(self, grads: DomainGradients, weights: list[float]) -> list[Tensor]:
-        """The update direction for mixture ``weights``, on the model's device."""
-        device = grads.params[0].device
-        if grads.grads[0][0].device == device:
-            return mixed_direction(grads, weights, self.transform)
-        # Gradients kept in CPU memory: stream each domain's share in, one parameter at a time.
-        mixed = []
-        for i, param in enumerate(grads.params):
-            acc = torch.zeros(param.shape, dtype=torch.float32, device=device)
-            for w, domain in zip(weights, grads.grads, strict=True):
-                if w:
-                    acc.add_(domain[i].to(device, non_blocking=True), alpha=w)
-            mixed.append(acc)
-        return self.transform(grads.params, mixed)
+        return micro_batched_loss(model, batch, self.micro_batch)
 
     def measure_ratio(
         self, ratio: float, on_batch: Callable[[BatchStep], bool] | None = None
@@ -144,7 +124,7 @@ class PreparedSweep:
         forwards = 0
         pruned = False
         for b, grads in enumerate(self.gradients):
-            direction = self._direction(grads, weights)
+            direction = mixed_direction(grads, weights, self.transform)
             step = BatchStep(batch=b, results={}, loss_changes={})
             for name in names:
                 batch = self.eval_batches[name][b]
@@ -264,13 +244,14 @@ def prepare(
         for ref in spec.eval_sets()
     }
     micro_batch = max(1, min(sequences, micro_batch_tokens // spec.seq_len))
+    check_optimizer_state(spec, loaded.optimizer_state)
     prepared = PreparedSweep(
         spec=spec,
         model=model,
         eval_batches=eval_batches,
         loss0={},
         gradients=[],
-        transform=_transform(spec, model, loaded.optimizer_state),
+        transform=state_transform(optimizer_hyper(spec), model, loaded.optimizer_state),
         micro_batch=micro_batch,
         backwards=0,
         setup_forwards=0,
@@ -285,7 +266,9 @@ def prepare(
     storage = _gradient_device(model, len(direction_sets) * spec.batches, gradient_memory_fraction)
     for b in range(spec.batches if gradients else 0):
         domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
-        grads = domain_gradients(model, _token_loss, domains, dtype=torch.float32, device=storage)
+        grads = domain_gradients(
+            model, next_token_loss, domains, dtype=torch.float32, device=storage
+        )
         prepared.gradients.append(grads)
         prepared.backwards += grads.backward_passes
         check()
@@ -329,12 +312,6 @@ def _reference_losses(prepared: PreparedSweep, params: list[Tensor]) -> dict[str
     return losses
 
 
-def _token_loss(model: nn.Module, chunk: Tensor) -> Tensor:
-    # Equal-sized micro-batches of full sequences: their mean losses average to the batch's.
-    loss: Tensor = model(input_ids=chunk, labels=chunk).loss
-    return loss.float()
-
-
 def check_optimizer_state(spec: SweepSpec, state: dict[str, Tensor] | None) -> None:
     """Refuse optimizer state the spec's optimizer cannot use, instead of ignoring any of it.
 
@@ -375,67 +352,23 @@ def check_optimizer_state(spec: SweepSpec, state: dict[str, Tensor] | None) -> N
         )
 
 
-def _transform(spec: SweepSpec, model: nn.Module, state: dict[str, Tensor] | None) -> DirectionFn:
-    """The optimizer's transform from a (mixed) gradient to its update direction."""
+def optimizer_hyper(spec: SweepSpec) -> SGDHyper | AdamHyper:
+    """The compute core's view of the spec's optimizer."""
     opt = spec.optimizer
-    check_optimizer_state(spec, state)
-    names = {id(p): n for n, p in model.named_parameters()}
-
-    def keyed(kind: str, params: Sequence[Tensor]) -> list[Tensor]:
-        assert state is not None
-        return [state[f"{kind}.{names[id(p)]}"] for p in params]
-
     if isinstance(opt, SGDSpec):
-        sgd = opt
-
-        def sgd_transform(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
-            buffers: list[Tensor | None] | None = (
-                list(keyed("momentum_buffer", params)) if state is not None else None
-            )
-            return sgd_direction(
-                params,
-                grads,
-                momentum_buffers=buffers,
-                momentum=sgd.momentum,
-                dampening=sgd.dampening,
-                nesterov=sgd.nesterov,
-                weight_decay=sgd.weight_decay,
-            )
-
-        return sgd_transform
-    adam = opt
-
-    def adam_transform(params: Sequence[Tensor], grads: Sequence[Tensor]) -> list[Tensor]:
-        moments = None
-        if state is not None:
-            steps = int(state["step"].item())
-            moments = AdamState(
-                exp_avg=keyed("exp_avg", params),
-                exp_avg_sq=keyed("exp_avg_sq", params),
-                steps=[steps] * len(params),
-                max_exp_avg_sq=keyed("max_exp_avg_sq", params) if adam.amsgrad else None,
-            )
-        if isinstance(adam, AdamWSpec):
-            return adamw_direction(
-                params,
-                grads,
-                state=moments,
-                betas=adam.betas,
-                eps=adam.eps,
-                weight_decay=adam.weight_decay,
-                amsgrad=adam.amsgrad,
-            )
-        return adam_direction(
-            params,
-            grads,
-            state=moments,
-            betas=adam.betas,
-            eps=adam.eps,
-            weight_decay=adam.weight_decay,
-            amsgrad=adam.amsgrad,
+        return SGDHyper(
+            momentum=opt.momentum,
+            dampening=opt.dampening,
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
         )
-
-    return adam_transform
+    return AdamHyper(
+        betas=opt.betas,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        amsgrad=opt.amsgrad,
+        decoupled=isinstance(opt, AdamWSpec),
+    )
 
 
 def data_source(ref: DataRef) -> DataSource:
@@ -468,20 +401,11 @@ def _summary(
     pruned: bool,
 ) -> MeasurementResult:
     stats = summarize(results, warn=False)
-    statuses = [r.status for r in results]
-    if pruned:
-        status = "pruned"
-    elif "increases_immediately" in statuses:
-        status = "increases_immediately"
-    elif "no_increase" in statuses:
-        status = "no_increase"
-    else:
-        status = "ok"
-    point, low, high = _estimate(results, stats)
+    point, low, high = eta_estimate(results, stats)
     return MeasurementResult(
         eval_set=name,
         role=spec.role(name),
-        status=status,
+        status=Status.of_batches((r.status for r in results), pruned=pruned),
         eta_c=point,
         eta_c_low=low,
         eta_c_high=high,
@@ -492,39 +416,18 @@ def _summary(
         forwards=sum(r.forwards for r in results) + len(changes),
         batches=len(results),
         per_batch=[
-            {
-                "eta_c": r.eta,
-                "lower": r.lower,
-                "upper": r.upper if math.isfinite(r.upper) else None,
-                "status": r.status,
-                "forwards": r.forwards,
-                "loss0": loss0[b],
-                "loss_change": changes[b],
-            }
+            BatchResult(
+                eta_c=r.eta,
+                lower=r.lower,
+                upper=r.upper if math.isfinite(r.upper) else None,
+                status=Status(r.status),
+                forwards=r.forwards,
+                loss0=loss0[b],
+                loss_change=changes[b],
+            )
             for b, r in enumerate(results)
         ],
     )
-
-
-def _estimate(
-    results: list[CriticalLR], stats: SharpnessStats
-) -> tuple[float | None, float | None, float | None]:
-    """Point estimate and confidence interval of eta_c over the batches.
-
-    The geometric mean and its log-space interval when every batch found a positive eta_c. When
-    some batches rose at once (eta_c = 0) a geometric mean would silently drop them, so the point
-    is the median over all batches (0 when most rose at once) and the lower bound is 0. With a
-    single batch there is no interval: both bounds are that batch's value.
-    """
-    etas = [r.eta for r in results]
-    if any(r.status == "increases_immediately" for r in results):
-        point = float(statistics.median(etas))
-        top = max(etas)
-        return point, 0.0, top if math.isfinite(top) else None
-    if len(results) == 1:
-        return etas[0], etas[0], etas[0]
-    low, high = stats.eta_ci
-    return stats.eta_geomean, low, high if math.isfinite(high) else None
 
 
 def default_micro_batch_tokens(device: str) -> int:
@@ -542,5 +445,6 @@ __all__ = [
     "default_micro_batch_tokens",
     "field_names",
     "mix_weights",
+    "optimizer_hyper",
     "prepare",
 ]

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from service.spec import AdamWSpec, SGDSpec, SweepSpec
+from contract.results import PointResult, Status
+from contract.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, loss_change, measure, update_direction
 from workers.data import training_rows
 from workers.forecast import Forecast, burn_in, forecast_drift
@@ -48,40 +49,12 @@ RISING_OVER = 3  # measurements above the tolerance, not falling, before a mix i
 LOSS_BATCHES = 4  # held-out batches per set whose mean loss is the trajectory's loss
 
 
-@dataclass(frozen=True)
-class TrajectoryPoint:
-    """One evaluation set at one step of a trajectory.
-
-    Attributes:
-        step: Optimizer steps taken before this measurement.
-        lr: The rate of the next step (the planned schedule at ``step``).
-        drift: ``loss - loss at step 0`` on the same held-out batch (positive: forgetting).
-        eta_c, eta_c_low, eta_c_high: Critical learning rate along the optimizer's next update
-            and its bracket (None where the search found no finite value).
-        loss_change: ``L(theta_t - lr d_t) - L(theta_t)``: the next step's own effect.
-        forwards: Forward passes this point cost.
-    """
-
-    step: int
-    lr: float
-    eval_set: str
-    role: str
-    status: str
-    loss: float
-    drift: float
-    eta_c: float | None
-    eta_c_low: float | None
-    eta_c_high: float | None
-    loss_change: float | None
-    forwards: int
-
-
 @dataclass
 class Trajectory:
     """What one trajectory task measured."""
 
     ratio: float
-    points: list[TrajectoryPoint] = field(default_factory=list)
+    points: list[PointResult] = field(default_factory=list)
     steps_done: int = 0
     pruned: bool = False
     prune_reason: str | None = None
@@ -99,7 +72,7 @@ def planned_measure_steps(spec: SweepSpec) -> list[int]:
     return sorted(steps)
 
 
-def left_basin(spec: SweepSpec, history: Sequence[Sequence[TrajectoryPoint]]) -> str | None:
+def left_basin(spec: SweepSpec, history: Sequence[Sequence[PointResult]]) -> str | None:
     """Why the mix has clearly left the pre-training basin, or None while it has not.
 
     Clearly means: at the last three measurements after the first quarter of the trajectory (the
@@ -136,7 +109,7 @@ def run_trajectory(
     prepared: PreparedSweep,
     ratio: float,
     *,
-    on_measure: Callable[[int, list[TrajectoryPoint]], bool] | None = None,
+    on_measure: Callable[[int, list[PointResult]], bool] | None = None,
     checkpoint: Callable[[], None] | None = None,
 ) -> Trajectory:
     """Step on the mix at ``ratio`` and measure as it goes; the model is restored afterwards.
@@ -163,7 +136,7 @@ def run_trajectory(
     measure_at = set(planned_measure_steps(spec))
     last = max(measure_at)
     result = Trajectory(ratio=ratio)
-    history: list[list[TrajectoryPoint]] = []
+    history: list[list[PointResult]] = []
     loss_start: dict[str, float] = {}
     warm: dict[str, float] = {}
     with _restored(model):
@@ -218,7 +191,7 @@ def _measure(
     has_gradient: bool,
     loss_start: dict[str, float],
     warm: dict[str, float],
-) -> list[TrajectoryPoint]:
+) -> list[PointResult]:
     spec = prepared.spec
     model = prepared.model
     points = []
@@ -254,12 +227,12 @@ def _measure(
         loss = math.fsum(losses) / len(losses)
         loss_start.setdefault(ref.name, loss)
         points.append(
-            TrajectoryPoint(
+            PointResult(
                 step=step,
                 lr=lr,
                 eval_set=ref.name,
                 role=spec.role(ref.name),
-                status="loss_only" if result is None else result.status,
+                status=Status.loss_only if result is None else Status(result.status),
                 loss=loss,
                 drift=loss - loss_start[ref.name],
                 eta_c=_finite(result.eta) if result is not None else None,
@@ -437,7 +410,6 @@ def _counts(weights: Sequence[float], size: int, owed: list[float]) -> list[int]
 
 __all__ = [
     "Trajectory",
-    "TrajectoryPoint",
     "left_basin",
     "planned_measure_steps",
     "run_trajectory",

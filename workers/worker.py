@@ -25,10 +25,13 @@ from optuna.storages import RDBStorage
 from safetensors import SafetensorError
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.recommendation import SetForecast
+from contract.results import PointResult, TaskResult, TrajectoryResult
+from contract.states import TaskKind
+from contract.wire import finite
 from service.config import Settings
 from service.db import queue
 from service.db.engine import Timeouts, make_engine, make_session_factory
-from service.db.models import TaskKind
 from service.errors import DatabaseError, InvalidRequestError
 from workers import study as studies
 from workers.curvature import CurvatureError
@@ -41,7 +44,7 @@ from workers.sweep import (
     default_micro_batch_tokens,
     prepare,
 )
-from workers.trajectory import TrajectoryPoint, run_trajectory
+from workers.trajectory import run_trajectory
 
 log = logging.getLogger("sharpmix.worker")
 
@@ -219,9 +222,17 @@ class Worker:
         return True
 
     def housekeeping(self) -> None:
-        """The passes a worker makes before claiming: cancels whose worker died, and sweeps whose
-        last worker died between completing the last task and writing the recommendation."""
+        """The passes a worker makes before claiming, each in its own short transaction:
+
+        1. tasks whose worker stopped heartbeating go back to the queue;
+        2. cancels whose worker died are carried out;
+        3. sweeps whose last worker died between completing the last task and writing the
+           recommendation are finalized.
+        """
         lease = self.settings.lease_seconds
+        requeued = queue.requeue_stalled_tasks(self.sessions, lease_seconds=lease)
+        if requeued:
+            log.warning("%d task(s) of stalled workers requeued", requeued)
         queue.end_abandoned_cancels(self.sessions, lease_seconds=lease)
         for sweep in queue.sweeps_to_finish(self.sessions):
             # Every task is done, so no trial of the study is anyone's work in progress.
@@ -277,7 +288,7 @@ class Worker:
             studies.abandon(study, trial)
             raise
         setup_forwards = prepared.setup_forwards if fresh else 0
-        result = queue.TaskResult(
+        result = TaskResult(
             ratio=ratio,
             measurements=measured.measurements,
             forwards=measured.forwards + setup_forwards,
@@ -327,9 +338,8 @@ class Worker:
             studies.abandon(study, trial)
             raise TaskAbortedError(queue.Heartbeat.lost.value)
 
-        def on_measure(step: int, points: list[TrajectoryPoint]) -> bool:
-            rows = [queue.PointResult(**vars(p)) for p in points]
-            if not queue.record_points(self.sessions, task, self.worker_id, ratio, step, rows):
+        def on_measure(step: int, points: list[PointResult]) -> bool:
+            if not queue.record_points(self.sessions, task, self.worker_id, ratio, step, points):
                 lease.state = queue.Heartbeat.lost
                 raise TaskAbortedError("lost")
             return studies.report_trajectory(trial, spec, step, points)
@@ -341,11 +351,23 @@ class Worker:
         except BaseException:
             studies.abandon(study, trial)
             raise
-        result = queue.TrajectoryResult(
+        result = TrajectoryResult(
             ratio=ratio,
             steps_done=measured.steps_done,
             pruned=measured.pruned,
-            forecast=[vars(f) for f in measured.forecast],
+            forecast=[
+                SetForecast(
+                    eval_set=f.eval_set,
+                    role=f.role,
+                    steps=f.steps,
+                    drift=finite(f.drift),
+                    low=finite(f.low),
+                    high=finite(f.high),
+                    measured=f.measured,
+                    method=f.method,
+                )
+                for f in measured.forecast
+            ],
             forwards=measured.forwards + (prepared.setup_forwards if fresh else 0),
             backwards=measured.backwards + (prepared.backwards if fresh else 0),
             seconds=time.perf_counter() - start,

@@ -1,1 +1,1 @@
-"""Evidence experiments (issue 6): EoS, pre-training sharpness, mixing ground truth."""
+"""Evidence experiments: EoS, pre-training sharpness, mixing ground truth."""

@@ -1,6 +1,6 @@
 """Turn the GPU run's raw JSON into the evidence: statistics, the service's answers, figures.
 
-Runs here on CPU (it needs pydantic for `service.spec` and matplotlib, not a GPU):
+Runs here on CPU (it needs pydantic for `contract.spec` and matplotlib, not a GPU):
 
     .venv/bin/python -m bench.science.analyze bench/science/results/gpu
 
@@ -8,7 +8,7 @@ Reads run.json, eos.json, pretrain.json and mixing.json from that folder and wri
 summary.json and the PNG figures next to them. Where a later run redid only the pre-training
 (`run3.json` beside it, the earlier `pretrain_run2.json` kept), `pretrain.json` is that later
 run's, its record goes to `run3` and `compare_pretrain` sets the two pre-trainings side by side;
-`mixing.json` stays the earlier run's. What it computes (issue 6, method.md §5):
+`mixing.json` stays the earlier run's. What it computes (method.md §5):
 
 - per (ratio, set): `summarize` over the B batches (geometric mean, log-space t-interval, spread);
 - the noise floor of a K-step loss change: the median over cells of the seeds' standard deviation;
@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from bench.science.common import write_json
-from service.spec import DataRef, FinetuneRef, ModelRef, SweepSpec
+from contract.spec import DataRef, FinetuneRef, ModelRef, SweepSpec
 from workers.curvature import CriticalLR, summarize
 from workers.recommend import recommend
 

@@ -98,9 +98,9 @@ def _steps_apart(ratios: list[float], a: float | None, b: float | None) -> int |
 def forecast_rule(entry: dict[str, Any], tolerance: float) -> float | None:
     """Smallest ratio whose forecast pre-training and retention drifts at N are within tolerance.
 
-    This is the bench's reading of the forecasts `run_trajectory` returned (issue text: "the
+    This is the bench's reading of the forecasts `run_trajectory` returned (method.md §9: the
     smallest ratio whose forecast drift of the pre-training set and of every retention set stays
-    within tolerance at N"), reported beside the service's own trajectory answer.
+    within tolerance at N), reported beside the service's own trajectory answer.
     """
     ok = []
     for traj in entry["trajectories"]:
@@ -404,11 +404,12 @@ def replay(
     reads the result with the real tolerance. A re-reading of measurements already made, not a
     new run: the current runner would also have measured on more batches.
     """
+    from contract.results import PointResult, Status
+    from contract.spec import Role, SweepSpec
     from service.db.queue import json_safe
-    from service.spec import SweepSpec
     from workers.forecast import forecast_drift
     from workers.recommend import recommend
-    from workers.trajectory import TrajectoryPoint, left_basin
+    from workers.trajectory import left_basin
 
     raw = entry["spec"] | {"tolerance": tolerance}
     if heldout_only:
@@ -417,7 +418,10 @@ def replay(
     rows, per_ratio = [], {}
     fc, ob = [], []
     for traj in entry["trajectories"]:
-        points = [TrajectoryPoint(**p) for p in traj["points"]]
+        points = [
+            PointResult(**{**p, "role": Role(p["role"]), "status": Status(p["status"])})
+            for p in traj["points"]
+        ]
         steps = sorted({p.step for p in points})
         history, kept, reason = [], [], None
         for step in steps:
@@ -524,7 +528,7 @@ def _cost(svc: dict[str, Any], cfg: dict[str, Any], n_ratios: int) -> dict[str, 
 
 
 def _targets(out: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, per answer kind: at how many rates they hold."""
+    """The evidence's targets, per answer kind: at how many rates they hold."""
     res: dict[str, Any] = {}
     kinds: tuple[str, ...] = ("first_step", "first_step_least_forgetting", "trajectory")
     kinds += ("forecast_rule", "replay_current_code.answer")

@@ -1,7 +1,7 @@
 """Shared pieces of the evidence experiments: torch setup, generated corpora, model, timing, JSON.
 
 Everything here runs on the bare GPU box (torch, transformers, tokenizers, numpy) and on a CPU
-laptop with `--tiny` sizes. Nothing is downloaded: the corpora come from `workers.data.corpora`.
+laptop with `--tiny` sizes. Nothing is downloaded: the corpora come from `sharpmix.assets.corpora`.
 """
 
 from __future__ import annotations
@@ -43,19 +43,25 @@ def setup_torch(threads: int | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# Where the modules `_module` loads live: the generated corpora and the tokenizer are the demo's
+# assets, the packing is the data loaders'.
+_PACKAGES = {"corpora": "sharpmix.assets", "vocab": "sharpmix.assets", "packing": "workers.data"}
+
+
 def _module(name: str) -> ModuleType:
-    """Import `workers.data.<name>`, or load its file alone when the package cannot import.
+    """Import `sharpmix.assets.<name>` or `workers.data.<name>`, or load its file alone when the
+    package cannot import.
 
     `workers/data/__init__.py` imports `sources.py`, which needs `datasets`; the GPU image has no
     `datasets`. The three modules used here (corpora, vocab, packing) import none of it, so they
     are loaded straight from their files in that case.
     """
-    full = f"workers.data.{name}"
+    full = f"{_PACKAGES[name]}.{name}"
     try:
         return importlib.import_module(full)
     except ImportError:
         spec = importlib.util.spec_from_file_location(
-            full, REPO / "workers" / "data" / f"{name}.py"
+            full, REPO.joinpath(*_PACKAGES[name].split(".")) / f"{name}.py"
         )
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

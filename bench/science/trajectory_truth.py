@@ -2,7 +2,7 @@
 
 One process, one GPU, in four parts (each writes its JSON as soon as it has it):
 
-1. **Model.** A byte-level BPE tokenizer (``workers.data.vocab``, ~8k pieces) trained on the
+1. **Model.** A byte-level BPE tokenizer (``sharpmix.assets.vocab``, ~8k pieces) trained on the
    general text (Perl documentation and man pages, `debian_corpora.py`), and a Llama
    (``LlamaForCausalLM``, ~13 M parameters) pre-trained on it with AdamW and a warmup-stable-decay
    schedule, saved as a Hugging Face directory that `workers.data.load_model` loads.
@@ -546,8 +546,7 @@ def service_answers(
     tokens per step, so a trajectory step is a grid step; fresh AdamW (0.9, 0.95, no decay);
     constant schedule, ``planned_steps`` N, ``trajectory`` K and m, ``tolerance``.
     """
-    from service.db.queue import json_safe
-    from service.spec import (
+    from contract.spec import (
         AdamWSpec,
         DataRef,
         FinetuneRef,
@@ -556,6 +555,7 @@ def service_answers(
         SweepSpec,
         TrajectorySpec,
     )
+    from service.db.queue import json_safe
     from workers.data import LoadPolicy
     from workers.recommend import recommend
     from workers.sweep import default_micro_batch_tokens, prepare
@@ -693,8 +693,7 @@ def ablation_answers(
     on the same documents. As for trajectory tasks, ``prepare`` skips the direction gradients.
     """
     import workers.trajectory as runner
-    from service.db.queue import json_safe
-    from service.spec import (
+    from contract.spec import (
         AdamWSpec,
         DataRef,
         FinetuneRef,
@@ -703,6 +702,7 @@ def ablation_answers(
         SweepSpec,
         TrajectorySpec,
     )
+    from service.db.queue import json_safe
     from workers.data import LoadPolicy
     from workers.recommend import recommend
     from workers.sweep import default_micro_batch_tokens, prepare

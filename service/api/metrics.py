@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.states import SweepState, TaskState
 from service.db import sweeps
-from service.db.models import SweepState, TaskState
 from service.errors import DatabaseError
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -27,16 +27,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.states import DeliveryState, SweepState
 from service.db._errors import database_errors, transaction
-from service.db.models import (
-    DeliveryState,
-    Measurement,
-    Sweep,
-    SweepDelivery,
-    SweepState,
-    Tenant,
-    utcnow,
-)
+from service.db.models import Measurement, Sweep, SweepDelivery, Tenant, utcnow
 from service.db.sweeps import get_sweep
 
 FINAL_STATES = (SweepState.succeeded, SweepState.failed, SweepState.cancelled)

@@ -3,12 +3,8 @@
 Optuna's RDB storage lives in the same database with its own tables (``studies``, ``trials``, ...);
 our names never collide with them, and our migrations never touch them.
 
-States:
-- a sweep is ``queued`` until a worker first claims one of its tasks, ``running`` until its last
-  task is done, then ``succeeded``; ``failed`` when a task fails for good, ``cancelled`` on request.
-- a task (one Optuna trial's worth of work: one ratio, all evaluation sets) is ``queued`` until a
-  worker claims it, ``running`` while the worker heartbeats, ``done`` when its measurements are
-  written. A running task whose heartbeat is older than the lease goes back to ``queued``.
+The states of sweeps, tasks and deliveries, and the table of their allowed moves, are the
+contract's (``contract/states.py``); the columns here store them as short strings.
 
 Tasks are of two kinds: ``measure`` (the first-step measurements of one ratio at theta0) and
 ``trajectory`` (real optimizer steps on one ratio's mix, with a point per evaluation set every few
@@ -38,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from contract.states import DeliveryState, SweepState, TaskKind, TaskState
+
 # Deterministic constraint names, so migrations and models agree on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -57,68 +55,6 @@ class Base(DeclarativeBase):
     """Declarative base with the naming convention."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class SweepState(enum.StrEnum):
-    """Lifecycle of a sweep."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        """True once nothing more will happen to the sweep."""
-        return self in (SweepState.succeeded, SweepState.failed, SweepState.cancelled)
-
-
-class TaskState(enum.StrEnum):
-    """Lifecycle of one task of a sweep."""
-
-    queued = "queued"
-    running = "running"
-    done = "done"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-class TaskKind(enum.StrEnum):
-    """What a task computes."""
-
-    measure = "measure"
-    trajectory = "trajectory"
-
-
-# The one state machine: for each state a sweep or task may be moved to, the states it may come
-# from. Every UPDATE of a state in ``service/db`` takes its WHERE clause from here, so a write
-# from a state not listed (a done task failed by a stalled worker, a finished sweep succeeded
-# again) matches no row instead of corrupting the record.
-SWEEP_FROM: dict[SweepState, frozenset[SweepState]] = {
-    SweepState.running: frozenset({SweepState.queued}),
-    SweepState.succeeded: frozenset({SweepState.running}),
-    SweepState.failed: frozenset({SweepState.queued, SweepState.running}),
-    SweepState.cancelled: frozenset({SweepState.queued, SweepState.running}),
-}
-TASK_FROM: dict[TaskState, frozenset[TaskState]] = {
-    # running -> running is the takeover of a task whose worker stopped heartbeating.
-    TaskState.running: frozenset({TaskState.queued, TaskState.running}),
-    TaskState.queued: frozenset({TaskState.running}),
-    TaskState.done: frozenset({TaskState.running}),
-    TaskState.failed: frozenset({TaskState.running}),
-    TaskState.cancelled: frozenset({TaskState.queued, TaskState.running}),
-}
-
-
-def sweep_may_move(source: SweepState, target: SweepState) -> bool:
-    """True when a sweep in ``source`` may be moved to ``target``."""
-    return source in SWEEP_FROM.get(target, frozenset())
-
-
-def task_may_move(source: TaskState, target: TaskState) -> bool:
-    """True when a task in ``source`` may be moved to ``target``."""
-    return source in TASK_FROM.get(target, frozenset())
 
 
 def _enum(kind: type[enum.Enum]) -> Enum:
@@ -275,15 +211,6 @@ class TrajectoryPoint(Base):
     loss_change: Mapped[float | None] = mapped_column(Float, default=None)
     forwards: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-
-
-class DeliveryState(enum.StrEnum):
-    """Lifecycle of one delivery of a finished sweep (a webhook POST or an MLflow run)."""
-
-    pending = "pending"  # due at ``next_attempt_at``; also while an attempt is in flight
-    delivered = "delivered"
-    failed = "failed"  # every attempt was spent, or the target is refused for good
-    skipped = "skipped"  # nothing to deliver to (no notify_url and no tenant default)
 
 
 class SweepDelivery(Base):

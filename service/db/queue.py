@@ -6,12 +6,18 @@ task whose heartbeat is older than the lease (its worker died), on PostgreSQL wi
 ``FOR UPDATE SKIP LOCKED`` so concurrent workers never wait for or take the same row; on SQLite
 every transaction starts with ``BEGIN IMMEDIATE`` (see ``engine.py``), which serialises claims.
 
-Every write a worker makes goes through the ownership guard `_held_by` (``state = running`` and
-its ``worker_id``), and every state change takes its allowed from-states from the transition
-table in ``models.py``: a worker that stalled past its lease and came back finds its writes
-matching no row (the functions say so by returning False) and can neither count a task twice nor
-fail the task or the sweep of the worker that took over. The measurements are unique per (task,
-evaluation set) as a second line.
+This module is the one writer of sweep and task states (the API's cancel of an idle sweep calls
+`end_sweep_without_commit` too). Every write a worker makes goes through the ownership guard
+`_held_by` (``state = running`` and its ``worker_id``), and every state change takes its allowed
+from-states from the transition table (``contract/states.py``): a worker that stalled past its
+lease and came back finds its writes matching no row (the functions say so by returning False)
+and can neither count a task twice nor fail the task or the sweep of the worker that took over.
+The measurements are unique per (task, evaluation set) as a second line.
+
+Before each claim a worker runs the housekeeping passes, each its own short transaction:
+`requeue_stalled_tasks` (tasks of workers that stopped heartbeating), `end_abandoned_cancels`
+(cancels whose worker died) and `sweeps_to_finish` (sweeps whose last worker died before
+finalizing).
 
 The recommendation is computed with no transaction open (`finalize_sweep`): the last task's
 completion commits first, the worker then closes the task's Optuna trial, and only then is the
@@ -32,20 +38,21 @@ from typing import Any, Protocol, cast
 from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db._errors import database_errors
-from service.db.models import (
-    SWEEP_FROM,
-    TASK_FROM,
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-    utcnow,
+from contract.recommendation import Recommendation
+from contract.results import (
+    BatchResult,
+    DoneTrial,
+    MeasurementResult,
+    PointResult,
+    Status,
+    TaskResult,
+    TrajectoryResult,
+    TrialRecords,
 )
-from service.spec import Recommendation, SweepSpec
+from contract.spec import Role, SweepSpec
+from contract.states import SWEEP_FROM, TASK_FROM, SweepState, TaskKind, TaskState
+from service.db._errors import database_errors
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint, utcnow
 
 LIVE_SWEEP_STATES = (SweepState.queued, SweepState.running)
 
@@ -63,95 +70,6 @@ class ClaimedTask:
     study_name: str
     spec: SweepSpec
     kind: TaskKind = TaskKind.measure
-
-
-@dataclass(frozen=True)
-class MeasurementResult:
-    """One (ratio, evaluation set) summary, as the worker computed it."""
-
-    eval_set: str
-    role: str
-    status: str
-    eta_c: float | None
-    eta_c_low: float | None
-    eta_c_high: float | None
-    sharpness: float | None
-    spread: float | None
-    loss: float
-    loss_change: float | None
-    forwards: int
-    batches: int
-    per_batch: list[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """Everything a finished task writes."""
-
-    ratio: float
-    measurements: list[MeasurementResult]
-    forwards: int
-    backwards: int
-    seconds: float
-    optuna_trial_number: int | None = None
-    # Token and document counts of the direction sets (see PreparedSweep.sources), for exports.
-    sources: dict[str, dict[str, int]] | None = None
-
-
-@dataclass(frozen=True)
-class PointResult:
-    """One evaluation set at one step of a trajectory, as the worker measured it."""
-
-    step: int
-    lr: float
-    eval_set: str
-    role: str
-    status: str
-    loss: float
-    drift: float
-    eta_c: float | None
-    eta_c_low: float | None
-    eta_c_high: float | None
-    loss_change: float | None
-    forwards: int
-
-
-@dataclass(frozen=True)
-class TrajectoryResult:
-    """Everything a finished trajectory task writes beside its points."""
-
-    ratio: float
-    steps_done: int
-    pruned: bool
-    forecast: list[dict[str, Any]]
-    forwards: int
-    backwards: int
-    seconds: float
-    optuna_trial_number: int | None = None
-
-
-@dataclass(frozen=True)
-class DoneTrial:
-    """A finished task's Optuna trial, with what its task wrote (to close the trial from)."""
-
-    number: int
-    ratio: float
-    measurements: list[MeasurementResult]
-    pruned: bool
-
-
-@dataclass(frozen=True)
-class TrialRecords:
-    """What a sweep's own rows say about its Optuna trials.
-
-    Attributes:
-        live: Trial numbers recorded by tasks that a worker holds with a lease that has not run
-            out (other than the asking task): those trials are someone's work in progress.
-        done: Trials recorded by done tasks, by number.
-    """
-
-    live: frozenset[int]
-    done: dict[int, DoneTrial]
 
 
 class Heartbeat(enum.StrEnum):
@@ -335,15 +253,7 @@ def complete_task(
         if not owned:
             session.rollback()
             return False
-        session.add_all(
-            Measurement(
-                sweep_id=task.sweep_id,
-                task_id=task.task_id,
-                ratio=result.ratio,
-                **{**vars(m), "per_batch": json_safe(m.per_batch)},
-            )
-            for m in result.measurements
-        )
+        session.add_all(_measurement_row(task, result.ratio, m) for m in result.measurements)
         session.execute(
             update(Sweep)
             .where(Sweep.id == task.sweep_id)
@@ -413,7 +323,10 @@ def record_points(
             return False
         session.add_all(
             TrajectoryPoint(
-                sweep_id=task.sweep_id, task_id=task.task_id, ratio=ratio, **json_safe(vars(p))
+                sweep_id=task.sweep_id,
+                task_id=task.task_id,
+                ratio=ratio,
+                **json_safe({**vars(p), "role": p.role.value, "status": p.status.value}),
             )
             for p in points
         )
@@ -449,7 +362,7 @@ def complete_trajectory(
                     ratio=result.ratio,
                     steps_done=result.steps_done,
                     pruned=result.pruned,
-                    forecast=json_safe(result.forecast),
+                    forecast=[f.model_dump(mode="json") for f in result.forecast],
                     forwards=result.forwards,
                     optuna_trial_number=result.optuna_trial_number,
                     updated_at=now,
@@ -492,7 +405,7 @@ def _plan_trajectories_without_commit(session: Session, task: ClaimedTask, plan:
     try:
         chosen = plan(task.spec, measurements)
     except Exception as exc:  # a bug in the planner must not leave the sweep running forever
-        _end_sweep_without_commit(
+        end_sweep_without_commit(
             session, task.sweep_id, SweepState.failed, f"choosing trajectories failed: {exc!r}"
         )
         return
@@ -560,7 +473,7 @@ def finalize_sweep(sessions: sessionmaker[Session], sweep_id: str, finalize: Fin
         )
     except Exception as exc:  # a bug in the rules must not leave the sweep running forever
         with _session(sessions) as session:
-            failed = _end_sweep_without_commit(
+            failed = end_sweep_without_commit(
                 session, sweep_id, SweepState.failed, f"recommendation failed: {exc!r}"
             )
             session.commit()
@@ -659,16 +572,38 @@ def trial_records(
             live.add(number)
         elif t.state == TaskState.done and t.ratio is not None:
             measured = [_as_result(m) for m in by_task.get(t.id, [])]
-            pruned = t.pruned or any(m.status == "pruned" for m in measured)
+            pruned = t.pruned or any(m.status is Status.pruned for m in measured)
             done[number] = DoneTrial(number, t.ratio, measured, pruned)
     return TrialRecords(frozenset(live), done)
+
+
+def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> Measurement:
+    per_batch = [{**vars(b), "status": b.status.value} for b in m.per_batch]
+    return Measurement(
+        sweep_id=task.sweep_id,
+        task_id=task.task_id,
+        ratio=ratio,
+        eval_set=m.eval_set,
+        role=m.role.value,
+        status=m.status.value,
+        eta_c=m.eta_c,
+        eta_c_low=m.eta_c_low,
+        eta_c_high=m.eta_c_high,
+        sharpness=m.sharpness,
+        spread=m.spread,
+        loss=m.loss,
+        loss_change=m.loss_change,
+        forwards=m.forwards,
+        batches=m.batches,
+        per_batch=json_safe(per_batch),
+    )
 
 
 def _as_result(row: Measurement) -> MeasurementResult:
     return MeasurementResult(
         eval_set=row.eval_set,
-        role=row.role,
-        status=row.status,
+        role=Role(row.role),
+        status=Status(row.status),
         eta_c=row.eta_c,
         eta_c_low=row.eta_c_low,
         eta_c_high=row.eta_c_high,
@@ -678,8 +613,13 @@ def _as_result(row: Measurement) -> MeasurementResult:
         loss_change=row.loss_change,
         forwards=row.forwards,
         batches=row.batches,
-        per_batch=list(row.per_batch),
+        per_batch=[_as_batch(entry) for entry in row.per_batch],
     )
+
+
+def _as_batch(entry: dict[str, Any]) -> BatchResult:
+    # PostgreSQL's JSON has no infinity: a missing upper bound was stored as null.
+    return BatchResult(**{**entry, "status": Status(entry["status"])})
 
 
 def release_task(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> bool:
@@ -754,7 +694,7 @@ def fail_task(
                 )
             )
             if owned:
-                _end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
+                end_sweep_without_commit(session, task.sweep_id, SweepState.failed, error)
         session.commit()
     return bool(owned)
 
@@ -768,11 +708,49 @@ def cancel_sweep_tasks(sessions: sessionmaker[Session], sweep_id: str) -> bool:
         True when this call ended the sweep.
     """
     with _session(sessions) as session:
-        ended = _end_sweep_without_commit(
+        ended = end_sweep_without_commit(
             session, sweep_id, SweepState.cancelled, None, requested_only=True
         )
         session.commit()
     return ended
+
+
+def requeue_stalled_tasks(sessions: sessionmaker[Session], *, lease_seconds: float) -> int:
+    """The stalled-task pass: running tasks whose heartbeat is older than the lease go back to
+    ``queued``, free for any worker, with their recorded Optuna trial kept for the next owner.
+
+    The worker that held such a task has died or stalled; if it comes back, every write it makes
+    finds the task out of its hands (`_held_by`) and changes nothing. `claim_task` takes over a
+    stale lease too, for a worker that stalls between this pass and the claim.
+
+    Returns:
+        How many tasks it requeued.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=lease_seconds)
+    with _session(sessions) as session:
+        candidates = select(SweepTask.id).where(
+            SweepTask.state.in_(TASK_FROM[TaskState.queued]),
+            SweepTask.state == TaskState.running,
+            SweepTask.heartbeat_at < stale,
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            # A task locked right now is being claimed or completed: leave it to that
+            # transaction instead of waiting on it (and into a lock cycle with its sweep row).
+            candidates = candidates.with_for_update(skip_locked=True)
+        requeued = _rowcount(
+            session.execute(
+                update(SweepTask)
+                .where(
+                    SweepTask.id.in_(candidates),
+                    SweepTask.state == TaskState.running,
+                    SweepTask.heartbeat_at < stale,
+                )
+                .values(state=TaskState.queued, worker_id=None, heartbeat_at=None, updated_at=now)
+            )
+        )
+        session.commit()
+    return requeued
 
 
 def end_abandoned_cancels(sessions: sessionmaker[Session], *, lease_seconds: float) -> int:
@@ -802,7 +780,7 @@ def end_abandoned_cancels(sessions: sessionmaker[Session], *, lease_seconds: flo
             .limit(16)
         ).all()
         for sweep_id in abandoned:
-            ended += _end_sweep_without_commit(
+            ended += end_sweep_without_commit(
                 session, sweep_id, SweepState.cancelled, None, requested_only=True
             )
         session.commit()
@@ -818,7 +796,7 @@ def _all_tasks_done() -> ColumnElement[bool]:
     return (Sweep.tasks_done >= Sweep.tasks_total) & ~unfinished
 
 
-def _end_sweep_without_commit(
+def end_sweep_without_commit(
     session: Session,
     sweep_id: str,
     state: SweepState,
@@ -826,6 +804,17 @@ def _end_sweep_without_commit(
     *,
     requested_only: bool = False,
 ) -> bool:
+    """Move a sweep to a final state, and its unfinished tasks to ``cancelled``, in the caller's
+    transaction; each write is guarded by the transition table.
+
+    Args:
+        state: ``failed``, ``cancelled`` (or ``succeeded``, which `finalize_sweep` writes itself).
+        error: Why the sweep failed, when it did.
+        requested_only: End it only if its user asked for the cancel.
+
+    Returns:
+        False when the sweep's state does not allow the move (nothing is written).
+    """
     now = utcnow()
     guard = [Sweep.id == sweep_id, Sweep.state.in_(SWEEP_FROM[state])]
     if requested_only:

@@ -26,10 +26,11 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from contract.spec import SweepSpec
+from contract.states import SweepState
 from service.db.engine import Timeouts
-from service.db.models import Sweep, SweepState
+from service.db.models import Sweep
 from service.errors import DatabaseError, NotFoundError
-from service.spec import SweepSpec
 
 _SKIPPED = ("spec", "recommendation")  # read separately (spec) or not shown (recommendation)
 _SPECS_KEPT = 4096

@@ -15,21 +15,16 @@ import re
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, tuple_, update
+from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.states import SweepState, TaskKind, TaskState
 from service.db._errors import database_errors, transaction
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-    utcnow,
-)
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint
+from service.db.queue import end_sweep_without_commit
 from service.errors import (
     ConflictError,
     DatabaseError,
@@ -37,7 +32,6 @@ from service.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from service.spec import Recommendation, SweepSpec
 
 
 def create_sweep(
@@ -330,14 +324,9 @@ def request_cancel(session: Session, tenant_id: int, sweep_id: str) -> Sweep:
 
 
 def _cancel_idle_without_commit(session: Session, sweep: Sweep) -> None:
-    now = utcnow()
-    sweep.state = SweepState.cancelled
-    sweep.finished_at = now
-    session.execute(
-        update(SweepTask)
-        .where(SweepTask.sweep_id == sweep.id, SweepTask.state == TaskState.queued)
-        .values(state=TaskState.cancelled, updated_at=now)
-    )
+    # The queue's one writer of final states, guarded by the transition table like every other.
+    end_sweep_without_commit(session, sweep.id, SweepState.cancelled, None)
+    session.refresh(sweep)
 
 
 def count_sweeps_by_state(session: Session) -> dict[SweepState, int]:

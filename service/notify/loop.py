@@ -19,10 +19,11 @@ from datetime import timedelta
 from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.states import DeliveryState, SweepState
 from service.config import Settings
 from service.db import deliveries
 from service.db.deliveries import DueDelivery, FinishedSweep, Outcome
-from service.db.models import DeliveryState, SweepState, utcnow
+from service.db.models import utcnow
 from service.errors import SharpmixError
 from service.notify import mlflow_runs, study_attrs, webhooks
 

@@ -27,11 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.states import SweepState
 from service import plot
 from service.config import Settings
 from service.db.deliveries import DueDelivery, Outcome
-from service.db.models import Measurement, Sweep, SweepState
-from service.spec import Recommendation, SweepSpec
+from service.db.models import Measurement, Sweep
 
 __all__ = ["flatten_params", "log_sweep", "public_spec", "ratio_step"]
 

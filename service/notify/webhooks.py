@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from contract.spec import SweepSpec
 from service.config import Settings
 from service.db.deliveries import DueDelivery, Outcome
 from service.db.models import Sweep
 from service.errors import InvalidRequestError
-from service.spec import SweepSpec
 
 __all__ = [
     "check_notify_url",

@@ -142,7 +142,7 @@ def test_cost_counts_steps_and_forwards_against_the_grid() -> None:
 
 
 def _spec_json() -> dict[str, object]:
-    from service.spec import (
+    from contract.spec import (
         DataRef,
         FinetuneRef,
         ModelRef,

@@ -17,8 +17,9 @@ import optuna
 import pytest
 from sqlalchemy import select
 
+from contract.states import SweepState, TaskState
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState
+from service.db.models import Measurement, Sweep, SweepTask
 from tests.conftest import POSTGRES_ENV, SweepAssets, _reset_postgres
 from tests.e2e.test_processes import Cluster
 

@@ -16,17 +16,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from contract.states import TaskState
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, SweepTask, TaskState
+from service.db.models import Measurement, SweepTask
 from service.db.tenants import create_api_key, create_tenant
-from service.embedded import EmbeddedServer
+from sharpmix.embedded import EmbeddedServer
 from tests.conftest import SweepAssets
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
-SHARPMIX = [sys.executable, "-m", "service.cli"]
+SHARPMIX = [sys.executable, "-m", "sharpmix.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -15,10 +15,11 @@ from safetensors.numpy import save_file
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.recommendation import Recommendation
+from contract.states import SweepState, TaskState
 from service.config import Settings
 from service.db import tenants
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState, utcnow
-from service.spec import Recommendation
+from service.db.models import Measurement, Sweep, SweepTask, utcnow
 
 
 def write_model_dir(directory: Path) -> None:

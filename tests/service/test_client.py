@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from contract.spec import SweepSpec
+from contract.states import SweepState
 from service.client import ClientError, SharpmixClient
-from service.db.models import SweepState
-from service.spec import SweepSpec
 from tests.service.support import Api, add_measurement, finish, sweep_body
 
 pytestmark = pytest.mark.db

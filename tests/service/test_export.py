@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from service.db.models import SweepState
+from contract.spec import SweepSpec
+from contract.states import SweepState
 from service.export import FORMATS, ExportError, render_export, shares
-from service.spec import SweepSpec
 from tests.service.support import Api, finish, set_state, sweep_body
 
 # web documents are 200 tokens long on average, code documents 50: at a token share of 0.25 for

@@ -7,9 +7,10 @@ import math
 
 from matplotlib.image import imread
 
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
 from service.db.models import Measurement
 from service.plot import render_sweep_plot
-from service.spec import Recommendation, SweepSpec
 from tests.service.support import sweep_body
 
 

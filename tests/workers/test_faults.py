@@ -17,17 +17,10 @@ import optuna
 import pytest
 from sqlalchemy import select, update
 
+from contract.states import SweepState, TaskKind, TaskState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    TrajectoryPoint,
-)
+from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import submit
 from workers.worker import Worker
@@ -157,7 +150,7 @@ def test_a_worker_stopped_past_its_lease_does_not_fail_the_sweep(
         session.commit()
     engine.dispose()
 
-    stalled = procs.start("stalled", "-m", "service.cli", "worker", "--id", "stalled")
+    stalled = procs.start("stalled", "-m", "sharpmix.cli", "worker", "--id", "stalled")
 
     def measuring() -> bool:
         _, tasks = sweep_state(db_url, sweep_id)
@@ -165,7 +158,7 @@ def test_a_worker_stopped_past_its_lease_does_not_fail_the_sweep(
 
     wait_until(measuring, "the first worker measures")
     stalled.send_signal(signal.SIGSTOP)
-    procs.start("owner", "-m", "service.cli", "worker", "--id", "owner")
+    procs.start("owner", "-m", "sharpmix.cli", "worker", "--id", "owner")
     wait_until(lambda: sweep_state(db_url, sweep_id)[0].is_final, "the sweep ends")
     stalled.send_signal(signal.SIGCONT)
     # Resumed after the new owner finished: it must find out, and touch nothing.
@@ -230,7 +223,7 @@ def test_a_trajectory_whose_worker_is_killed_restarts_elsewhere_and_counts_once(
     trajectory = {"steps": 12, "measure_every": 2}
     body = sweep_assets.spec(ratios=[0.5], batches=1, trajectory=trajectory, planned_steps=12)
     sweep_id = submit(settings, body)
-    doomed = procs.start("doomed", "-m", "service.cli", "worker", "--id", "doomed")
+    doomed = procs.start("doomed", "-m", "sharpmix.cli", "worker", "--id", "doomed")
 
     def stepping() -> bool:
         _, tasks = sweep_state(db_url, sweep_id)
@@ -239,7 +232,7 @@ def test_a_trajectory_whose_worker_is_killed_restarts_elsewhere_and_counts_once(
     wait_until(stepping, "the first worker is part-way through the trajectory")
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
-    procs.start("heir", "-m", "service.cli", "worker", "--id", "heir")
+    procs.start("heir", "-m", "sharpmix.cli", "worker", "--id", "heir")
     wait_until(lambda: sweep_state(db_url, sweep_id)[0].is_final, "the sweep ends")
 
     engine = make_engine(db_url)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from workers.forecast import burn_in, cumulative_lr, forecast_drift
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from workers.data import DataError, LoadPolicy
 from workers.data.optimizer_state import load_optimizer_state

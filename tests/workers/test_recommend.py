@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from workers.recommend import recommend
 
 LR = 1e-4

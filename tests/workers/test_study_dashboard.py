@@ -14,9 +14,10 @@ import httpx
 import pytest
 from optuna.storages import RDBStorage
 
+from contract.states import SweepState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Sweep, SweepState
+from service.db.models import Sweep
 from service.notify import DeliveryLoop
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import settings_for, submit

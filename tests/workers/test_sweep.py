@@ -3,46 +3,16 @@ reference losses taken on the probes' precision path."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from service.spec import SweepSpec
+from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
-from workers.curvature import CriticalLR, measure, mixed_direction, summarize
+from workers.curvature import measure, mixed_direction
 from workers.data import LoadPolicy
-from workers.sweep import _estimate, mix_weights, prepare
-
-
-def result(eta: float, status: str = "ok") -> CriticalLR:
-    return CriticalLR(
-        lower=eta * 0.97,
-        upper=eta * 1.03 if eta else 1e-12,
-        eta=eta,
-        sharpness=2 / eta if eta else math.inf,
-        forwards=5,
-        status=status,  # type: ignore[arg-type]
-    )
-
-
-def test_all_batches_found_an_eta() -> None:
-    results = [result(1e-4), result(2e-4), result(1.5e-4), result(1.2e-4)]
-    point, low, high = _estimate(results, summarize(results, warn=False))
-    assert point == pytest.approx((1e-4 * 2e-4 * 1.5e-4 * 1.2e-4) ** 0.25)
-    assert low is not None and high is not None and low < point < high
-
-
-def test_batches_that_rise_at_once_are_not_dropped() -> None:
-    results = [result(0.0, "increases_immediately")] * 3 + [result(2e-4)]
-    point, low, high = _estimate(results, summarize(results, warn=False))
-    assert point == 0.0 and low == 0.0 and high == 2e-4
-
-
-def test_one_batch_has_no_interval() -> None:
-    results = [result(3e-4)]
-    assert _estimate(results, summarize(results, warn=False)) == (3e-4, 3e-4, 3e-4)
+from workers.sweep import mix_weights, prepare
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

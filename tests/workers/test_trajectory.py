@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.spec import SweepSpec
+from contract.results import PointResult, Status
+from contract.spec import Role, SweepSpec
 from tests.conftest import SweepAssets
 from workers.data import LoadPolicy
 from workers.sweep import prepare
 from workers.trajectory import (
-    TrajectoryPoint,
     _counts,
     left_basin,
     planned_measure_steps,
@@ -111,12 +111,11 @@ def test_trajectory_mixes_pretraining_text_by_ratio(
     assert drift(pure_ft, "math") < drift(pure_pt, "math")
 
 
-def _points(step: int, drift: float, eta: float | None, lr: float) -> list[TrajectoryPoint]:
+def _points(step: int, drift: float, eta: float | None, lr: float) -> list[PointResult]:
+    pt, ft, ok = Role.pretraining, Role.finetuning, Status.ok
     return [
-        TrajectoryPoint(
-            step, lr, "general", "pretraining", "ok", 3.0 + drift, drift, eta, eta, eta, None, 5
-        ),
-        TrajectoryPoint(step, lr, "math", "finetuning", "ok", 2.0, -0.1, 1e-3, 1e-3, 1e-3, None, 5),
+        PointResult(step, lr, "general", pt, ok, 3.0 + drift, drift, eta, eta, eta, None, 5),
+        PointResult(step, lr, "math", ft, ok, 2.0, -0.1, 1e-3, 1e-3, 1e-3, None, 5),
     ]
 
 

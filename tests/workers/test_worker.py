@@ -11,12 +11,13 @@ import optuna
 import pytest
 from sqlalchemy import func, select
 
+from contract.spec import SweepSpec
+from contract.states import SweepState, TaskState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, Sweep, SweepState, SweepTask, TaskState
+from service.db.models import Measurement, Sweep, SweepTask
 from service.db.sweeps import create_sweep
 from service.db.tenants import create_tenant
-from service.spec import SweepSpec
 from tests.conftest import SweepAssets
 from workers.worker import Worker
 

@@ -8,9 +8,10 @@ import optuna
 import pytest
 from sqlalchemy import select
 
+from contract.states import SweepState, TaskKind
 from service.db.engine import make_engine, make_session_factory
 from service.db.migrate import upgrade
-from service.db.models import Sweep, SweepState, SweepTask, TaskKind, TrajectoryPoint
+from service.db.models import Sweep, SweepTask, TrajectoryPoint
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import settings_for, submit
 from workers.worker import Worker

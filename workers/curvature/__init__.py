@@ -8,9 +8,11 @@ Read in this order:
 - `compensated`: bf16 products with 16-bit operands and float32 results, for `perturb`.
 - `measure`: the line function on a real model and one batch; the one-step loss change; the
   line's slope from a gradient.
-- `mixture`: per-domain gradients mixed for any simplex weights, then the optimizer transform.
+- `mixture`: per-domain gradients mixed for any simplex weights (streamed in from CPU memory
+  when they do not fit beside the model), then the optimizer transform.
+- `transform`: that transform for a planned run, from its hyperparameters and saved state.
 - `hessian`: directional sharpness and `lambda_max` for validation on small models.
-- `stats`: mean, spread and confidence interval over batches.
+- `stats`: mean, spread, confidence interval and point estimate of eta_c over batches.
 - `monitor`: lambda_c along the optimizer's own steps inside a training loop (a step pre-hook;
   `workers.integrations` has the `transformers.Trainer` callback).
 
@@ -45,6 +47,7 @@ from workers.curvature.mixture import (
     mix_gradients,
     mixed_direction,
     optimizer_transform,
+    stream_mixed_gradients,
 )
 from workers.curvature.monitor import (
     BasinWarning,
@@ -54,10 +57,18 @@ from workers.curvature.monitor import (
 )
 from workers.curvature.perturb import Perturbation, Precision
 from workers.curvature.search import CriticalLR, SearchMethod, Status, critical_lr, is_increase
-from workers.curvature.stats import SharpnessStats, SpreadWarning, summarize, t_quantile
+from workers.curvature.stats import (
+    SharpnessStats,
+    SpreadWarning,
+    eta_estimate,
+    summarize,
+    t_quantile,
+)
+from workers.curvature.transform import AdamHyper, SGDHyper, state_transform
 
 __all__ = [
     # directions
+    "AdamHyper",
     "AdamState",
     # training-loop monitoring
     "BasinWarning",
@@ -77,6 +88,7 @@ __all__ = [
     "MonitorReport",
     "Perturbation",
     "Precision",
+    "SGDHyper",
     "SearchMethod",
     # statistics
     "SharpnessMonitor",
@@ -92,6 +104,7 @@ __all__ = [
     "direction_params",
     "directional_sharpness",
     "domain_gradients",
+    "eta_estimate",
     "is_increase",
     "lambda_max",
     "line_slope",
@@ -102,6 +115,8 @@ __all__ = [
     "optimizer_parameters",
     "optimizer_transform",
     "sgd_direction",
+    "state_transform",
+    "stream_mixed_gradients",
     "summarize",
     "t_quantile",
     "update_direction",

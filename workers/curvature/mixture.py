@@ -33,6 +33,7 @@ __all__ = [
     "mix_gradients",
     "mixed_direction",
     "optimizer_transform",
+    "stream_mixed_gradients",
 ]
 
 # (params, grads) -> direction, e.g. functools.partial(adamw_direction, weight_decay=0.0).
@@ -162,9 +163,35 @@ def mixed_direction(
             weight_decay=0.0)` (fresh AdamW) or `optimizer_transform(optimizer)` (with state).
 
     Returns:
-        One direction tensor per `grads.params`.
+        One direction tensor per `grads.params`, on the parameters' device. Gradients kept on
+        another device (CPU memory, when the K x B copies do not fit beside the model) are
+        streamed in by `stream_mixed_gradients`.
     """
-    return transform(grads.params, mix_gradients(grads, weights))
+    device = grads.params[0].device
+    if grads.grads[0][0].device == device:
+        return transform(grads.params, mix_gradients(grads, weights))
+    return transform(grads.params, stream_mixed_gradients(grads, weights, device))
+
+
+def stream_mixed_gradients(
+    grads: DomainGradients, weights: Sequence[float], device: torch.device
+) -> list[Tensor]:
+    """`g(w)` in float32 on `device`, from per-domain gradients kept elsewhere.
+
+    One parameter at a time, each domain's share is copied in and added, so `device` holds one
+    mixed gradient and one parameter's copy in flight, never the K domains' gradients (an
+    OLMo-2-1B sweep with two domains and four batches holds 47 GB of them in CPU memory).
+    Domains with weight 0 are not copied at all.
+    """
+    ws = check_weights(weights, len(grads.grads))
+    mixed = []
+    for i, param in enumerate(grads.params):
+        acc = torch.zeros(param.shape, dtype=torch.float32, device=device)
+        for w, domain in zip(ws, grads.grads, strict=True):
+            if w:
+                acc.add_(domain[i].to(device, non_blocking=True), alpha=w)
+        mixed.append(acc)
+    return mixed
 
 
 def optimizer_transform(optimizer: torch.optim.Optimizer) -> DirectionFn:

@@ -17,6 +17,7 @@ coefficient of variation above `max_cv` (default 0.5), or any non-`ok` batch.
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import numpy as np
 from workers.curvature.errors import CurvatureError
 from workers.curvature.search import CriticalLR
 
-__all__ = ["SharpnessStats", "SpreadWarning", "summarize", "t_quantile"]
+__all__ = ["SharpnessStats", "SpreadWarning", "eta_estimate", "summarize", "t_quantile"]
 
 
 class SpreadWarning(UserWarning):
@@ -169,3 +170,31 @@ def summarize(
         wide=bool(reasons),
         message=message,
     )
+
+
+def eta_estimate(
+    results: Sequence[CriticalLR], stats: SharpnessStats
+) -> tuple[float | None, float | None, float | None]:
+    """Point estimate and confidence interval of eta_c over the batches of one measurement.
+
+    The geometric mean and its log-space interval when every batch found a positive eta_c. When
+    some batches rose at once (eta_c = 0) a geometric mean would silently drop them, so the point
+    is the median over all batches (0 when most rose at once) and the lower bound is 0. With a
+    single batch there is no interval: both bounds are that batch's value.
+
+    Args:
+        results: The batches' searches.
+        stats: ``summarize(results)``.
+
+    Returns:
+        ``(point, low, high)``; ``high`` is None when no finite upper bound exists.
+    """
+    etas = [r.eta for r in results]
+    if any(r.status == "increases_immediately" for r in results):
+        point = float(statistics.median(etas))
+        top = max(etas)
+        return point, 0.0, top if math.isfinite(top) else None
+    if len(results) == 1:
+        return etas[0], etas[0], etas[0]
+    low, high = stats.eta_ci
+    return stats.eta_geomean, low, high if math.isfinite(high) else None

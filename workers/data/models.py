@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -139,6 +140,27 @@ def context_length(config: PretrainedConfig) -> int | None:
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Mean next-token loss (float32) of a causal LM on a (sequences, seq_len) batch of ids.
+
+    transformers shifts the labels and averages over ``sequences * (seq_len - 1)`` tokens.
+    """
+    loss: Tensor = model(input_ids=tokens, labels=tokens).loss
+    return loss.float()
+
+
+def micro_batched_loss(model: nn.Module, batch: Tensor, micro_batch: int) -> Tensor:
+    """`next_token_loss` of a batch too large for one forward, in micro-batches of equal size.
+
+    Each micro-batch's mean is weighted by its sequences, so the result is the batch's mean.
+    """
+    total = torch.zeros((), dtype=torch.float32, device=batch.device)
+    for chunk in torch.split(batch, micro_batch):
+        # (b, T) -> scalar
+        total = total + next_token_loss(model, chunk) * len(chunk)
+    return total / len(batch)
 
 
 def check_model_fits(

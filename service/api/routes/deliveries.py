@@ -6,8 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from contract.wire import DeliveryOut, Message
 from service.api.deps import SessionDep, TenantDep
-from service.api.schemas import DeliveryOut, Message
+from service.api.schemas import delivery_out
 from service.db import deliveries
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -24,4 +25,4 @@ def list_deliveries(sweep_id: str, tenant: TenantDep, session: SessionDep) -> li
     """Every delivery of the sweep's final state and each attempt: empty while the sweep runs
     (and for a few seconds after it ends, until the delivery loop picks it up)."""
     rows = deliveries.list_deliveries(session, tenant.id, sweep_id)
-    return [DeliveryOut.from_row(row) for row in rows]
+    return [delivery_out(row) for row in rows]

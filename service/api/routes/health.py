@@ -14,9 +14,9 @@ from anyio import to_thread
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from contract.wire import Message, Readiness
 from service.api.deps import SettingsDep
 from service.api.metrics import Metrics
-from service.api.schemas import Message, Readiness
 from service.db import health
 from service.errors import DatabaseError
 

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service import plot
-from service.api.deps import SessionDep, SettingsDep, TenantDep, get_tenant
-from service.api.schemas import (
+from contract.recommendation import Recommendation
+from contract.spec import SweepSpec
+from contract.states import SweepState
+from contract.wire import (
     Message,
     SweepOut,
     SweepPage,
@@ -21,13 +22,14 @@ from service.api.schemas import (
     TrialOut,
     ValidationMessage,
 )
+from service import plot
+from service.api.deps import SessionDep, SettingsDep, TenantDep, get_tenant
+from service.api.schemas import sweep_out, trajectories_out, trial_out
 from service.db import sweeps
-from service.db.models import SweepState
 from service.db.reads import SweepReader
 from service.export import ExportError, Format, render_export
 from service.notify import check_notify_url
-from service.preflight import check_files
-from service.spec import Recommendation, SweepSpec, check_limits, check_paths
+from service.preflight import check_files, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -75,7 +77,7 @@ def submit_sweep(
     sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
     if not created:
         response.status_code = 200
-    return SweepOut.from_row(sweep)
+    return sweep_out(sweep)
 
 
 @router.get("")
@@ -90,7 +92,7 @@ def list_sweeps(
     """Your sweeps, newest first, one page at a time."""
     # An empty cursor is the first page, as no cursor is: the schema allows both.
     rows, next_cursor = sweeps.list_sweeps(session, tenant.id, limit, cursor or None)
-    return SweepPage(items=[SweepOut.from_row(row) for row in rows], next_cursor=next_cursor)
+    return SweepPage(items=[sweep_out(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -116,12 +118,12 @@ async def get_sweep(request: Request) -> Response:
     reader: SweepReader | None = request.app.state.sweep_reader
     if reader is not None:
         row, spec = await reader.read(tenant.id, sweep_id)
-        out = SweepOut.from_row(row, spec)
+        out = sweep_out(row, spec)
     else:
         row = await run_in_threadpool(
             sweeps.peek_sweep, request.app.state.read_engine, tenant.id, sweep_id
         )
-        out = SweepOut.from_row(row)
+        out = sweep_out(row)
     return Response(out.model_dump_json(), media_type="application/json")
 
 
@@ -129,7 +131,7 @@ async def get_sweep(request: Request) -> Response:
 def list_trials(sweep_id: str, tenant: TenantDep, session: SessionDep) -> list[TrialOut]:
     """One row per measured ratio and evaluation set, so far."""
     rows = sweeps.list_measurements(session, tenant.id, sweep_id)
-    return [TrialOut.from_row(row) for row in rows]
+    return [trial_out(row) for row in rows]
 
 
 @router.get("/{sweep_id}/trajectories")
@@ -137,7 +139,7 @@ def list_trajectories(sweep_id: str, tenant: TenantDep, session: SessionDep) -> 
     """Per ratio and evaluation set: step, held-out loss and its drift, eta_c along the
     optimizer's current update and the one-step loss change, so far; forecasts once done."""
     sweep, tasks, points = sweeps.list_trajectories(session, tenant.id, sweep_id)
-    return TrajectoriesOut.from_rows(sweep, tasks, points)
+    return trajectories_out(sweep, tasks, points)
 
 
 @router.get(
@@ -158,7 +160,7 @@ def get_trajectory_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -
             detail=f"sweep {sweep_id} is {sweep.state.value} and has no trajectory point yet"
             + ("" if sweep.spec.get("trajectory") else "; its spec asks for no trajectory"),
         )
-    data = TrajectoriesOut.from_rows(sweep, tasks, points)
+    data = trajectories_out(sweep, tasks, points)
     png = render_trajectory_plot(SweepSpec.model_validate(sweep.spec), data)
     return Response(png, media_type="image/png")
 
@@ -278,4 +280,4 @@ def export_mix(
 )
 def cancel_sweep(sweep_id: str, tenant: TenantDep, session: SessionDep) -> SweepOut:
     """Stop a sweep: a queued one at once; a running one at its worker's next heartbeat."""
-    return SweepOut.from_row(sweeps.request_cancel(session, tenant.id, sweep_id))
+    return sweep_out(sweeps.request_cancel(session, tenant.id, sweep_id))

@@ -1,4 +1,4 @@
-"""Acceptance 3: 100 concurrent submissions with one Idempotency-Key make one sweep, over real
+"""100 concurrent submissions with one Idempotency-Key make one sweep, over real
 HTTP (uvicorn) on each backend."""
 
 from __future__ import annotations

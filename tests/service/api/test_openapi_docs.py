@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.spec import SweepSpec
 from service.api.main import create_app
 from service.config import Settings
-from service.spec import SweepSpec
 
 
 def _spec_components(schema: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Acceptance 4: property-based requests from the served OpenAPI document; no 5xx and every
+"""Property-based requests from the served OpenAPI document; no 5xx and every
 response conforms to the documented schema, on each backend."""
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ import math
 import pytest
 from sqlalchemy import select
 
-from service.db.models import SweepState, SweepTask, TaskState, utcnow
+from contract.states import SweepState, TaskState
+from service.db.models import SweepTask, utcnow
 from tests.service.support import Api, add_measurement, finish, set_state, sweep_body
 
 pytestmark = pytest.mark.db

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from service.db.models import SweepTask, TaskKind, TaskState, TrajectoryPoint
+from contract.states import TaskKind, TaskState
+from service.db.models import SweepTask, TrajectoryPoint
 from tests.service.support import Api
 
 TRAJECTORY = {"steps": 20, "measure_every": 10}

@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import queue
-from service.db.engine import make_engine, make_session_factory
-from service.db.models import (
-    Measurement,
-    Sweep,
-    SweepState,
-    SweepTask,
-    TaskKind,
-    TaskState,
-    Tenant,
-    TrajectoryPoint,
+from contract.recommendation import Recommendation
+from contract.results import (
+    BatchResult,
+    MeasurementResult,
+    PointResult,
+    Status,
+    TaskResult,
+    TrajectoryResult,
 )
-from service.spec import Recommendation, SweepSpec
+from contract.spec import Role, SweepSpec
+from contract.states import SweepState, TaskKind, TaskState
+from service.db import queue, sweeps
+from service.db.engine import make_engine, make_session_factory
+from service.db.models import Measurement, Sweep, SweepTask, Tenant, TrajectoryPoint
 
 pytestmark = pytest.mark.db
 
@@ -72,12 +75,12 @@ def add_sweep(sessions: sessionmaker[Session], ratios: list[float]) -> str:
         return sweep.id
 
 
-def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
+def result_for(task: queue.ClaimedTask) -> TaskResult:
     assert task.ratio is not None
-    measurement = queue.MeasurementResult(
+    measurement = MeasurementResult(
         eval_set="pt",
-        role="pretraining",
-        status="ok",
+        role=Role.pretraining,
+        status=Status.ok,
         eta_c=1e-3,
         eta_c_low=9e-4,
         eta_c_high=1.1e-3,
@@ -87,9 +90,9 @@ def result_for(task: queue.ClaimedTask) -> queue.TaskResult:
         loss_change=-0.01,
         forwards=6,
         batches=1,
-        per_batch=[{"eta_c": 1e-3}],
+        per_batch=[BatchResult(1e-3, 9e-4, 1.1e-3, Status.ok, 6, 2.0, -0.01)],
     )
-    return queue.TaskResult(
+    return TaskResult(
         ratio=task.ratio, measurements=[measurement], forwards=6, backwards=2, seconds=0.5
     )
 
@@ -232,22 +235,30 @@ def test_non_finite_numbers_are_stored_on_every_backend(sessions: sessionmaker[S
     task = queue.claim_task(sessions, "w1", lease_seconds=60)
     assert task is not None
     base = result_for(task)
-    rising = queue.MeasurementResult(
-        **{
-            **vars(base.measurements[0]),
-            "status": "increases_immediately",
-            "eta_c": None,
-            "sharpness": float("inf"),
-            "per_batch": [{"eta_c": 0.0, "upper": float("inf"), "loss_change": float("nan")}],
-        }
+    rising = replace(
+        base.measurements[0],
+        status=Status.increases_immediately,
+        eta_c=None,
+        sharpness=float("inf"),
+        per_batch=[
+            BatchResult(0.0, 0.0, float("inf"), Status.increases_immediately, 3, 2.0, math.nan)
+        ],
     )
-    result = queue.TaskResult(
-        ratio=0.0, measurements=[rising], forwards=3, backwards=1, seconds=0.1
-    )
+    result = TaskResult(ratio=0.0, measurements=[rising], forwards=3, backwards=1, seconds=0.1)
     assert queue.complete_task(sessions, task, "w1", result, recommend)
     with sessions() as session:
         row = session.scalars(select(Measurement).where(Measurement.sweep_id == sweep_id)).one()
-        assert row.per_batch == [{"eta_c": 0.0, "upper": None, "loss_change": None}]
+        assert row.per_batch == [
+            {
+                "eta_c": 0.0,
+                "lower": 0.0,
+                "upper": None,
+                "status": "increases_immediately",
+                "forwards": 3,
+                "loss0": 2.0,
+                "loss_change": None,
+            }
+        ]
         assert row.sharpness == float("inf")
 
 
@@ -274,13 +285,13 @@ def test_cancel_of_a_dead_workers_sweep_is_carried_out(sessions: sessionmaker[Se
         assert {t.state for t in sweep.tasks} == {TaskState.cancelled}
 
 
-def point(step: int, drift: float) -> queue.PointResult:
-    return queue.PointResult(
+def point(step: int, drift: float) -> PointResult:
+    return PointResult(
         step=step,
         lr=1e-3,
         eval_set="pt",
-        role="pretraining",
-        status="ok",
+        role=Role.pretraining,
+        status=Status.ok,
         loss=2.0 + drift,
         drift=drift,
         eta_c=1e-3,
@@ -313,7 +324,7 @@ def test_a_taken_over_trajectory_restarts_and_counts_once(sessions: sessionmaker
         assert session.scalar(select(func.count()).select_from(TrajectoryPoint)) == 0
     # The stalled worker wakes up: none of its writes land.
     assert not queue.record_points(sessions, stale, "stale", 0.5, 20, [point(20, 0.02)])
-    result = queue.TrajectoryResult(
+    result = TrajectoryResult(
         ratio=0.5, steps_done=20, pruned=False, forecast=[], forwards=30, backwards=20, seconds=1.0
     )
     assert not queue.complete_trajectory(sessions, stale, "stale", result, recommend)
@@ -357,6 +368,42 @@ def test_a_stalled_worker_can_neither_fail_nor_touch_the_new_owners_task(
         assert session.get_one(SweepTask, stalled.task_id).state == TaskState.done
         sweep = session.get_one(Sweep, sweep_id)
         assert sweep.state == SweepState.succeeded and sweep.error is None
+
+
+def test_the_stalled_task_pass_requeues_a_dead_workers_task(
+    sessions: sessionmaker[Session],
+) -> None:
+    add_sweep(sessions, [0.5])
+    stalled = queue.claim_task(sessions, "stalled", lease_seconds=60)
+    assert stalled is not None
+    assert queue.record_trial(sessions, stalled.task_id, "stalled", 3)
+    assert queue.requeue_stalled_tasks(sessions, lease_seconds=60) == 0  # the lease holds
+    time.sleep(0.05)
+    assert queue.requeue_stalled_tasks(sessions, lease_seconds=0.01) == 1
+    with sessions() as session:
+        task = session.get_one(SweepTask, stalled.task_id)
+        assert (task.state, task.worker_id, task.heartbeat_at) == (TaskState.queued, None, None)
+    # The stalled worker learns it at its next heartbeat, and none of its writes land.
+    assert queue.heartbeat(sessions, stalled.task_id, "stalled") is queue.Heartbeat.lost
+    assert not queue.fail_task(sessions, stalled, "stalled", "boom", retry=False, max_attempts=3)
+    heir = queue.claim_task(sessions, "heir", lease_seconds=60)
+    assert heir is not None and heir.task_id == stalled.task_id
+    assert heir.optuna_trial_number == 3 and heir.attempts == 2  # its trial is closed from here
+
+
+def test_an_idle_cancel_moves_states_by_the_transition_table(
+    sessions: sessionmaker[Session],
+) -> None:
+    sweep_id = add_sweep(sessions, [0.0, 1.0])
+    with sessions() as session:
+        tenant_id = session.get_one(Sweep, sweep_id).tenant_id
+        sweep = sweeps.request_cancel(session, tenant_id, sweep_id)
+        assert sweep.state == SweepState.cancelled and sweep.finished_at is not None
+    with sessions() as session:
+        tasks = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).all()
+        assert {t.state for t in tasks} == {TaskState.cancelled}
+        # A final sweep is not moved again, by the API or by a queue pass.
+        assert not queue.end_sweep_without_commit(session, sweep_id, SweepState.failed, "late")
 
 
 def test_the_recommendation_is_computed_with_no_lock_held(
@@ -434,7 +481,7 @@ def test_trial_records_tell_live_trials_from_done_ones(sessions: sessionmaker[Se
     assert done is not None and live is not None and mine is not None
     for task, worker, number in ((done, "w1", 0), (live, "w2", 1), (mine, "w3", 2)):
         assert queue.record_trial(sessions, task.task_id, worker, number)
-    finished = queue.TaskResult(**{**vars(result_for(done)), "optuna_trial_number": 0})
+    finished = TaskResult(**{**vars(result_for(done)), "optuna_trial_number": 0})
     assert queue.complete_task(sessions, done, "w1", finished)
 
     records = queue.trial_records(sessions, sweep_id, lease_seconds=60, task_id=mine.task_id)

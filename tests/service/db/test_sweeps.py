@@ -8,9 +8,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.spec import SweepSpec
+from contract.states import SweepState, TaskState
 from service.db import sweeps, tenants
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Sweep, SweepState, SweepTask, TaskState, utcnow
+from service.db.models import Sweep, SweepTask, utcnow
 from service.errors import (
     ConflictError,
     DatabaseError,
@@ -18,7 +20,6 @@ from service.errors import (
     InvalidRequestError,
     NotFoundError,
 )
-from service.spec import SweepSpec
 from tests.service.support import sweep_body
 
 pytestmark = pytest.mark.db

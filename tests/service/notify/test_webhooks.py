@@ -16,12 +16,13 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from contract.spec import SweepSpec
+from contract.states import SweepState
 from service.config import Settings
 from service.db import deliveries
-from service.db.models import SweepDelivery, SweepState, utcnow
+from service.db.models import SweepDelivery, utcnow
 from service.notify import DeliveryLoop, backoff_seconds, verify_signature
 from service.notify.webhooks import host_allowed
-from service.spec import SweepSpec
 from tests.service.notify.conftest import SECRET, ApiFactory
 from tests.service.notify.receiver import Receiver
 from tests.service.support import Api, finish, set_state, sweep_body

@@ -65,7 +65,7 @@ def _key(settings: Settings, tenant: str) -> str:
 
 @pytest.fixture(scope="module")
 def served(sweep_assets: SweepAssets, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from service.embedded import EmbeddedServer
+    from sharpmix.embedded import EmbeddedServer
 
     home = tmp_path_factory.mktemp("web-home")
     settings = Settings(home=home, allowed_roots=[sweep_assets.root], device="cpu")

@@ -1,4 +1,4 @@
-"""Acceptance 1: theta - eta * update_direction(opt) is what opt.step() does with lr eta."""
+"""theta - eta * update_direction(opt) is what opt.step() does with lr eta."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Validation measures: closed forms on quadratics, and lambda_c vs lambda_dir vs lambda_max on a
-small trained network (acceptance 5)."""
+small trained network."""
 
 from __future__ import annotations
 

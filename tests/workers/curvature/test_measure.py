@@ -1,4 +1,4 @@
-"""measure() on models: quadratic closed forms (acceptance 3), restore, eval mode, counting."""
+"""measure() on models: quadratic closed forms, restore, eval mode, counting."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Acceptance 2: mixed gradients equal the concatenated batch's, with no backward per ratio."""
+"""Mixed gradients equal the concatenated batch's, with no backward per ratio."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from workers.curvature import (
     mix_gradients,
     mixed_direction,
     optimizer_transform,
+    stream_mixed_gradients,
     update_direction,
 )
 
@@ -120,6 +121,18 @@ def test_bad_weights(weights: list[float], match: str) -> None:
     grads = domain_gradients(make_mlp(), mse, [[d] for d in _domains()])
     with pytest.raises(CurvatureError, match=match):
         mix_gradients(grads, weights)
+    # The streaming path (gradients kept in CPU memory) checks the weights the same way.
+    with pytest.raises(CurvatureError, match=match):
+        stream_mixed_gradients(grads, weights, torch.device("cpu"))
+
+
+def test_streamed_mix_equals_the_mix_in_place() -> None:
+    grads = domain_gradients(make_mlp(seed=5), mse, [[d] for d in _domains()])
+    for w in WEIGHTS:
+        streamed = stream_mixed_gradients(grads, w, torch.device("cpu"))
+        assert all(g.dtype == torch.float32 for g in streamed)
+        for a, b in zip(streamed, mix_gradients(grads, w), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_weights_within_1e6_of_simplex_are_accepted() -> None:

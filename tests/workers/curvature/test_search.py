@@ -1,4 +1,4 @@
-"""The line search on closed-form line functions: brackets, statuses, bad inputs (acc. 6, 7)."""
+"""The line search on closed-form line functions: brackets, statuses, bad inputs."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from workers.curvature import CriticalLR, SpreadWarning, summarize, t_quantile
+from workers.curvature import CriticalLR, SpreadWarning, eta_estimate, summarize, t_quantile
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +49,32 @@ def test_increases_immediately_sets_conservative_bounds() -> None:
         s = summarize([_ok(1e-5), _ok(1.1e-5), immediate])
     assert s.eta_ci[0] == 0.0 and s.lambda_ci[1] == math.inf and s.lambda_mean == math.inf
     assert s.statuses["increases_immediately"] == 1 and s.wide
+
+
+def _result(eta: float, status: str = "ok") -> CriticalLR:
+    return CriticalLR(
+        lower=eta * 0.97,
+        upper=eta * 1.03 if eta else 1e-12,
+        eta=eta,
+        sharpness=2 / eta if eta else math.inf,
+        forwards=5,
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+def test_estimate_when_all_batches_found_an_eta() -> None:
+    results = [_result(1e-4), _result(2e-4), _result(1.5e-4), _result(1.2e-4)]
+    point, low, high = eta_estimate(results, summarize(results, warn=False))
+    assert point == pytest.approx((1e-4 * 2e-4 * 1.5e-4 * 1.2e-4) ** 0.25)
+    assert low is not None and high is not None and low < point < high
+
+
+def test_estimate_keeps_batches_that_rise_at_once() -> None:
+    results = [_result(0.0, "increases_immediately")] * 3 + [_result(2e-4)]
+    point, low, high = eta_estimate(results, summarize(results, warn=False))
+    assert point == 0.0 and low == 0.0 and high == 2e-4
+
+
+def test_estimate_of_one_batch_has_no_interval() -> None:
+    results = [_result(3e-4)]
+    assert eta_estimate(results, summarize(results, warn=False)) == (3e-4, 3e-4, 3e-4)

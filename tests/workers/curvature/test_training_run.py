@@ -1,5 +1,5 @@
-"""Along real training runs: Edge of Stability (acceptance 4) and forwards per measurement with
-warm starts, baseline vs model-placed search (acceptance 7)."""
+"""Along real training runs: Edge of Stability and forwards per measurement with
+warm starts, baseline vs model-placed search."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from workers.data import LoadPolicy, train_tokenizer
+from sharpmix.assets.vocab import train_tokenizer
+from workers.data import LoadPolicy
 
 CONTEXT = 64
 WORDS = [

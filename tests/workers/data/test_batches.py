@@ -15,7 +15,6 @@ from workers.data import (
     LoadPolicy,
     token_batches,
     token_stream,
-    validate_simplex_weights,
 )
 from workers.data.packing import pack_rows, sample_batches, tokenize_documents
 
@@ -153,17 +152,3 @@ def test_sizes_are_checked_before_loading(
         with pytest.raises(DataError) as info:
             token_batches(missing, tokenizer, policy, seed=0, **kwargs)
         assert info.value.field == field
-
-
-def test_simplex_weights() -> None:
-    domains = ["pretraining", "math", "code"]
-    weights = validate_simplex_weights({"pretraining": 0.3, "math": 0.7}, domains)
-    assert weights == {"pretraining": 0.3, "math": 0.7, "code": 0.0}
-    assert list(weights) == domains
-    with pytest.raises(DataError, match=r"sum to 1\.1"):
-        validate_simplex_weights({"pretraining": 0.4, "math": 0.7}, domains)
-    with pytest.raises(DataError, match="finite and >= 0") as info:
-        validate_simplex_weights({"pretraining": 1.5, "math": -0.5}, domains)
-    assert info.value.field == "weights.math"
-    with pytest.raises(DataError, match="unknown domains"):
-        validate_simplex_weights({"chat": 1.0}, domains)

@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.demo import demo_spec, demo_sweep
+from sharpmix.demo import demo_spec, demo_sweep
 from tests.conftest import SweepAssets
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
 
 def test_demo_spec_is_a_valid_sweep(tmp_path: Path) -> None:
-    from service.spec import SweepSpec
+    from contract.spec import SweepSpec
 
     spec = SweepSpec.model_validate(demo_spec(tmp_path / "m", tmp_path / "g", tmp_path / "a"))
     assert spec.ratios == "auto" and spec.objective == "flat_pretraining"

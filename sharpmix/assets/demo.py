@@ -28,9 +28,9 @@ import torch
 import transformers
 from transformers import Olmo2Config, Olmo2ForCausalLM, PreTrainedModel
 
-from workers.data.corpora import general_documents, math_documents
+from sharpmix.assets.corpora import general_documents, math_documents
+from sharpmix.assets.vocab import train_tokenizer
 from workers.data.packing import pack_rows, tokenize_documents
-from workers.data.vocab import train_tokenizer
 
 log = logging.getLogger(__name__)
 

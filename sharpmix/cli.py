@@ -28,7 +28,7 @@ from service.errors import SharpmixError
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from service.api.schemas import SweepOut
+    from contract.wire import SweepOut
     from service.client import SharpmixClient
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -540,7 +540,7 @@ def _completion(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.embedded:
-        from service.embedded import EmbeddedServer
+        from sharpmix.embedded import EmbeddedServer
 
         server = EmbeddedServer(settings, host=args.host, port=args.port)
         print(f"sharpmix: serving on http://{args.host}:{args.port} with an in-process worker")
@@ -577,13 +577,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from service.demo import run_demo
+    from sharpmix.demo import run_demo
 
     return run_demo(settings, rebuild=args.rebuild)
 
 
 def _demo_assets(args: argparse.Namespace, settings: Settings) -> int:
-    from workers.data.demo import build_demo_assets
+    from sharpmix.assets.demo import build_demo_assets
 
     assets = build_demo_assets(settings.home, force=args.force)
     paths = {

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from contract.states import SweepState
 from service.config import get_settings
-from service.db.models import SweepState
+from sharpmix.cli import main
 from tests.service.support import Api, add_measurement, finish, set_state
 
 pytestmark = pytest.mark.db
@@ -158,7 +158,7 @@ def test_db_upgrade_on_a_fresh_home_creates_it_and_keys_name_their_database(
 def test_demo_assets_prints_where_the_model_and_corpora_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from workers.data.demo import DEMO_VERSION, DemoAssets
+    from sharpmix.assets.demo import DEMO_VERSION, DemoAssets
 
     assets = DemoAssets.under(tmp_path)
     assets.manifest_path.parent.mkdir(parents=True)  # a complete build's manifest: reused as is

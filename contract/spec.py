@@ -7,11 +7,11 @@ pre-training data (see ../shared/method.md §3).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
-import os
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -26,16 +26,26 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from service.config import Settings
-from service.errors import InvalidRequestError
-
-OFFLINE_MESSAGE = "this server is offline (SHARPMIX_OFFLINE=1); give a local 'path' instead"
+from contract.errors import LimitError
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
+
+
+class Role(enum.StrEnum):
+    """What an evaluation set is in the sweep; a plain string on the wire and in the database."""
+
+    pretraining = "pretraining"
+    finetuning = "finetuning"
+    retention = "retention"
+    target = "target"
+
+
+# The roles whose loss must stay flat: the answer is judged on them.
+RETENTION_ROLES = (Role.pretraining, Role.retention)
 
 
 class _Strict(BaseModel):
@@ -479,17 +489,24 @@ class SweepSpec(_Strict):
         if name not in {ref.name for ref in self.eval_sets()}:
             return False
         role = self.role(name)
-        return role == "retention" or (role == "pretraining" and self.pretraining.within_tolerance)
+        return role is Role.retention or (
+            role is Role.pretraining and self.pretraining.within_tolerance
+        )
 
-    def role(self, name: str) -> str:
-        """The role of the evaluation set called ``name``."""
+    def role(self, name: str) -> Role:
+        """The role of the evaluation set called ``name``.
+
+        Raises:
+            KeyError: when no evaluation set has that name.
+        """
         if name == self.pretraining.name:
-            return "pretraining"
-        for role, refs in (
-            ("finetuning", self.finetuning),
-            ("retention", self.retention),
-            ("target", self.targets),
-        ):
+            return Role.pretraining
+        groups: tuple[tuple[Role, list[FinetuneRef] | list[DataRef]], ...] = (
+            (Role.finetuning, self.finetuning),
+            (Role.retention, self.retention),
+            (Role.target, self.targets),
+        )
+        for role, refs in groups:
             if any(ref.name == name for ref in refs):
                 return role
         raise KeyError(name)
@@ -559,216 +576,46 @@ def check_url_form(url: str) -> None:
         raise ValueError(f"notify_url has an invalid port: {exc}") from None
 
 
-def check_limits(spec: SweepSpec, settings: Settings) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """The operator's largest sizes of a sweep, and the setting that raises each one."""
+
+    max_batches: int
+    max_batch_tokens: int
+    max_seq_len: int
+    max_ratios: int
+    max_trajectory_steps: int
+    max_trials: int
+    max_eval_sets: int
+
+
+def check_limits(spec: SweepSpec, limits: Limits) -> None:
     """Refuse a sweep above the operator's limits, naming the field and the limit.
 
     Raises:
-        InvalidRequestError: when a size is above its ``SHARPMIX_MAX_*`` limit.
+        LimitError: when a size is above its ``SHARPMIX_MAX_*`` limit.
     """
     checks: list[tuple[str, float, int, str]] = [
-        ("batches", spec.batches, settings.max_batches, "SHARPMIX_MAX_BATCHES"),
-        ("batch_tokens", spec.batch_tokens, settings.max_batch_tokens, "SHARPMIX_MAX_BATCH_TOKENS"),
-        ("seq_len", spec.seq_len, settings.max_seq_len, "SHARPMIX_MAX_SEQ_LEN"),
-        ("ratios", len(spec.screen_ratios), settings.max_ratios, "SHARPMIX_MAX_RATIOS"),
+        ("batches", spec.batches, limits.max_batches, "SHARPMIX_MAX_BATCHES"),
+        ("batch_tokens", spec.batch_tokens, limits.max_batch_tokens, "SHARPMIX_MAX_BATCH_TOKENS"),
+        ("seq_len", spec.seq_len, limits.max_seq_len, "SHARPMIX_MAX_SEQ_LEN"),
+        ("ratios", len(spec.screen_ratios), limits.max_ratios, "SHARPMIX_MAX_RATIOS"),
         (
             "trajectory.steps",
             spec.trajectory.steps if spec.trajectory else 0,
-            settings.max_trajectory_steps,
+            limits.max_trajectory_steps,
             "SHARPMIX_MAX_TRAJECTORY_STEPS",
         ),
         (
             "ratio_range.trials",
             spec.ratio_range.trials if spec.ratio_range else 0,
-            settings.max_trials,
+            limits.max_trials,
             "SHARPMIX_MAX_TRIALS",
         ),
-        ("targets", len(spec.eval_sets()), settings.max_eval_sets, "SHARPMIX_MAX_EVAL_SETS"),
+        ("targets", len(spec.eval_sets()), limits.max_eval_sets, "SHARPMIX_MAX_EVAL_SETS"),
     ]
     for field, value, limit, variable in checks:
         if value > limit:
-            raise InvalidRequestError(
+            raise LimitError(
                 field, f"{value:g} is above this server's limit of {limit} (set by {variable})"
             )
-
-
-def resolve_under_roots(path: str, roots: tuple[Path, ...], *, field: str) -> Path:
-    """Resolve a user's path and make sure it stays inside one of the allowed roots.
-
-    A relative path is looked up under each root in order and the first that exists wins (the
-    worker's rule, ``workers.data.resolve_local_path``). ``..`` components are refused outright;
-    symbolic links are followed before the containment check, so a link cannot lead outside.
-
-    Raises:
-        InvalidRequestError: when the path escapes every root or does not exist.
-    """
-    if "\x00" in path:
-        raise InvalidRequestError(field, "the path contains a NUL byte")
-    raw = Path(path)
-    if ".." in raw.parts:
-        raise InvalidRequestError(field, "'..' is not allowed; give the path inside a root")
-    allowed = ", ".join(str(r) for r in roots)
-    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
-    try:
-        for candidate in candidates:
-            resolved = Path(os.path.realpath(candidate))
-            inside = any(resolved == root or resolved.is_relative_to(root) for root in roots)
-            if not inside and (raw.is_absolute() or candidate.exists() or candidate.is_symlink()):
-                raise InvalidRequestError(
-                    field,
-                    f"{path!r} is outside the allowed roots ({allowed}); see "
-                    "SHARPMIX_ALLOWED_ROOTS",
-                )
-            if resolved.exists():
-                return resolved
-    except OSError as exc:
-        # A name too long for the file system, a loop of links, an unreadable directory: the
-        # operating system refuses to look, which is an unusable path, not a server fault.
-        raise InvalidRequestError(
-            field,
-            f"this path cannot be checked ({exc.strerror or exc}); give a shorter or valid path",
-        ) from exc
-    raise InvalidRequestError(field, f"{path!r} does not exist under the allowed roots ({allowed})")
-
-
-def check_paths(spec: SweepSpec, settings: Settings) -> None:
-    """Check every local path of the spec against the allowed roots, and hub ids against offline
-    mode.
-
-    Raises:
-        InvalidRequestError: naming the first field at fault.
-    """
-    roots = settings.roots
-    refs: list[tuple[str, DataRef]] = [("pretraining", spec.pretraining)]
-    for group in ("finetuning", "retention", "targets"):
-        refs += [(f"{group}[{i}]", ref) for i, ref in enumerate(getattr(spec, group))]
-    if spec.model.path is not None:
-        resolve_under_roots(spec.model.path, roots, field="model.path")
-    if spec.model.optimizer_state is not None:
-        resolve_under_roots(spec.model.optimizer_state, roots, field="model.optimizer_state")
-    if spec.model.hub_id is not None and settings.offline:
-        raise InvalidRequestError("model.hub_id", OFFLINE_MESSAGE)
-    for prefix, ref in refs:
-        if ref.path is not None:
-            resolve_under_roots(ref.path, roots, field=f"{prefix}.path")
-        elif settings.offline:
-            raise InvalidRequestError(f"{prefix}.hub_id", OFFLINE_MESSAGE)
-
-
-def finite(value: float | None) -> float | None:
-    """``value`` when finite, else None (JSON has no infinity)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-class RatioRank(BaseModel):
-    """One candidate ratio, ranked by the predicted growth of the pre-training loss."""
-
-    ratio: float
-    pretraining_loss_change: float | None = Field(
-        description="One-step change of the pre-training loss at the planned learning rate."
-    )
-    finetuning_loss_change: float | None = Field(
-        description="One-step change of the (weighted) fine-tuning loss at the planned rate."
-    )
-    eta_c_pretraining_low: float | None = Field(
-        description="Lower confidence bound of the critical learning rate on pre-training data."
-    )
-    min_eta_c: float | None = Field(description="Smallest critical learning rate over all sets.")
-    in_basin: bool = Field(description="Planned rate below every retention set's lower bound.")
-
-
-class SetForecast(BaseModel):
-    """The forecast drift of one evaluation set at the planned run's length."""
-
-    eval_set: str
-    role: str
-    steps: int = Field(description="The planned run's length N the forecast is for.")
-    drift: float | None = Field(description="Point forecast of the loss change (nats).")
-    low: float | None = Field(description="Lower end of its interval (None: unbounded).")
-    high: float | None = Field(description="Upper end of its interval (None: unbounded).")
-    measured: bool = Field(description="True when the trajectory reached N steps itself.")
-    method: str = Field(description="How the forecast was fitted, in words.")
-
-
-class TrajectoryVerdict(BaseModel):
-    """What one ratio's trajectory says about the planned run."""
-
-    ratio: float
-    steps_done: int = Field(description="Optimizer steps the trajectory took.")
-    pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
-    retention_drift: float | None = Field(
-        description="Largest forecast drift at N over the pre-training and retention sets."
-    )
-    retention_drift_high: float | None = Field(
-        description="Upper end of that forecast's interval (None: unbounded)."
-    )
-    finetuning_gain: float | None = Field(
-        description="Forecast fall of the (weighted) fine-tuning loss at N (positive: it learns)."
-    )
-    within_tolerance: bool = Field(
-        description="Not pruned, and the upper end of every retention forecast is within the "
-        "tolerance."
-    )
-    forecasts: list[SetForecast] = Field(default_factory=list)
-
-
-class Recommendation(BaseModel):
-    """What a finished sweep recommends, with the evidence (method.md §4 and §9)."""
-
-    objective: Objective
-    ratio: float | None = Field(description="Recommended fraction of pre-training tokens.")
-    reason: str
-    basis: Literal["first_step", "trajectory"] = Field(
-        default="first_step",
-        description="first_step: from measurements at theta0 only (a first-step verdict); "
-        "trajectory: from real optimizer steps on each mix, forecast to planned_steps.",
-    )
-    learning_rate: float = Field(description="The planned (peak) learning rate the answer is for.")
-    planned_steps: int | None = Field(default=None, description="N, the planned run's length.")
-    tolerance: float | None = Field(
-        default=None, description="Largest acceptable rise of the retention losses (nats)."
-    )
-    forecast_drift: float | None = Field(
-        default=None,
-        description="Trajectory basis: the recommended ratio's largest forecast retention drift "
-        "at N.",
-    )
-    forecast_drift_high: float | None = Field(
-        default=None, description="Upper end of that forecast's interval."
-    )
-    finetuning_gain: float | None = Field(
-        default=None,
-        description="Trajectory basis: the recommended ratio's forecast fall of the fine-tuning "
-        "loss at N.",
-    )
-    trajectories: list[TrajectoryVerdict] = Field(default_factory=list)
-    in_basin: bool | None = Field(
-        description="First-step verdict: whether the planned rate stays below the lower bound "
-        "of eta_c on the pre-training and every retention set at theta0 (the first step leaves "
-        "those losses flat; it says nothing of later steps)."
-    )
-    max_stable_lr: float | None = Field(
-        description="Largest rate whose first step keeps the pre-training and every retention "
-        "loss flat for the recommended mix: the smallest lower bound of eta_c over those sets "
-        "(in_basin is exactly learning_rate < max_stable_lr)."
-    )
-    flat_ratio: float | None = Field(
-        description="Smallest ratio whose lower bound of eta_c on every retention set exceeds "
-        "the planned rate (None when no candidate does)."
-    )
-    balanced_ratio: float | None = Field(
-        description="Ratio maximising the smallest eta_c over all evaluation sets, where the "
-        "per-set curves cross (None when the maximum lies at an end of the candidates: the "
-        "curves do not cross there)."
-    )
-    least_forgetting_ratio: float | None = Field(
-        description="Smallest ratio whose predicted one-step pre-training loss change at the "
-        "planned rate is not above the noise, while the fine-tuning loss still falls (the "
-        "loss-change rule; method.md §7 finds the eta_c rule safe but conservative)."
-    )
-    confidence: Literal["high", "medium", "low"]
-    ranking: list[RatioRank] = Field(default_factory=list)
-    pareto_ratios: list[float] = Field(
-        default_factory=list,
-        description="Ratios on the front of (fine-tuning loss decrease, pre-training loss rise).",
-    )
-    warnings: list[str] = Field(default_factory=list)

@@ -8,9 +8,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from service.config import Settings
-from service.errors import InvalidRequestError
-from service.spec import SweepSpec, check_limits, resolve_under_roots
+from contract.errors import LimitError
+from contract.spec import Limits, Role, SweepSpec, check_limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,23 +50,25 @@ def test_inconsistent_specs_are_refused(change: dict[str, object], message: str)
         SweepSpec.model_validate({**example(), **change})
 
 
-def test_limits_name_the_field(tmp_path: Path) -> None:
+def test_limits_name_the_field() -> None:
     spec = SweepSpec.model_validate(example())
-    with pytest.raises(InvalidRequestError) as caught:
-        check_limits(spec, Settings(home=tmp_path, max_batch_tokens=1024))
+    limits = Limits(
+        max_batches=64,
+        max_batch_tokens=1024,
+        max_seq_len=4096,
+        max_ratios=64,
+        max_trajectory_steps=5000,
+        max_trials=128,
+        max_eval_sets=16,
+    )
+    with pytest.raises(LimitError) as caught:
+        check_limits(spec, limits)
     assert caught.value.field == "batch_tokens"
     assert "SHARPMIX_MAX_BATCH_TOKENS" in caught.value.message
 
 
-def test_paths_stay_inside_the_roots(tmp_path: Path) -> None:
-    inside, outside = tmp_path / "root", tmp_path / "elsewhere"
-    inside.mkdir()
-    outside.mkdir()
-    (inside / "data.jsonl").write_text("{}\n")
-    (outside / "secret.jsonl").write_text("{}\n")
-    (inside / "link").symlink_to(outside / "secret.jsonl")
-    roots = (inside,)
-    assert resolve_under_roots("data.jsonl", roots, field="f") == inside / "data.jsonl"
-    for bad in ("../elsewhere/secret.jsonl", str(outside / "secret.jsonl"), "link", "missing"):
-        with pytest.raises(InvalidRequestError):
-            resolve_under_roots(bad, roots, field="pretraining.path")
+def test_roles_are_strings_too() -> None:
+    spec = SweepSpec.model_validate(example())
+    assert spec.role("dclm") is Role.pretraining and spec.role("math") == "finetuning"
+    with pytest.raises(KeyError):
+        spec.role("nowhere")

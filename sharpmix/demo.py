@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from service.api.schemas import SweepOut, TrajectoriesOut, TrialOut
+from contract.recommendation import Recommendation
+from contract.wire import SweepOut, TrajectoriesOut, TrialOut
 from service.client import SharpmixClient
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.tenants import create_api_key, create_tenant
-from service.embedded import EmbeddedServer
-from service.spec import Recommendation
+from sharpmix.embedded import EmbeddedServer
 
 # A 48-step run planned; 12 real steps per trajectory on CPU (measured at 0, 6 and 12), forecast
 # to 48 from there: a horizon four times the trajectory, short enough for a tight interval.
@@ -56,7 +56,7 @@ def demo_spec(model_dir: Path, general: Path, math: Path) -> dict[str, Any]:
 
 def run_demo(settings: Settings, *, rebuild: bool = False) -> int:
     """Run the demo; returns the process exit code."""
-    from workers.data.demo import build_demo_assets
+    from sharpmix.assets.demo import build_demo_assets
 
     start = time.perf_counter()
     _say(f"demo assets under {settings.home / 'demo'} (built once, then reused)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.db.models import (
+from contract.states import (
     SWEEP_FROM,
     TASK_FROM,
     SweepState,

@@ -7,17 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.data import (
-    DataSource,
-    LoadPolicy,
-    ModelSource,
-    build_demo_assets,
-    load_model,
-    measure_forgetting,
-    token_batches,
-)
-from workers.data.corpora import NAMES, general_documents, make_world, math_documents
-from workers.data.demo import DEMO_VERSION, DemoAssets
+from sharpmix.assets.corpora import NAMES, general_documents, make_world, math_documents
+from sharpmix.assets.demo import DEMO_VERSION, DemoAssets, build_demo_assets, measure_forgetting
+from workers.data import DataSource, LoadPolicy, ModelSource, load_model, token_batches
 
 pytestmark = pytest.mark.unit
 

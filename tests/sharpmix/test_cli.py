@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.cli import main
 from service.config import get_settings
 from service.db import tenants
+from sharpmix.cli import main
 from tests.service.support import Api, finish, sweep_body
 
 pytestmark = pytest.mark.db
