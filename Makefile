@@ -11,7 +11,7 @@ export SHARPMIX_TEST_POSTGRES_URL
 # torch's OpenMP threads spin while they wait for work; on a small machine shared with anything
 # else (the test suite's own worker processes included) spinning threads starve each other: the
 # demo model's training step took 2.8 s instead of 0.43 s with two threads at a load of 5
-# (service/cli.py sets the same default for the `sharpmix` command).
+# (sharpmix/cli.py sets the same default for the `sharpmix` command).
 export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help venv check lint format typecheck imports test test-fast demo clean

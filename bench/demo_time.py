@@ -64,7 +64,7 @@ def main() -> None:
             "torch": torch.__version__,
             # What `make demo` exports (and the sharpmix command defaults to): spinning OpenMP
             # threads are what a loaded machine punishes most.
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (the command's default)"),
         },
         "cold": cold,
         "warm": warm,

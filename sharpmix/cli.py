@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -687,6 +688,10 @@ def exit_code(error: SharpmixError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    # Before torch is first imported (commands import it lazily): its OpenMP threads then sleep
+    # instead of spinning while they wait, which a CPU shared with anything else rewards
+    # (the demo model's training step: 0.43 s against 2.8 s at a load of 5 on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
