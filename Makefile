@@ -9,10 +9,10 @@ PG_ADMIN_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 SHARPMIX_TEST_POSTGRES_URL ?= $(shell pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && echo $(PG_ADMIN_URL))
 export SHARPMIX_TEST_POSTGRES_URL
 # torch's OpenMP threads spin while they wait for work; on a small machine shared with anything
-# else (the test suite's own worker processes included) spinning threads starve each other: the
-# demo model's training step took 2.8 s instead of 0.43 s with two threads at a load of 5
-# (sharpmix/cli.py sets the same default for the `sharpmix` command).
-export OMP_WAIT_POLICY ?= PASSIVE
+# else (the test suite's own worker processes included) long spinning starves the working
+# threads. A short spin keeps an idle machine's speed (bench/omp_wait.py; sharpmix/cli.py sets
+# the same default for the `sharpmix` command).
+export GOMP_SPINCOUNT ?= 10000
 
 .PHONY: help venv check lint format typecheck imports test test-fast demo clean
 

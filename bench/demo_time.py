@@ -62,9 +62,10 @@ def main() -> None:
             "load_average_1m_before": load_before,
             "python": platform.python_version(),
             "torch": torch.__version__,
-            # What `make demo` exports (and the sharpmix command defaults to): spinning OpenMP
-            # threads are what a loaded machine punishes most.
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (the command's default)"),
+            # What `make demo` exports (and the sharpmix command defaults to): how long torch's
+            # OpenMP threads spin, which a loaded machine punishes (bench/omp_wait.py).
+            "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "10000 (the command's default)"),
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         },
         "cold": cold,
         "warm": warm,

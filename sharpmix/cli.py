@@ -688,10 +688,12 @@ def exit_code(error: SharpmixError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    # Before torch is first imported (commands import it lazily): its OpenMP threads then sleep
-    # instead of spinning while they wait, which a CPU shared with anything else rewards
-    # (the demo model's training step: 0.43 s against 2.8 s at a load of 5 on 2 cores).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch is first imported (commands import it lazily): torch's OpenMP threads spin
+    # a short while, then sleep, when they wait for work. Spinning long starves the working
+    # threads on a CPU shared with anything else; not spinning at all costs an idle one
+    # (bench/omp_wait.py). An operator's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
