@@ -31,6 +31,7 @@ def main() -> int:
     from service.client import SharpmixClient
     from service.config import get_settings
     from service.db.engine import make_engine, make_session_factory
+    from service.db.migrate import upgrade
     from service.db.tenants import create_api_key, create_tenant
     from sharpmix.assets.demo import build_demo_assets
     from sharpmix.demo import demo_spec, demo_sweep
@@ -44,6 +45,7 @@ def main() -> int:
     settings = settings.model_copy(
         update={"allowed_roots": [*settings.allowed_roots, assets.model_dir.parent]}
     )
+    upgrade(settings.resolved_database_url)  # a fresh SHARPMIX_HOME has no tables yet
     engine = make_engine(settings.resolved_database_url)
     with make_session_factory(engine)() as session:
         key = create_api_key(session, create_tenant(session, "demo").id)[1]
