@@ -44,6 +44,7 @@ from workers.data import (
     DataSource,
     LoadPolicy,
     ModelSource,
+    TokenStream,
     check_model_fits,
     load_model,
     micro_batched_loss,
@@ -219,29 +220,37 @@ def prepare(
     direction_sets = [spec.pretraining, *spec.finetuning]
     direction_names = {ref.name for ref in direction_sets}
 
-    def batches(ref: DataRef, group: str, first: int) -> Tensor:
+    groups = field_names(spec)
+    # Each set's token stream is read once (tokenised once per cache), then serves its direction
+    # and evaluation batches and its counts for exports.
+    streams: dict[str, TokenStream] = {}
+
+    def batches(ref: DataRef, first: int) -> Tensor:
+        src = data_source(ref)
+        if ref.name not in streams:
+            streams[ref.name] = token_stream(src, tokenizer, policy, field=groups[ref.name])
         return token_batches(
-            data_source(ref),
+            src,
             tokenizer,
             policy,
             seq_len=spec.seq_len,
             batch_size=sequences,
             num_batches=spec.batches,
             seed=spec.seed,
-            field=group,
+            field=groups[ref.name],
             first_batch=first,
+            stream=streams[ref.name],
         ).to(device)
 
-    groups = field_names(spec)
-    direction_batches = [batches(ref, groups[ref.name], 0) for ref in direction_sets]
-    sources: dict[str, dict[str, int]] = {}
-    for ref in direction_sets:  # read back from the token cache the batches just filled
-        stream = token_stream(data_source(ref), tokenizer, policy, field=groups[ref.name])
-        if stream.documents:
-            sources[ref.name] = {"tokens": len(stream.tokens), "documents": stream.documents}
+    direction_batches = [batches(ref, 0) for ref in direction_sets]
     eval_batches = {
-        ref.name: batches(ref, groups[ref.name], spec.batches if ref.name in direction_names else 0)
+        ref.name: batches(ref, spec.batches if ref.name in direction_names else 0)
         for ref in spec.eval_sets()
+    }
+    sources = {
+        ref.name: {"tokens": len(stream.tokens), "documents": stream.documents}
+        for ref in direction_sets
+        if (stream := streams[ref.name]).documents
     }
     micro_batch = max(1, min(sequences, micro_batch_tokens // spec.seq_len))
     check_optimizer_state(spec, loaded.optimizer_state)

@@ -76,6 +76,7 @@ def token_batches(
     seed: int,
     field: str | None = None,
     first_batch: int = 0,
+    stream: TokenStream | None = None,
 ) -> torch.Tensor:
     """Packed, seeded batches of one domain.
 
@@ -90,6 +91,8 @@ def token_batches(
         field: Error field prefix for this domain; defaults to ``src.name``.
         first_batch: Skip this many batches of the seeded order, for disjoint evaluation
             batches (see the module docstring).
+        stream: This domain's stream from :func:`token_stream`, when the caller already has it
+            (it is then not read again).
 
     Returns:
         ``(num_batches, batch_size, seq_len)`` int64 token ids, documents separated by EOS.
@@ -107,7 +110,8 @@ def token_batches(
             raise DataError(name, f"{name} is {value}; it must be at least {least}")
     if first_batch < 0:
         raise DataError("first_batch", f"first_batch is {first_batch}; it must be at least 0")
-    stream = token_stream(src, tokenizer, policy, field=prefix)
+    if stream is None:
+        stream = token_stream(src, tokenizer, policy, field=prefix)
     rows = pack_rows(stream.tokens, seq_len)
     needed_rows = (first_batch + num_batches) * batch_size
     if len(rows) < needed_rows:
