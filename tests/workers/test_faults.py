@@ -21,23 +21,33 @@ from contract.states import SweepState, TaskKind, TaskState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint
-from tests.conftest import SweepAssets
+from tests.conftest import POSTGRES_ENV, SweepAssets, _reset_postgres
 from tests.workers.test_worker import submit
 from workers.worker import Worker
 
-pytestmark = [pytest.mark.db, pytest.mark.slow]
+# Several worker processes on one database is the PostgreSQL deployment: these tests run there
+# only (the guards themselves are tested on both backends in tests/service/db/test_queue.py).
+pytestmark = [
+    pytest.mark.db,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get(POSTGRES_ENV),
+        reason=f"{POSTGRES_ENV} is not set (make test sets it when PostgreSQL runs)",
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = 3.0
 
 
 @pytest.fixture
-def db_url(db_url: str) -> str:
-    # Several worker processes on one database is the PostgreSQL deployment; the guards
-    # themselves are tested on both backends in tests/service/db/test_queue.py.
-    if not db_url.startswith("postgresql"):
-        pytest.skip("process-level fault tests run on PostgreSQL")
-    return db_url
+def db_url(postgres_server_url: str) -> str:
+    """This session's PostgreSQL database, emptied and migrated (no SQLite variant)."""
+    from service.db.migrate import upgrade
+
+    _reset_postgres(postgres_server_url)
+    upgrade(postgres_server_url)
+    return postgres_server_url
 
 
 @pytest.fixture

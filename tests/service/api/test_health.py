@@ -108,20 +108,30 @@ def test_the_metrics_token_protects_metrics_and_leaves_probes_open(db_url: str, 
         assert client.get("/healthz").status_code == 200
 
 
+def _assert_read_only(client: TestClient, headers: dict[str, str]) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503 and "read-only" in response.json()["detail"]
+    write = client.post("/v1/sweeps", json=sweep_body(), headers=headers)
+    assert write.status_code == 503 and "read-only" in write.json()["detail"]
+    assert "migrated" not in write.json()["detail"]
+
+
 def test_readyz_is_503_on_a_read_only_database(api: Api, db_url: str) -> None:
     if not db_url.startswith("postgresql"):
-        pytest.skip("a read-only SQLite file cannot be made for root, who may write anyway")
+        # File permissions do not stop root; SQLite's read-only open mode does, for anyone.
+        path = make_url(db_url).database
+        read_only = make_settings(api.root, f"sqlite:///file:{path}?mode=ro&uri=true")
+        with TestClient(create_app(read_only)) as client:
+            _assert_read_only(client, api.headers)
+        assert api.client.get("/readyz").status_code == 200
+        return
     name = make_url(db_url).database
     admin = create_engine(db_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
     try:
         api.app.state.engine.dispose()  # new connections see the setting
-        response = api.client.get("/readyz")
-        assert response.status_code == 503 and "read-only" in response.json()["detail"]
-        write = api.client.post("/v1/sweeps", json=sweep_body(), headers=api.headers)
-        assert write.status_code == 503 and "read-only" in write.json()["detail"]
-        assert "migrated" not in write.json()["detail"]
+        _assert_read_only(api.client, api.headers)
     finally:
         with admin.connect() as connection:
             connection.execute(
