@@ -26,13 +26,21 @@ BUDGET_S = 180.0
 
 
 def timed_demo(home: Path) -> dict[str, object]:
-    """One `sharpmix demo` run: seconds, exit code and the recommendation line."""
+    """One `sharpmix demo` run: seconds, exit code, the recommendation line, the trajectories."""
     env = {**os.environ, "SHARPMIX_HOME": str(home), "SHARPMIX_ALLOWED_ROOTS": ""}
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     out = subprocess.run(SHARPMIX, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    lines = [line for line in out.stdout.splitlines() if line.startswith("recommended")]
+    printed = out.stdout.splitlines()
+    lines = [line for line in printed if line.startswith("recommended")]
+    # The trajectory table as printed: drift at K, forecast at N and its interval, per ratio.
+    table: list[str] = []
+    for line in printed:
+        if line.startswith("trajectories:") or (table and line.strip()):
+            if line.startswith(("trajectory plot", "plot:")):
+                break
+            table.append(line)
     manifest = json.loads((home / "demo" / "manifest.json").read_text())
     return {
         "seconds": round(seconds, 1),
@@ -40,6 +48,7 @@ def timed_demo(home: Path) -> dict[str, object]:
         "within_budget": seconds <= BUDGET_S,
         "exit_code": out.returncode,
         "answer": lines[:1],
+        "trajectories": table,
         "asset_build_seconds_in_manifest": round(manifest["build_seconds"], 1),
         "pretrain_seconds_in_manifest": round(manifest["pretrain"]["seconds"], 1),
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
