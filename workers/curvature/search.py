@@ -37,7 +37,10 @@ loss below `L0` by no more than its rounding is a tie, not a descent, so a direc
 but for a one-ulp dip at tiny steps is `increases_immediately` whatever the starting guess (before,
 a cold start could report `ok` with an eta_c of rounding noise where a warm start reported
 `increases_immediately`). The band is counted in the losses' own precision: float32 ulps when every
-loss is a float32 value (a model's loss), float64 ulps otherwise.
+loss is a float32 value (a model's loss), float64 ulps otherwise. On an ascending float32 line the
+probes near the floor tie L0 and those above rise: the quadratic search then bisects that bracket
+geometrically and stops once it spans a factor 4 (`_settled_ascent`) instead of closing it to `tol`,
+which would only place the edge of the rounding band (13-20 forwards before, 7-11 now).
 `no_increase` when `lr_guess * 2**max_steps` still did not raise the loss: `eta = lower` is a lower
 bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
 """
@@ -61,6 +64,7 @@ SearchMethod = Literal["bisect", "quadratic"]
 # A loss within this many float32 ulps of L0 may be a tie blurred by rounding: it does not by
 # itself prove that a direction raises the loss (it still counts as an increase in the bracket).
 _TIE_ULPS = 4.0
+_TIE_BRACKET = 4.0  # see _settled_ascent
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,7 @@ def _quadratic(
     first = not origin and not b.probes
     if not b.probes:  # else seeded with a descent by the tie walk
         b.probe(lr_guess)
-    while not b.closed(tol):
+    while not (b.closed(tol) or _settled_ascent(b)):
         finite = sorted((e, b.slope(e, loss)) for e, loss in b.probes if math.isfinite(loss))
         if not math.isfinite(b.hi):  # every probe so far left the loss <= L0: step up
             if b.lo >= cap:
@@ -205,7 +209,9 @@ def _quadratic(
             lo, hi = b.lo, b.hi
             y_lo, y_hi = b.slope(lo, b.loss_lo), b.slope(hi, b.loss_hi)
             root = _line_root((lo, y_lo), (hi, y_hi))
-            if surprises >= 2 or root is None or len(b.probes) > budget:
+            # Before any probe has descended, `lower` only ties L0 and the model's line runs
+            # through rounding noise: bisect instead (the ascent case, see `_settled_ascent`).
+            if surprises >= 2 or root is None or len(b.probes) > budget or not _descended(b):
                 surprises = 0
                 # Geometric midpoint while the bracket spans more than a factor 2 (it may come
                 # from a long jump), arithmetic after, as the baseline.
@@ -281,6 +287,8 @@ def critical_lr(
             # is below its rounding resolution (flat there too: increases_immediately).
             eta = b.lo / 2
             b.probes.append((eta, float(loss_at(eta))))
+            if _descended(b) and not b.closed(tol):
+                search(b)  # a real descent after all: close the bracket it left open
 
     b = _Bracket(loss_at, float(loss0))
     search(b)
@@ -299,6 +307,21 @@ def critical_lr(
         )
     b.probes = earlier + b.probes
     return _result(b)
+
+
+def _settled_ascent(b: _Bracket) -> bool:
+    """Whether a bracket between a tie and a confirmed increase is narrow enough to stop.
+
+    No probe has descended: `lower` only ties L0 and `upper` rises above its rounding band. The
+    bracket is then the edge of the rounding band on an ascending line, and closing it to `tol`
+    would only place that edge. Under the quadratic model, a descent hidden in a bracket with
+    `upper <= 4 * lower` is at most 4/3 of the larger of the ties at `lower` and at `lower / 2`
+    (the probe `critical_lr` adds): within rounding too, so the verdict cannot change. That
+    probe, or any later one, that does descend reopens the search.
+    """
+    if b.lo == 0 or not math.isfinite(b.hi) or b.hi > _TIE_BRACKET * b.lo:
+        return False
+    return _confirmed_increase(b) and not _descended(b)
 
 
 def _descended(b: _Bracket) -> bool:

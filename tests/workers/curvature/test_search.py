@@ -234,3 +234,40 @@ def test_descent_within_rounding_is_a_tie_whatever_the_start(
     r = critical_lr(loss_at, loss0=loss0, lr_guess=guess, method=method)
     assert r.status == "increases_immediately"
     assert r.sharpness == math.inf and r.eta == 0.0
+
+
+def _float32_line(c: float, loss0: float):  # type: ignore[no-untyped-def]
+    """A float32 loss that rises along d at rate `c` (with a little curvature): a pure ascent."""
+    return lambda eta: float(np.float32(loss0 + c * eta + 5 * eta * eta))
+
+
+@pytest.mark.parametrize("c", [1e-1, 1.0, 10.0, 100.0])
+@pytest.mark.parametrize("guess", [4.5e-4, 1e-5])
+def test_ascent_in_float32_stops_at_the_edge_of_rounding(c: float, guess: float) -> None:
+    # Near the floor the probes tie L0, above it they rise: the bracket between is only the edge
+    # of the rounding band, which the search no longer closes to tol (it took 13-20 forwards).
+    loss0 = float(np.float32(0.9166))
+    r = critical_lr(_float32_line(c, loss0), loss0=loss0, lr_guess=guess)
+    assert r.status == "increases_immediately"
+    assert r.sharpness == math.inf and r.eta == 0.0
+    assert r.forwards <= 11
+
+
+@pytest.mark.parametrize("depth_ulps", [8, 64, 4096])
+def test_a_descent_behind_a_tie_is_still_found_and_closed(depth_ulps: int) -> None:
+    # A descent too shallow to show at the first probe below the guess (a tie there), clear at
+    # steps between that tie and the first increase: the search must find it and close the
+    # bracket to tol, not stop at the tie.
+    loss0 = float(np.float32(3.0))
+    ulp = float(np.spacing(np.float32(loss0)))
+    eta_c = 1e-6
+    a = 4 * depth_ulps * ulp / eta_c  # deepest point, at eta_c / 2, is depth_ulps ulps below L0
+    b = a / eta_c
+
+    def loss_at(eta: float) -> float:
+        return float(np.float32(loss0 - a * eta + b * eta * eta))
+
+    r = critical_lr(loss_at, loss0=loss0, lr_guess=1e-3)
+    assert r.status == "ok"
+    assert r.lower <= eta_c * 1.0001 and eta_c * 0.9999 <= r.upper
+    assert 1 - r.lower / r.upper <= 1 / 16
