@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         auth_cache_seconds: How long a checked API key is remembered by an API process, so
             polling does not cost a database read per request. A revoked key stops working
             within this many seconds.
+        sweep_read_cache: On PostgreSQL, keep each ``GET /v1/sweeps/{id}`` answer in the API
+            process until the database announces a change of that sweep (migration 0005's
+            notices; see ``service/db/reads.py``). Off, every poll reads the database.
         url: Client side: the server ``sharpmix submit`` talks to.
         api_key: Client side: the key ``sharpmix submit`` sends (``SHARPMIX_API_KEY``).
         notify: Run the delivery loop (webhooks, MLflow) in the API process.
@@ -114,6 +117,7 @@ class Settings(BaseSettings):
     database_pool_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     metrics_token: SecretStr | None = None
     auth_cache_seconds: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    sweep_read_cache: bool = True
 
     url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None

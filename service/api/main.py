@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifier = DeliveryLoop(settings, app.state.session_factory)
         if settings.notify:
             notifier.start()
+        if app.state.sweep_reader is not None and settings.sweep_read_cache:
+            await app.state.sweep_reader.start()
         try:
             yield
         finally:

@@ -9,7 +9,18 @@ the driver of everything else), under the limits of every engine (`service.db.en
 a hung database costs a bounded wait and a `DatabaseError`, never a parked request.
 
 A sweep's spec never changes after it is stored, so it is parsed once per sweep and kept (a
-bounded cache); the columns that change are read on every request.
+bounded cache).
+
+While the application runs (`start` in its lifespan), the rendered response of each sweep read is
+kept as well, and the database is not asked again until the sweep changes. The database says when:
+migration 0005 sends a notice on channel ``sharpmix_sweeps`` when a transaction that updated or
+deleted a sweep row commits, and one connection of this reader listens to it and forgets that
+sweep. What is kept is served only while that connection is known to work: it runs ``SELECT 1``
+every `PING_SECONDS`, and when the last success is older than `LIVE_SECONDS` (a dropped connection,
+a hung database) every read goes to the database again, so a database that does not answer still
+gives 503s within the usual limits. A read that began before a notice (or before the listener
+reconnected) is not kept, so a late answer never overwrites a newer change. A change is seen by
+the listener a few milliseconds after its commit; the process's own writes (`forget`) at once.
 
 SQLite (the embedded default, one host) keeps the synchronous path: `SweepReader.for_url`
 returns None there.
@@ -18,8 +29,14 @@ returns None there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+import math
+import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +49,14 @@ from service.db.engine import Timeouts
 from service.db.models import Sweep
 from service.errors import DatabaseError, NotFoundError
 
+log = logging.getLogger(__name__)
+
+CHANNEL = "sharpmix_sweeps"  # migration 0005 notifies it with the id of each changed sweep
+LISTENER_NAME = "sharpmix-sweep-changes"  # its application_name in pg_stat_activity
+PING_SECONDS = 1.0  # the listener proves its connection this often
+LIVE_SECONDS = 3.0  # what is kept is served only this long after the last proof
+_RECONNECT_SECONDS = 1.0
+_BODIES_KEPT = 4096
 _SKIPPED = ("spec", "recommendation")  # read separately (spec) or not shown (recommendation)
 _SPECS_KEPT = 4096
 _NAMES = [c.name for c in Sweep.__table__.columns if c.name not in _SKIPPED]
@@ -73,6 +98,14 @@ class SweepReader:
         # thread) keeps one set per loop.
         self._loops: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._specs: OrderedDict[str, SweepSpec] = OrderedDict()
+        # Rendered reads by sweep id, with the tenant they belong to; see the module docstring.
+        # The listener and the reads run on one event loop; `forget` may come from a thread.
+        self._bodies: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._generation = 0  # bumped by every notice, forget and listener (re)start
+        self._verified_at = -math.inf  # monotonic time of the listener's last proof
+        self._listen_loop: asyncio.AbstractEventLoop | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def for_url(cls, url: str, timeouts: Timeouts) -> SweepReader | None:
@@ -106,8 +139,103 @@ class SweepReader:
         values.pop("spec", None)
         return Sweep(**values), spec
 
+    async def start(self) -> None:
+        """Start listening for changes on the running loop, so reads on it can be kept."""
+        if self._listener is None:
+            self._listen_loop = asyncio.get_running_loop()
+            self._listener = asyncio.create_task(self._listen(), name="sharpmix-sweep-changes")
+
+    async def read_rendered(
+        self, tenant_id: int, sweep_id: str, render: Callable[[Sweep, SweepSpec], bytes]
+    ) -> bytes:
+        """``render`` of the tenant's sweep: kept from an earlier read while the sweep is unchanged.
+
+        Raises:
+            NotFoundError: when it does not exist or belongs to another tenant (never kept).
+            DatabaseError: when it has to be read and the database does not answer in time.
+        """
+        keeping = self._live()
+        if keeping:
+            with self._lock:
+                kept = self._bodies.get(sweep_id)
+                generation = self._generation
+            if kept is not None and kept[0] == tenant_id:
+                return kept[1]
+        row, spec = await self.read(tenant_id, sweep_id)
+        body = render(row, spec)
+        if keeping:
+            with self._lock:
+                # Not when a change or a reconnect came while this read was in flight.
+                if generation == self._generation and self._live():
+                    self._bodies[sweep_id] = (tenant_id, body)
+                    if len(self._bodies) > _BODIES_KEPT:
+                        self._bodies.popitem(last=False)
+        return body
+
+    def forget(self, sweep_id: str) -> None:
+        """Drop what is kept of a sweep this process just changed (safe from any thread)."""
+        with self._lock:
+            self._bodies.pop(sweep_id, None)
+            self._generation += 1
+
+    def _forget_all(self) -> None:
+        with self._lock:
+            self._bodies.clear()
+            self._generation += 1
+
+    def _live(self) -> bool:
+        return (
+            time.monotonic() - self._verified_at < LIVE_SECONDS
+            and asyncio.get_running_loop() is self._listen_loop
+        )
+
+    def _on_notice(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
+        self.forget(payload)
+
+    async def _listen(self) -> None:
+        """LISTEN on `CHANNEL` and prove the connection every `PING_SECONDS`, reconnecting."""
+        limits = self._timeouts
+        failures = 0
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                async with asyncio.timeout(limits.checkout_limit):
+                    connection = await asyncpg.connect(
+                        self._conninfo,
+                        timeout=limits.connect,
+                        server_settings={"application_name": LISTENER_NAME},
+                    )
+                    await connection.add_listener(CHANNEL, self._on_notice)
+                # Notices sent before this LISTEN are lost: start from nothing kept.
+                self._forget_all()
+                while True:
+                    async with asyncio.timeout(limits.connect):
+                        await connection.fetchval("SELECT 1")
+                    self._verified_at = time.monotonic()
+                    if failures:
+                        log.info("listening for sweep changes again")
+                        failures = 0
+                    await asyncio.sleep(PING_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("sweep reads go to the database: change listener lost (%s)", exc)
+            finally:
+                self._verified_at = -math.inf
+                self._forget_all()
+                if connection is not None:
+                    connection.terminate()
+            await asyncio.sleep(_RECONNECT_SECONDS)
+
     async def close(self) -> None:
-        """Close the idle connections (at application shutdown)."""
+        """Stop listening and close the idle connections (at application shutdown)."""
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         for loop, state in list(self._loops.items()):
             for connection in state.idle:
                 if loop is asyncio.get_running_loop():

@@ -78,7 +78,13 @@ class Api:
 
 
 def make_settings(root: Path, db_url: str, **changes: Any) -> Settings:
-    """Settings for a test application: its database, the root as home and only allowed root."""
+    """Settings for a test application: its database, the root as home and only allowed root.
+
+    The sweep read cache is off unless asked for: tests that write a sweep row and read it back
+    at once would otherwise race the database's change notice by a millisecond
+    (``test_sweep_read_cache`` covers the cache itself).
+    """
+    changes.setdefault("sweep_read_cache", False)
     return Settings(home=root, database_url=db_url, allowed_roots=[root], **changes)
 
 

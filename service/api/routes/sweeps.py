@@ -26,6 +26,7 @@ from service import plot
 from service.api.deps import SessionDep, SettingsDep, TenantDep, get_tenant
 from service.api.schemas import sweep_out, trajectories_out, trial_out
 from service.db import sweeps
+from service.db.models import Sweep
 from service.db.reads import SweepReader
 from service.export import ExportError, Format, render_export
 from service.notify import check_notify_url
@@ -117,14 +118,17 @@ async def get_sweep(request: Request) -> Response:
     # encode a dict first).
     reader: SweepReader | None = request.app.state.sweep_reader
     if reader is not None:
-        row, spec = await reader.read(tenant.id, sweep_id)
-        out = sweep_out(row, spec)
+        body = await reader.read_rendered(tenant.id, sweep_id, _render_sweep)
     else:
         row = await run_in_threadpool(
             sweeps.peek_sweep, request.app.state.read_engine, tenant.id, sweep_id
         )
-        out = sweep_out(row)
-    return Response(out.model_dump_json(), media_type="application/json")
+        body = _render_sweep(row, None)
+    return Response(body, media_type="application/json")
+
+
+def _render_sweep(row: Sweep, spec: SweepSpec | None) -> bytes:
+    return sweep_out(row, spec).model_dump_json().encode()
 
 
 @router.get("/{sweep_id}/trials")
@@ -278,6 +282,12 @@ def export_mix(
     "/{sweep_id}/cancel",
     responses={409: {"model": Message, "description": "The sweep has already finished."}},
 )
-def cancel_sweep(sweep_id: str, tenant: TenantDep, session: SessionDep) -> SweepOut:
+def cancel_sweep(
+    sweep_id: str, tenant: TenantDep, session: SessionDep, request: Request
+) -> SweepOut:
     """Stop a sweep: a queued one at once; a running one at its worker's next heartbeat."""
-    return sweep_out(sweeps.request_cancel(session, tenant.id, sweep_id))
+    sweep = sweeps.request_cancel(session, tenant.id, sweep_id)
+    reader: SweepReader | None = request.app.state.sweep_reader
+    if reader is not None:
+        reader.forget(sweep_id)  # a poll right after this answer sees the cancel
+    return sweep_out(sweep)

@@ -115,6 +115,7 @@ def test_a_hung_database_gives_503s_in_bounded_time_and_probes_keep_answering(
         database_connect_timeout=1,
         database_statement_timeout=2,
         database_pool_timeout=1,
+        sweep_read_cache=True,  # what is kept must not answer for a database that hangs
     )
     app = create_app(settings)
     app.state.metrics.refresh_seconds = 0.0  # read the store at every scrape
