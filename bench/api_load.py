@@ -1,6 +1,8 @@
 """API throughput and latency under 50 concurrent clients, against a trivial FastAPI app.
 
-What it measures: ``GET /v1/sweeps/{id}`` (authenticated, one sweep read from PostgreSQL),
+What it measures: ``GET /v1/sweeps/{id}`` (authenticated, a sweep stored in PostgreSQL) of a
+sweep that does not change while polled and of one that another connection changes twice a
+second (each change announced to the API, which then reads that sweep again),
 ``GET /healthz`` and ``GET /metrics`` of a real ``sharpmix serve`` process, and ``GET /ping`` of a
 minimal FastAPI app with that one route, served the same way (``uvicorn.run(app, host, port,
 proxy_headers=True)``, one process, default loop and HTTP parser, access log on and sent to
@@ -26,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CHANGE_PERIOD_S = 0.5
 
 
 def free_port() -> int:
@@ -78,8 +82,8 @@ def drop_database(admin_url: str, url: str) -> None:
     admin.dispose()
 
 
-def seed(url: str, sweeps: int) -> tuple[str, str]:
-    """Tenant, key and ``sweeps`` queued sweeps of three tasks; returns (key, one sweep id)."""
+def seed(url: str, sweeps: int) -> tuple[str, list[str]]:
+    """Tenant, key and ``sweeps`` queued sweeps of three tasks; returns (key, their ids)."""
     from contract.spec import SweepSpec
     from service.db import sweeps as sweep_store
     from service.db import tenants
@@ -101,12 +105,44 @@ def seed(url: str, sweeps: int) -> tuple[str, str]:
     with make_session_factory(engine)() as session:
         tenant = tenants.create_tenant(session, "bench")
         _, key = tenants.create_api_key(session, tenant.id)
-        sweep_id = ""
+        ids = []
         for _ in range(sweeps):
             sweep, _created = sweep_store.create_sweep(session, tenant.id, spec, None)
-            sweep_id = sweep.id
+            ids.append(sweep.id)
     engine.dispose()
-    return key, sweep_id
+    return key, ids
+
+
+class Changer:
+    """Changes one sweep row every ``period`` seconds from another connection, as a worker's
+    progress writes would (each change announced to the API by migration 0005's trigger)."""
+
+    def __init__(self, url: str, sweep_id: str, period: float) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        self.sweep_id = sweep_id
+        self.period = period
+        self.changes = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            while not self.stop.wait(self.period):
+                connection.execute(
+                    text("UPDATE sweeps SET forwards = forwards + 1 WHERE id = :id"),
+                    {"id": self.sweep_id},
+                )
+                self.changes += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.engine.dispose()
 
 
 def wait_up(url: str, timeout: float = 60) -> None:
@@ -162,10 +198,13 @@ def main() -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()[0]
     url = make_database(args.admin_url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        key, sweep_id = seed(url, args.sweeps)
+        key, ids = seed(url, args.sweeps)
+        sweep_id, changing_id = ids[-1], ids[0]
+        changer = Changer(url, changing_id, CHANGE_PERIOD_S)
         home = Path(tempfile.mkdtemp(prefix="sharpmix-bench-"))
         env = {
             **os.environ,
@@ -200,6 +239,7 @@ def main() -> int:
         targets: dict[str, tuple[str, dict[str, str]]] = {
             "trivial_ping": (f"http://127.0.0.1:{trivial}/ping", {}),
             "get_sweep": (f"{base}/v1/sweeps/{sweep_id}", auth),
+            "get_sweep_changing": (f"{base}/v1/sweeps/{changing_id}", auth),
             "healthz": (f"{base}/healthz", {}),
             "metrics": (f"{base}/metrics", {}),
         }
@@ -214,6 +254,8 @@ def main() -> int:
             rounds.append(one)
             print(json.dumps(one), flush=True)
     finally:
+        if "changer" in locals():
+            changer.close()
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -242,11 +284,20 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
-            "note": "shared 2-core development VM; other processes were running",
+            "note": "shared 2-core development VM",
         },
         "load_generator": f"wrk -t2 -c{args.clients} -d{args.seconds}s --latency",
         "database": "PostgreSQL at 127.0.0.1:5432, fresh database, "
         f"{args.sweeps} sweeps of 3 tasks",
+        "targets": {
+            "get_sweep": "a sweep that does not change while polled (read once, then kept)",
+            "get_sweep_changing": f"a sweep changed every {CHANGE_PERIOD_S:g} s by another "
+            "connection (read again after each change)",
+        },
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "load_average_1m_before": load_before,
         "rounds": args.rounds,
         "summary": summary,
         "raw": rounds,

@@ -106,6 +106,7 @@ class SweepReader:
         self._listen_loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
         self._lock = threading.Lock()
+        self._flights: dict[tuple[int, str], tuple[int, asyncio.Future[bytes]]] = {}
 
     @classmethod
     def for_url(cls, url: str, timeouts: Timeouts) -> SweepReader | None:
@@ -154,23 +155,54 @@ class SweepReader:
             NotFoundError: when it does not exist or belongs to another tenant (never kept).
             DatabaseError: when it has to be read and the database does not answer in time.
         """
-        keeping = self._live()
-        if keeping:
-            with self._lock:
-                kept = self._bodies.get(sweep_id)
-                generation = self._generation
-            if kept is not None and kept[0] == tenant_id:
-                return kept[1]
+        if not self._live():
+            row, spec = await self.read(tenant_id, sweep_id)
+            return render(row, spec)
+        with self._lock:
+            kept = self._bodies.get(sweep_id)
+            generation = self._generation
+        if kept is not None and kept[0] == tenant_id:
+            return kept[1]
+        # One read per sweep and change: polls that miss together (right after a change) share
+        # the read already in flight since that change rather than each queueing their own. It
+        # runs as a task of its own, so a poll that gives up does not cancel it for the others.
+        key = (tenant_id, sweep_id)
+        flight = self._flights.get(key)
+        if flight is None or flight[0] != generation:
+            read = self._read_and_keep(tenant_id, sweep_id, render, generation)
+            task = asyncio.ensure_future(read)
+            flight = self._flights[key] = (generation, task)
+            task.add_done_callback(self._landing(key, flight))
+        return await asyncio.shield(flight[1])
+
+    async def _read_and_keep(
+        self,
+        tenant_id: int,
+        sweep_id: str,
+        render: Callable[[Sweep, SweepSpec], bytes],
+        generation: int,
+    ) -> bytes:
         row, spec = await self.read(tenant_id, sweep_id)
         body = render(row, spec)
-        if keeping:
-            with self._lock:
-                # Not when a change or a reconnect came while this read was in flight.
-                if generation == self._generation and self._live():
-                    self._bodies[sweep_id] = (tenant_id, body)
-                    if len(self._bodies) > _BODIES_KEPT:
-                        self._bodies.popitem(last=False)
+        with self._lock:
+            # Not when a change or a reconnect came while this read was in flight.
+            if generation == self._generation and self._live():
+                self._bodies[sweep_id] = (tenant_id, body)
+                if len(self._bodies) > _BODIES_KEPT:
+                    self._bodies.popitem(last=False)
         return body
+
+    def _landing(
+        self, key: tuple[int, str], flight: tuple[int, asyncio.Future[bytes]]
+    ) -> Callable[[asyncio.Future[bytes]], None]:
+        def landed(task: asyncio.Future[bytes]) -> None:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            # Its error reaches every poll that waited; when all gave up, nobody else reads it.
+            if not task.cancelled():
+                task.exception()
+
+        return landed
 
     def forget(self, sweep_id: str) -> None:
         """Drop what is kept of a sweep this process just changed (safe from any thread)."""

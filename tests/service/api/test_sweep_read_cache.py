@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,30 @@ def test_a_lost_listener_stops_the_keeping_until_it_is_back(cached: Api, other: 
             connection.execute(text("ALTER TABLE sweeps ENABLE TRIGGER sweeps_changed"))
     _set_error(other, sweep_id, "after")
     _wait_for(lambda: _error(cached, sweep_id) == "after", "a change after the reconnect")
+
+
+def test_polls_that_miss_together_share_one_read(cached: Api, db_url: str) -> None:
+    sweep_id = cached.submit()["id"]
+    assert _error(cached, sweep_id) is None
+    reader = cached.app.state.sweep_reader
+    reads = []
+    real_read = reader.read
+
+    async def counted(tenant_id: int, wanted: str):  # type: ignore[no-untyped-def]
+        reads.append(wanted)
+        return await real_read(tenant_id, wanted)
+
+    reader.read = counted
+    # Hold the table so that the read after the change waits, and every poll meanwhile misses.
+    holder = create_engine(db_url)
+    with holder.connect() as connection:
+        connection.execute(text("LOCK TABLE sweeps IN ACCESS EXCLUSIVE MODE"))
+        reader.forget(sweep_id)
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            polls = [pool.submit(_error, cached, sweep_id) for _ in range(20)]
+            time.sleep(0.5)
+            assert not any(poll.done() for poll in polls)
+            connection.commit()  # releases the lock
+            assert [poll.result() for poll in polls] == [None] * 20
+    holder.dispose()
+    assert reads == [sweep_id]
