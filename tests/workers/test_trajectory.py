@@ -148,3 +148,29 @@ def test_left_basin_needs_three_measurements_above_the_tolerance_not_falling() -
     # eta_c far below the rate (an immediate rise) is recorded, never a reason to prune.
     sharp = [*start, *(_points(s, 0.01, 0.0, 1e-4) for s in (10, 20, 30, 40))]
     assert left_basin(spec, sharp) is None
+
+
+def test_left_basin_reads_the_trend_since_the_burn_in_not_two_endpoints() -> None:
+    # Run 7's mix at ratio 0.5, lr 3e-4 on the grid's documents (tolerance 0.02, K = 100): it
+    # jumped, then came back slowly with a wobble; the last three points tie at their ends
+    # (0.029, 0.027, 0.029), which pruned it, although it ends flat by step 300.
+    body = {
+        "model": {"path": "m"},
+        "pretraining": {"name": "general", "path": "a"},
+        "finetuning": [{"name": "math", "path": "b"}],
+        "ratios": [0.5],
+        "learning_rate": 3e-4,
+        "tolerance": 0.02,
+        "trajectory": {"steps": 100, "measure_every": 10},
+    }
+    spec = SweepSpec.model_validate(body)
+    seen = [(0, 0.0), (10, 0.026), (20, 0.039), (30, 0.034), (40, 0.035), (50, 0.029)]
+    history = [_points(s, d, 1e-3, 3e-4) for s, d in seen]
+    for step, drift in ((60, 0.027), (70, 0.029)):
+        history.append(_points(step, drift, 1e-3, 3e-4))
+        assert left_basin(spec, history) is None
+    # The same levels on a trend that does not come down are pruned.
+    flat = [(0, 0.0), (10, 0.026), (20, 0.027), (30, 0.028), (40, 0.028), (50, 0.029)]
+    history = [_points(s, d, 1e-3, 3e-4) for s, d in [*flat, (60, 0.029), (70, 0.03)]]
+    reason = left_basin(spec, history)
+    assert reason is not None and "not trended down since step 30" in reason
