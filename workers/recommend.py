@@ -372,8 +372,9 @@ def _on_trajectories(
         reason = (
             f"Every trajectory ({', '.join(f'{v.ratio:g}' for v in verdicts)}) was pruned: each "
             f"mix clearly left the pre-training basin (a guarded loss above the tolerance "
-            f"{tol:g} nats at three measurements after the burn-in, not coming down) before step "
-            f"{spec.trajectory.steps if spec.trajectory else n}. Lower the learning rate, or "
+            f"{tol:g} nats at three measurements after the burn-in and no downward trend "
+            f"since it) before step {spec.trajectory.steps if spec.trajectory else n}. Lower "
+            "the learning rate, or "
             "try ratios with more pre-training data."
         )
     elif chosen is None:
