@@ -6,7 +6,10 @@ rules per planned rate, with the pre-training rows (text the model was trained o
 the tolerance rule and two held-out retention sets guarded: a seeded sample of every held-out
 document (``general_heldout``) and exactly the grid's held-out documents (``grid_heldout``).
 Run 7 is the same call with later worker code (pruning counts only the measurements after the
-burn-in; a descent within the loss's rounding band is a tie in the search). This script sets a
+burn-in; a descent within the loss's rounding band is a tie in the search). Run 8 reads the
+trend since the burn-in when pruning, twice: trajectories on every ratio (``service_run8.json``)
+and only on the three the worker's planner picks from the screen (``--trajectories 3``,
+``service_run8_auto3.json``; pass ``--run 8_auto3``). This script sets a
 run's answers (``service_run<N>.json``) against run 4's grid (``grid.json``), writes
 ``summary_run<N>.json`` beside them and prints the table of docs/evidence.md.
 
@@ -36,7 +39,7 @@ def _truth(grid: dict[str, Any]) -> dict[tuple[float, float], float]:
     return {key: mean(values) for key, values in cells.items()}
 
 
-def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
+def analyze(folder: Path, run: int | str = 6) -> dict[str, Any]:
     """Per planned rate: the answers, the truly flat ratio, hits; Spearman; cost."""
     grid = json.loads((folder / "grid.json").read_text())
     service = json.loads((folder / f"service_run{run}.json").read_text())
@@ -45,7 +48,7 @@ def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
     out: dict[str, Any] = {"tolerance": TOLERANCE, "rates": {}, "cells": []}
     forecasts: list[float] = []
     observed: list[float] = []
-    steps = forwards = 0
+    steps = forwards = backwards = 0
     for key, entry in service["rates"].items():
         lr = float(key)
         flat = next((r for r in ratios if truth[(lr, r)] <= TOLERANCE), None)
@@ -65,6 +68,7 @@ def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
         for trajectory in entry["trajectories"]:
             steps += trajectory["steps_done"]
             forwards += trajectory["forwards"]
+            backwards += trajectory["backwards"]
             grid_forecast = next(
                 f for f in trajectory["forecast"] if f["eval_set"] == "grid_heldout"
             )
@@ -87,6 +91,7 @@ def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
         forwards += entry["prepare"]["forwards"] + sum(
             m["forwards"] for s in entry["screen"] for m in s["measurements"]
         )
+        backwards += entry["prepare"]["backwards"]
         out["rates"][key] = {
             "truly_flat": flat,
             "trajectory_answer": answer,
@@ -109,6 +114,14 @@ def analyze(folder: Path, run: int = 6) -> dict[str, Any]:
         "forwards": forwards,
         "grid_forwards": grid["optimizer_steps"] + grid["forwards_eval"],
         "forwards_fraction": forwards / (grid["optimizer_steps"] + grid["forwards_eval"]),
+        # Compute in forward-equivalents: a backward costs two forwards, so a training step
+        # (forward and backward) three. The grid's steps are training steps; its evaluations
+        # forwards.
+        "backwards": backwards,
+        "compute": forwards + 2 * backwards,
+        "grid_compute": 3 * grid["optimizer_steps"] + grid["forwards_eval"],
+        "compute_fraction": (forwards + 2 * backwards)
+        / (3 * grid["optimizer_steps"] + grid["forwards_eval"]),
         "rates": per_rate,
     }
     return out
@@ -120,7 +133,7 @@ def main() -> None:
     parser.add_argument(
         "folder", type=Path, nargs="?", default=Path("bench/science/results/trajectory")
     )
-    parser.add_argument("--run", type=int, default=6, help="reads service_run<N>.json")
+    parser.add_argument("--run", default="6", help="reads service_run<N>.json")
     args = parser.parse_args()
     result = analyze(args.folder, args.run)
     (args.folder / f"summary_run{args.run}.json").write_text(json.dumps(result, indent=1) + "\n")

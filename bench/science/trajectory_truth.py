@@ -531,9 +531,14 @@ def service_answers(
     *,
     deadline: float,
     grid_docs: int | None = None,
+    plan: int | None = None,
     on_rate: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """At each planned rate: first-step screen, trajectories with forecasts, recommendations.
+
+    With ``plan`` (run 8 on): trajectories only on the ``plan`` ratios that the worker's own
+    planner picks from the screen (``workers.recommend.plan_trajectories``, what a sweep with
+    ``ratios: auto`` and ``trajectory.ratios: plan`` runs); else on every ratio.
 
     With ``grid_docs`` (run 6 on): the pre-training set is the text the model was pre-trained
     on, so ``pretraining.within_tolerance`` is false and two held-out retention sets are guarded
@@ -557,7 +562,7 @@ def service_answers(
     )
     from service.db.queue import json_safe
     from workers.data import LoadPolicy
-    from workers.recommend import recommend
+    from workers.recommend import plan_trajectories, recommend
     from workers.sweep import default_micro_batch_tokens, prepare
     from workers.trajectory import run_trajectory
 
@@ -594,7 +599,11 @@ def service_answers(
             batches=cfg.sweep_batches if grid_docs is None else min(cfg.sweep_batches, 3),
             planned_steps=cfg.planned_steps,
             tolerance=cfg.tolerance,
-            trajectory=TrajectorySpec(steps=cfg.trajectory_steps, measure_every=cfg.measure_every),
+            trajectory=TrajectorySpec(
+                steps=cfg.trajectory_steps,
+                measure_every=cfg.measure_every,
+                **({"ratios": plan} if plan is not None else {}),
+            ),
         )
         entry: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
         sync(device)
@@ -640,7 +649,9 @@ def service_answers(
         entry["first_step"] = _json_ready(recommend(first_spec, rows))
         trajectories = []
         t0 = time.perf_counter()
-        for ratio in cfg.ratios:
+        planned = plan_trajectories(spec, rows) if plan is not None else list(cfg.ratios)
+        entry["planned_ratios"] = planned
+        for ratio in planned:
             trajectories.append(run_trajectory(prepared, ratio))
             print(
                 f"service lr {lr:g} ratio {ratio:g}: {trajectories[-1].steps_done} steps, "
@@ -841,6 +852,7 @@ def _start_children(
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--grid-docs", str(ablation_docs)] if ablation_docs is not None else []
         cmd += ["--service-docs", str(service_docs)] if service_docs is not None else []
+        cmd += ["--trajectories", str(args.trajectories)] if args.trajectories else []
         with log.open("wb") as handle:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
         children.append(_Child(lrs, proc, result, log))
@@ -892,6 +904,7 @@ def _service_child(args: argparse.Namespace, cfg: TruthConfig, start: float) -> 
             device,
             deadline=start + args.budget,
             grid_docs=args.service_docs,
+            plan=args.trajectories,
             on_rate=save,
         )
     write_json(out, result)
@@ -928,6 +941,13 @@ def main() -> None:
         action="store_true",
         help="service part: guard held-out retention sets (the grid's documents among them) "
         "instead of the pre-training rows the model was trained on (run 6)",
+    )
+    parser.add_argument(
+        "--trajectories",
+        type=int,
+        default=None,
+        help="service part: trajectories only on the K ratios the worker's planner picks from "
+        "the screen, as a 'ratios: auto' sweep does (run 8); default: every ratio",
     )
     args = parser.parse_args()
     start = time.perf_counter()
@@ -1042,6 +1062,7 @@ def main() -> None:
                 device,
                 deadline=deadline,
                 grid_docs=service_docs,
+                plan=args.trajectories,
                 on_rate=lambda r: write_json(out / "service.json", r | {"partial": True}),
             ),
         )
