@@ -1,0 +1,301 @@
+"""Measuring a model sharded over the processes of a group (FSDP2), with the one-process code.
+
+A model too large for one GPU is sharded with PyTorch's FSDP2 (`fully_shard`): every parameter is
+a DTensor whose local shard (a block of rows of dim 0) lives on one rank, and each forward
+all-gathers a block's parameters just before the block runs. What measures curvature is
+elementwise in the parameters, so it runs on the local shards with the one-process code:
+
+- per-domain gradients: FSDP averages the ranks' gradients into each shard (reduce-scatter), so
+  with equal rows per rank a shard holds that of the whole batch's mean-loss gradient;
+- the mixed direction and the optimizer transform (SGD, Adam, AdamW, with or without state) are
+  elementwise: on the shards they give the shards of the one-process direction;
+- the exact perturbation `theta - eta * d` is `perturb.Perturbation` itself on the float32 shards
+  (same arithmetic, one rounding), and the next forward's all-gather reads it; the shards are
+  copied back bit for bit on every rank when the search ends, also after an error;
+- the loss closure: each rank evaluates its rows of the batch, the ranks all-gather (mean loss,
+  rows) and every rank sums them in rank order as `micro_batched_loss` sums micro-batches. That is
+  the same float on every rank, so `critical_lr` takes identical decisions everywhere and every
+  rank runs the same forwards (FSDP's collectives inside them stay matched); and it is bit for bit
+  the loss one process computes over micro-batches of S/W rows (tests/workers/curvature/
+  test_distributed.py). Other splits agree within float32 rounding of the loss, which moves a
+  quadratic search's probes (and so its eta_c) within the bracket `tol`, not beyond it.
+
+A rank whose loss function raises says so through that same all-gather (a NaN row), so every
+rank raises `CurvatureError` together with its shards restored. A rank that dies or raises inside
+FSDP's forward leaves the others waiting in a collective until the process group's timeout (give
+one to `init_process_group`); the launcher (torchrun) then ends the other ranks.
+
+Limits: the shards must be float32 or float64 (FSDP's master weights). A `MixedPrecisionPolicy`
+with `param_dtype=torch.bfloat16` would round the step away in the all-gather (method.md,
+"Precision"), so `shard_model` sets none; the `"fp32"` and `"compensated"` paths of `perturb`
+swap or override whole tensors and do not apply to shards. Batches are (sequences, seq_len) token
+ids with a multiple of the world size of sequences: equal rows per rank make the average of the
+ranks' mean losses the batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+from workers.curvature.errors import CurvatureError
+from workers.curvature.measure import LossChange, loss_change, measure
+from workers.curvature.mixture import DomainGradients, domain_gradients
+from workers.curvature.search import CriticalLR, SearchMethod
+
+__all__ = [
+    "all_reduced_loss",
+    "local_tensors",
+    "rank_rows",
+    "shard_model",
+    "sharded_domain_gradients",
+    "sharded_loss",
+    "sharded_loss_change",
+    "sharded_measure",
+]
+
+LossFn = Callable[[nn.Module, Tensor], Tensor]
+
+
+def shard_model(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
+    """Shard `model` in place with FSDP2 over the default process group (or `mesh`).
+
+    Each transformer block (the classes in transformers' `_no_split_modules`) is its own unit, so
+    one block's full parameters exist at a time; embeddings, final norm and head go with the root.
+    Parameters keep their dtype: load the model in float32 (no mixed-precision policy, see the
+    module docstring).
+    """
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def local_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The local shard of each DTensor (the storage FSDP all-gathers from); others unchanged."""
+    with torch.no_grad():
+        return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def rank_rows(batch: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """This rank's equal share of a (sequences, seq_len) batch: rows `rank*S/W ... (rank+1)*S/W`."""
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if batch.shape[0] % world:
+        raise CurvatureError(
+            f"a batch of {batch.shape[0]} sequences does not split evenly over {world} ranks; "
+            f"use a multiple of {world} sequences per batch"
+        )
+    return batch.tensor_split(world)[rank]
+
+
+def _reshard(model: nn.Module) -> None:
+    # FSDP keeps the root's parameters unsharded after a forward (it expects the backward next),
+    # and while they are, `model.parameters()` are plain full tensors. Resharding registers the
+    # DTensors again and makes the next forward all-gather, so it reads the perturbed shards.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def all_reduced_loss(loss_fn: LossFn, group: dist.ProcessGroup | None = None) -> LossFn:
+    """A loss closure whose value is the whole batch's mean loss, identical on every rank.
+
+    Args:
+        loss_fn: `loss_fn(model, rows) -> scalar`, the mean loss of this rank's rows.
+        group: The process group (default: the default group).
+
+    Returns:
+        `(model, rows) -> scalar`: the row-weighted mean over ranks, in the loss's dtype (at
+        least float32), summed in rank order.
+    """
+
+    def loss(model: nn.Module, rows: Tensor) -> Tensor:
+        failure: Exception | None = None
+        dtype = torch.float32
+        _reshard(model)
+        try:
+            value = loss_fn(model, rows).detach()
+            dtype = torch.promote_types(value.dtype, torch.float32)
+            mine = [float(value), float(rows.shape[0])]
+        except Exception as error:  # told to every rank below, then raised here too
+            failure, mine = error, [math.nan, math.nan]
+        finally:
+            _reshard(model)
+        world = dist.get_world_size(group)
+        # (world * 2,) float64: (mean loss, rows) of every rank, in rank order
+        gathered = torch.empty(world * 2, dtype=torch.float64, device=rows.device)
+        mine_t = torch.tensor(mine, dtype=torch.float64, device=rows.device)
+        dist.all_gather_single(gathered, mine_t, group=group)
+        table = gathered.view(world, 2).cpu()
+        failed = [r for r, n in enumerate(table[:, 1].tolist()) if math.isnan(n)]
+        if failed:
+            raise CurvatureError(
+                f"rank(s) {failed} could not compute the loss; every rank stops"
+            ) from failure
+        # Summed as `micro_batched_loss` sums its micro-batches: float32, in order, each mean
+        # times its rows, over all rows. So W ranks of S/W rows give bit for bit the loss one
+        # process computes over micro-batches of S/W rows (float32 losses; float64 stay float64).
+        means = table[:, 0].to(dtype)
+        total = torch.zeros((), dtype=dtype)
+        for r in range(world):
+            total = total + means[r] * int(table[r, 1])
+        return total / int(table[:, 1].sum())
+
+    return loss
+
+
+def _check_shards(shards: Sequence[Tensor]) -> None:
+    for i, t in enumerate(shards):
+        if t.dtype not in (torch.float32, torch.float64):
+            raise CurvatureError(
+                f"parameter {i} is sharded in {t.dtype}; the sharded perturbation needs float32 "
+                "shards (load the model in float32 and shard it without a mixed-precision policy)"
+            )
+
+
+def _check_agreement(
+    result: CriticalLR, device: torch.device, group: dist.ProcessGroup | None
+) -> None:
+    """Every rank must have searched the same line; a difference means a broken closure."""
+    world = dist.get_world_size(group)
+    row = [result.lower, result.upper, result.eta, float(result.forwards)]
+    mine = torch.tensor(row, dtype=torch.float64, device=device)
+    gathered = torch.empty(world * 4, dtype=torch.float64, device=device)
+    dist.all_gather_single(gathered, mine, group=group)
+    table = gathered.view(world, 4)  # (world, 4)
+    if not all(torch.equal(row, table[0]) for row in table):
+        raise CurvatureError(f"ranks ended the search differently: {table.tolist()}")
+
+
+def _params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
+    _reshard(model)
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    shards = local_tensors(params)
+    _check_shards(shards)
+    return shards
+
+
+def sharded_measure(
+    model: nn.Module,
+    loss_fn: LossFn,
+    direction: Sequence[Tensor],
+    batch: Tensor,
+    *,
+    lr_guess: float,
+    tol: float = 1 / 16,
+    max_steps: int = 40,
+    method: SearchMethod = "quadratic",
+    loss0: float | None = None,
+    params: Sequence[Tensor] | None = None,
+    slope: float | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> CriticalLR:
+    """`measure` on a sharded model: every rank calls it with the same arguments.
+
+    Args:
+        model: The FSDP2-sharded network (`shard_model`); every rank's shards are perturbed in
+            place and restored bit-exactly.
+        loss_fn: `loss_fn(model, rows) -> scalar`, the mean loss of some rows of the batch.
+        direction: `d`, one DTensor (or local shard) per parameter in `params`.
+        batch: The whole (sequences, seq_len) evaluation batch, the same on every rank.
+        lr_guess, tol, max_steps, method, loss0, slope: As in `measure`.
+        params: Parameters the direction belongs to (DTensors or their shards); default: those
+            with `requires_grad`, in `model.parameters()` order.
+        group: The process group (default: the default group).
+
+    Returns:
+        The search result, the same on every rank.
+    """
+    shards = _params(model, params)
+    result = measure(
+        model,
+        all_reduced_loss(loss_fn, group),
+        local_tensors(direction),
+        rank_rows(batch, group),
+        lr_guess=lr_guess,
+        tol=tol,
+        max_steps=max_steps,
+        method=method,
+        loss0=loss0,
+        params=shards,
+        precision="exact",
+        slope=slope,
+    )
+    _check_agreement(result, batch.device, group)
+    return result
+
+
+def sharded_loss_change(
+    model: nn.Module,
+    loss_fn: LossFn,
+    direction: Sequence[Tensor],
+    batch: Tensor,
+    lr: float,
+    *,
+    loss0: float | None = None,
+    params: Sequence[Tensor] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> LossChange:
+    """`loss_change` on a sharded model (arguments as in `sharded_measure`)."""
+    return loss_change(
+        model,
+        all_reduced_loss(loss_fn, group),
+        local_tensors(direction),
+        rank_rows(batch, group),
+        lr,
+        loss0=loss0,
+        params=_params(model, params),
+        precision="exact",
+    )
+
+
+def sharded_loss(
+    model: nn.Module, loss_fn: LossFn, batch: Tensor, group: dist.ProcessGroup | None = None
+) -> float:
+    """The whole batch's loss in eval mode under no_grad, the same float on every rank."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(all_reduced_loss(loss_fn, group)(model, rank_rows(batch, group)).float())
+    finally:
+        model.train(was)
+
+
+def sharded_domain_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    domains: Sequence[Tensor],
+    *,
+    micro_batch: int,
+    params: Sequence[Tensor] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> DomainGradients:
+    """`domain_gradients` of whole (sequences, seq_len) batches, kept as local shards.
+
+    Each rank backpropagates its rows in micro-batches of `micro_batch` sequences; FSDP averages
+    the ranks' gradients into the shards. The result's `params` and `grads` are local shards, so
+    `mixed_direction` and the optimizer transforms run on them as they are.
+    """
+    micro = [list(torch.split(rank_rows(batch, group), micro_batch)) for batch in domains]
+    full = domain_gradients(model, loss_fn, micro, params=params)
+    shards = local_tensors(full.params)
+    grads = [
+        # A domain that produced no gradient for a parameter came back as global-shape zeros.
+        [
+            t if isinstance(g, DTensor) else torch.zeros_like(s)
+            for g, t, s in zip(row, local_tensors(row), shards, strict=True)
+        ]
+        for row in full.grads
+    ]
+    return DomainGradients(params=shards, grads=grads, backward_passes=full.backward_passes)
