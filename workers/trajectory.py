@@ -37,6 +37,7 @@ from contract.results import PointResult, Status
 from contract.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, loss_change, measure, update_direction
 from workers.curvature.distributed import (
+    Ranks,
     rank_rows,
     sharded_loss,
     sharded_loss_change,
@@ -132,7 +133,7 @@ def run_trajectory(
     *,
     on_measure: Callable[[int, list[PointResult]], bool] | None = None,
     checkpoint: Callable[[], None] | None = None,
-    sharded: bool = False,
+    ranks: Ranks | None = None,
 ) -> Trajectory:
     """Step on the mix at ``ratio`` and measure as it goes; the model is restored afterwards.
 
@@ -142,10 +143,10 @@ def run_trajectory(
         on_measure: Called with the step and its points after each measurement (to write them
             and report them to Optuna); returning False prunes the ratio there.
         checkpoint: Called before every step; it may raise to abort (lease lost, cancel).
-        sharded: The model is sharded with FSDP2 over the default process group
-            (`workers.curvature.distributed.shard_model`, float32 parameters). Every rank calls
-            this with the same arguments, steps on its rows of each batch, and gets the same
-            trajectory.
+        ranks: The ranks the model is sharded over with FSDP2
+            (`workers.curvature.distributed`, float32 parameters), or None for one process.
+            Every rank calls this with the same arguments, steps on its rows of each batch,
+            and gets the same trajectory.
 
     Returns:
         The trajectory, with its forecast to ``planned_steps``.
@@ -166,7 +167,7 @@ def run_trajectory(
     loss_start: dict[str, float] = {}
     warm: dict[str, float] = {}
     with _restored(model):
-        if not sharded:  # a sharded model is float32 already: FSDP keeps the master weights
+        if ranks is None:  # a sharded model is float32 already: FSDP keeps the master weights
             model.float()  # float32 master weights, as mixed-precision training keeps them
         params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(spec, model, params, prepared.optimizer_state)
@@ -183,13 +184,13 @@ def run_trajectory(
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
-                    rows = rank_rows(batch) if sharded else batch
+                    rows = batch if ranks is None else rank_rows(batch, ranks)
                     _backward(model, rows, prepared.micro_batch)
                 result.backwards += 1
                 result.forwards += 1
             if measuring:
                 points = _measure(
-                    prepared, optimizer, step, lr, step < last, loss_start, warm, sharded
+                    prepared, optimizer, step, lr, step < last, loss_start, warm, ranks
                 )
                 result.forwards += sum(p.forwards for p in points)
                 result.points += points
@@ -221,7 +222,7 @@ def _measure(
     has_gradient: bool,
     loss_start: dict[str, float],
     warm: dict[str, float],
-    sharded: bool,
+    ranks: Ranks | None,
 ) -> list[PointResult]:
     spec = prepared.spec
     model = prepared.model
@@ -234,22 +235,23 @@ def _measure(
         extra = batches[1:LOSS_BATCHES]
         if direction is None:
             # The last step of the run: no next update, only the loss.
-            first = _plain_loss(prepared, batch, sharded)
+            first = _plain_loss(prepared, batch, ranks)
             forwards, result, change = 1, None, None
-        elif sharded:
+        elif ranks is not None:
             # The same search on every rank's shards, with the loss all-reduced over ranks.
             result = sharded_measure(
                 model,
                 prepared.loss_fn,
                 direction,
                 batch,
+                ranks,
                 lr_guess=warm.get(ref.name, max(lr, 1e-12)),
                 tol=spec.tol,
                 params=params,
             )
             first = result.loss0
             delta = sharded_loss_change(
-                model, prepared.loss_fn, direction, batch, lr, loss0=first, params=params
+                model, prepared.loss_fn, direction, batch, ranks, lr, loss0=first, params=params
             )
             forwards, change = result.forwards + delta.forwards, delta.delta
         else:
@@ -269,7 +271,7 @@ def _measure(
             forwards, change = result.forwards + delta.forwards, delta.delta
         if result is not None and result.status == "ok":
             warm[ref.name] = result.eta
-        losses = [first, *(_plain_loss(prepared, b, sharded) for b in extra)]
+        losses = [first, *(_plain_loss(prepared, b, ranks) for b in extra)]
         forwards += len(extra)
         loss = math.fsum(losses) / len(losses)
         loss_start.setdefault(ref.name, loss)
@@ -292,11 +294,11 @@ def _measure(
     return points
 
 
-def _plain_loss(prepared: PreparedSweep, batch: Tensor, sharded: bool) -> float:
+def _plain_loss(prepared: PreparedSweep, batch: Tensor, ranks: Ranks | None) -> float:
     """The loss of one batch in eval mode, on the precision path the searches use."""
     model = prepared.model
-    if sharded:
-        return sharded_loss(model, prepared.loss_fn, batch)
+    if ranks is not None:
+        return sharded_loss(model, prepared.loss_fn, batch, ranks)
     was = model.training
     model.eval()
     try:

@@ -33,7 +33,7 @@ def trajectory_rank(
     micro_batch_tokens: int,
 ) -> None:
     """Load the sweep's model as a worker would, shard it, and run one trajectory on it."""
-    init(rank, world, rendezvous)
+    ranks = init(rank, world, rendezvous)
     try:
         spec = SweepSpec.model_validate(body)
         policy = LoadPolicy(allowed_roots=(assets.root,), cache_dir=Path(out) / f"cache{rank}")
@@ -47,7 +47,7 @@ def trajectory_rank(
         )
         model = shard_model(prepared.model)
         before = [t.clone() for t in local_tensors(list(model.parameters()))]
-        result = run_trajectory(prepared, ratio, sharded=True)
+        result = run_trajectory(prepared, ratio, ranks=ranks)
         after = local_tensors(list(model.parameters()))
         seen = {
             "points": [dataclasses.asdict(p) for p in result.points],

@@ -20,10 +20,13 @@ elementwise in the parameters, so it runs on the local shards with the one-proce
   test_distributed.py). Other splits agree within float32 rounding of the loss, which moves a
   quadratic search's probes (and so its eta_c) within the bracket `tol`, not beyond it.
 
-A rank whose loss function raises says so through that same all-gather (a NaN row), so every
-rank raises `CurvatureError` together with its shards restored. A rank that dies or raises inside
-FSDP's forward leaves the others waiting in a collective until the process group's timeout (give
-one to `init_process_group`); the launcher (torchrun) then ends the other ranks.
+The ranks exchange losses over a gloo group of their own (`Ranks.side`), apart from FSDP's
+collectives. A rank whose loss function raises says so there (a NaN row), so every rank raises
+`CurvatureError` together, each with its shards restored; when it raised inside FSDP's forward
+the others are left in one of FSDP's collectives and every rank fails at the groups' timeout
+(`join`'s `timeout`) instead, shards restored all the same. (On FSDP's own group the notice would
+meet another rank's all-gather, and gloo aborts the process on the size mismatch.) A rank that
+dies is the launcher's: torchrun ends the others, and the task's lease hands it on.
 
 Limits: the shards must be float32 or float64 (FSDP's master weights). A `MixedPrecisionPolicy`
 with `param_dtype=torch.bfloat16` would round the step away in the all-gather (method.md,
@@ -35,8 +38,10 @@ ranks' mean losses the batch's mean loss.
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -51,7 +56,9 @@ from workers.curvature.mixture import DomainGradients, domain_gradients
 from workers.curvature.search import CriticalLR, SearchMethod
 
 __all__ = [
+    "Ranks",
     "all_reduced_loss",
+    "join",
     "local_tensors",
     "rank_rows",
     "shard_model",
@@ -64,8 +71,58 @@ __all__ = [
 LossFn = Callable[[nn.Module, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """The processes one model is sharded over.
+
+    Attributes:
+        group: FSDP's process group (NCCL on GPUs, gloo on CPU).
+        side: A gloo group over the same ranks for the losses and the agreement check.
+        rank: This process's rank in `group`.
+        world: The number of ranks.
+    """
+
+    group: dist.ProcessGroup
+    side: dist.ProcessGroup
+    rank: int
+    world: int
+
+    def mesh(self, device_type: str) -> DeviceMesh:
+        """The one-dimensional device mesh over `group`, for `shard_model`."""
+        return DeviceMesh.from_group(self.group, device_type)
+
+
+def join(
+    backend: str | None = None,
+    *,
+    timeout: datetime.timedelta = datetime.timedelta(minutes=10),
+    group: dist.ProcessGroup | None = None,
+) -> Ranks:
+    """Join the process group torchrun describes (`env://`) and open the side group.
+
+    Every rank calls this at the same point. A group that exists already (`group`, or the
+    default one when `init_process_group` was called) is used as it is; the side group gets
+    `timeout` either way.
+
+    Args:
+        backend: `"nccl"` on GPUs, `"gloo"` on CPU; None lets torch choose (when it starts one).
+        timeout: How long a collective may wait for a rank before every rank fails.
+        group: FSDP's group; default: the default group.
+    """
+    if group is None:
+        if not dist.is_initialized():
+            dist.init_process_group(backend, timeout=timeout)
+        group = dist.group.WORLD
+        assert group is not None
+    ranks = dist.get_process_group_ranks(group)
+    side = dist.new_group(ranks, timeout=timeout, backend="gloo")
+    assert side is not None
+    return Ranks(group, side, dist.get_rank(group), dist.get_world_size(group))
+
+
 def shard_model(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
-    """Shard `model` in place with FSDP2 over the default process group (or `mesh`).
+    """Shard `model` in place with FSDP2 over the default process group (or `mesh`, e.g.
+    `Ranks.mesh("cuda")`).
 
     Each transformer block (the classes in transformers' `_no_split_modules`) is its own unit, so
     one block's full parameters exist at a time; embeddings, final norm and head go with the root.
@@ -86,15 +143,14 @@ def local_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
         return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
 
 
-def rank_rows(batch: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+def rank_rows(batch: Tensor, ranks: Ranks) -> Tensor:
     """This rank's equal share of a (sequences, seq_len) batch: rows `rank*S/W ... (rank+1)*S/W`."""
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    if batch.shape[0] % world:
+    if batch.shape[0] % ranks.world:
         raise CurvatureError(
-            f"a batch of {batch.shape[0]} sequences does not split evenly over {world} ranks; "
-            f"use a multiple of {world} sequences per batch"
+            f"a batch of {batch.shape[0]} sequences does not split evenly over {ranks.world} "
+            f"ranks; use a multiple of {ranks.world} sequences per batch"
         )
-    return batch.tensor_split(world)[rank]
+    return batch.tensor_split(ranks.world)[ranks.rank]
 
 
 def _reshard(model: nn.Module) -> None:
@@ -106,12 +162,20 @@ def _reshard(model: nn.Module) -> None:
             module.reshard()
 
 
-def all_reduced_loss(loss_fn: LossFn, group: dist.ProcessGroup | None = None) -> LossFn:
+def _gather(row: list[float], ranks: Ranks) -> Tensor:
+    """Every rank's `row`, (world, len(row)) float64 in rank order, over the side group."""
+    mine = torch.tensor(row, dtype=torch.float64)
+    gathered = torch.empty(ranks.world * len(row), dtype=torch.float64)
+    dist.all_gather_single(gathered, mine, group=ranks.side)
+    return gathered.view(ranks.world, len(row))
+
+
+def all_reduced_loss(loss_fn: LossFn, ranks: Ranks) -> LossFn:
     """A loss closure whose value is the whole batch's mean loss, identical on every rank.
 
     Args:
         loss_fn: `loss_fn(model, rows) -> scalar`, the mean loss of this rank's rows.
-        group: The process group (default: the default group).
+        ranks: The ranks the model is sharded over.
 
     Returns:
         `(model, rows) -> scalar`: the row-weighted mean over ranks, in the loss's dtype (at
@@ -130,12 +194,7 @@ def all_reduced_loss(loss_fn: LossFn, group: dist.ProcessGroup | None = None) ->
             failure, mine = error, [math.nan, math.nan]
         finally:
             _reshard(model)
-        world = dist.get_world_size(group)
-        # (world * 2,) float64: (mean loss, rows) of every rank, in rank order
-        gathered = torch.empty(world * 2, dtype=torch.float64, device=rows.device)
-        mine_t = torch.tensor(mine, dtype=torch.float64, device=rows.device)
-        dist.all_gather_single(gathered, mine_t, group=group)
-        table = gathered.view(world, 2).cpu()
+        table = _gather(mine, ranks)  # (world, 2): mean loss, rows
         failed = [r for r, n in enumerate(table[:, 1].tolist()) if math.isnan(n)]
         if failed:
             raise CurvatureError(
@@ -146,7 +205,7 @@ def all_reduced_loss(loss_fn: LossFn, group: dist.ProcessGroup | None = None) ->
         # process computes over micro-batches of S/W rows (float32 losses; float64 stay float64).
         means = table[:, 0].to(dtype)
         total = torch.zeros((), dtype=dtype)
-        for r in range(world):
+        for r in range(ranks.world):
             total = total + means[r] * int(table[r, 1])
         return total / int(table[:, 1].sum())
 
@@ -162,16 +221,9 @@ def _check_shards(shards: Sequence[Tensor]) -> None:
             )
 
 
-def _check_agreement(
-    result: CriticalLR, device: torch.device, group: dist.ProcessGroup | None
-) -> None:
+def _check_agreement(result: CriticalLR, ranks: Ranks) -> None:
     """Every rank must have searched the same line; a difference means a broken closure."""
-    world = dist.get_world_size(group)
-    row = [result.lower, result.upper, result.eta, float(result.forwards)]
-    mine = torch.tensor(row, dtype=torch.float64, device=device)
-    gathered = torch.empty(world * 4, dtype=torch.float64, device=device)
-    dist.all_gather_single(gathered, mine, group=group)
-    table = gathered.view(world, 4)  # (world, 4)
+    table = _gather([result.lower, result.upper, result.eta, float(result.forwards)], ranks)
     if not all(torch.equal(row, table[0]) for row in table):
         raise CurvatureError(f"ranks ended the search differently: {table.tolist()}")
 
@@ -190,6 +242,7 @@ def sharded_measure(
     loss_fn: LossFn,
     direction: Sequence[Tensor],
     batch: Tensor,
+    ranks: Ranks,
     *,
     lr_guess: float,
     tol: float = 1 / 16,
@@ -198,30 +251,32 @@ def sharded_measure(
     loss0: float | None = None,
     params: Sequence[Tensor] | None = None,
     slope: float | None = None,
-    group: dist.ProcessGroup | None = None,
 ) -> CriticalLR:
     """`measure` on a sharded model: every rank calls it with the same arguments.
 
     Args:
         model: The FSDP2-sharded network (`shard_model`); every rank's shards are perturbed in
-            place and restored bit-exactly.
+            place and restored bit-exactly, also when it raises.
         loss_fn: `loss_fn(model, rows) -> scalar`, the mean loss of some rows of the batch.
         direction: `d`, one DTensor (or local shard) per parameter in `params`.
         batch: The whole (sequences, seq_len) evaluation batch, the same on every rank.
+        ranks: The ranks the model is sharded over (`join`).
         lr_guess, tol, max_steps, method, loss0, slope: As in `measure`.
         params: Parameters the direction belongs to (DTensors or their shards); default: those
             with `requires_grad`, in `model.parameters()` order.
-        group: The process group (default: the default group).
 
     Returns:
         The search result, the same on every rank.
+
+    Raises:
+        CurvatureError: On every rank when any rank's loss function raised, or as `measure`.
     """
     shards = _params(model, params)
     result = measure(
         model,
-        all_reduced_loss(loss_fn, group),
+        all_reduced_loss(loss_fn, ranks),
         local_tensors(direction),
-        rank_rows(batch, group),
+        rank_rows(batch, ranks),
         lr_guess=lr_guess,
         tol=tol,
         max_steps=max_steps,
@@ -231,7 +286,7 @@ def sharded_measure(
         precision="exact",
         slope=slope,
     )
-    _check_agreement(result, batch.device, group)
+    _check_agreement(result, ranks)
     return result
 
 
@@ -240,18 +295,18 @@ def sharded_loss_change(
     loss_fn: LossFn,
     direction: Sequence[Tensor],
     batch: Tensor,
+    ranks: Ranks,
     lr: float,
     *,
     loss0: float | None = None,
     params: Sequence[Tensor] | None = None,
-    group: dist.ProcessGroup | None = None,
 ) -> LossChange:
     """`loss_change` on a sharded model (arguments as in `sharded_measure`)."""
     return loss_change(
         model,
-        all_reduced_loss(loss_fn, group),
+        all_reduced_loss(loss_fn, ranks),
         local_tensors(direction),
-        rank_rows(batch, group),
+        rank_rows(batch, ranks),
         lr,
         loss0=loss0,
         params=_params(model, params),
@@ -259,15 +314,13 @@ def sharded_loss_change(
     )
 
 
-def sharded_loss(
-    model: nn.Module, loss_fn: LossFn, batch: Tensor, group: dist.ProcessGroup | None = None
-) -> float:
+def sharded_loss(model: nn.Module, loss_fn: LossFn, batch: Tensor, ranks: Ranks) -> float:
     """The whole batch's loss in eval mode under no_grad, the same float on every rank."""
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return float(all_reduced_loss(loss_fn, group)(model, rank_rows(batch, group)).float())
+            return float(all_reduced_loss(loss_fn, ranks)(model, rank_rows(batch, ranks)))
     finally:
         model.train(was)
 
@@ -276,10 +329,10 @@ def sharded_domain_gradients(
     model: nn.Module,
     loss_fn: LossFn,
     domains: Sequence[Tensor],
+    ranks: Ranks,
     *,
     micro_batch: int,
     params: Sequence[Tensor] | None = None,
-    group: dist.ProcessGroup | None = None,
 ) -> DomainGradients:
     """`domain_gradients` of whole (sequences, seq_len) batches, kept as local shards.
 
@@ -287,7 +340,7 @@ def sharded_domain_gradients(
     the ranks' gradients into the shards. The result's `params` and `grads` are local shards, so
     `mixed_direction` and the optimizer transforms run on them as they are.
     """
-    micro = [list(torch.split(rank_rows(batch, group), micro_batch)) for batch in domains]
+    micro = [list(torch.split(rank_rows(batch, ranks), micro_batch)) for batch in domains]
     full = domain_gradients(model, loss_fn, micro, params=params)
     shards = local_tensors(full.params)
     grads = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from workers.curvature import (
     mixed_direction,
 )
 from workers.curvature.distributed import (
+    Ranks,
+    join,
     local_tensors,
     shard_model,
     sharded_domain_gradients,
@@ -89,16 +92,14 @@ def summary(result: CriticalLR) -> dict[str, Any]:
     }
 
 
-def init(rank: int, world: int, rendezvous: str) -> None:
-    """One gloo group over a file rendezvous, with a short timeout so nothing waits for long."""
+def init(rank: int, world: int, rendezvous: str) -> Ranks:
+    """One gloo group over a file rendezvous (no port to pick), and its side group."""
     torch.set_num_threads(1)
+    timeout = datetime.timedelta(seconds=60)
     dist.init_process_group(
-        "gloo",
-        init_method=f"file://{rendezvous}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
+        "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world, timeout=timeout
     )
+    return join(timeout=timeout)
 
 
 def _shard_like(full: Tensor, param: Tensor) -> Tensor:
@@ -108,7 +109,7 @@ def _shard_like(full: Tensor, param: Tensor) -> Tensor:
 
 def measure_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
     """Measure the tiny model sharded over `world` ranks; `out` holds the one-process reference."""
-    init(rank, world, rendezvous)
+    ranks = init(rank, world, rendezvous)
     try:
         model = shard_model(tiny_model())
         batches = tiny_batches()
@@ -121,13 +122,15 @@ def measure_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
         seen["same_direction"] = []
         for full in reference["directions"]:
             direction = [_shard_like(d, p) for d, p in zip(full, params, strict=True)]
-            result = sharded_measure(model, loss_fn, direction, batches["eval"], lr_guess=LR_GUESS)
+            result = sharded_measure(
+                model, loss_fn, direction, batches["eval"], ranks, lr_guess=LR_GUESS
+            )
             seen["same_direction"].append(summary(result))
 
         # 2. The whole sharded pipeline: per-domain gradients on shards, mixed, transformed.
         model.train()
         grads = sharded_domain_gradients(
-            model, loss_fn, [batches["pt"], batches["ft"]], micro_batch=MICRO_BATCH
+            model, loss_fn, [batches["pt"], batches["ft"]], ranks, micro_batch=MICRO_BATCH
         )
         model.eval()
         seen["grad_error"] = max(
@@ -141,13 +144,20 @@ def measure_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
         for ratio in RATIOS:
             direction = mixed_direction(grads, [ratio, 1 - ratio], FRESH_ADAMW)
             result = sharded_measure(
-                model, loss_fn, direction, batches["eval"], lr_guess=LR_GUESS, params=grads.params
+                model,
+                loss_fn,
+                direction,
+                batches["eval"],
+                ranks,
+                lr_guess=LR_GUESS,
+                params=grads.params,
             )
             change = sharded_loss_change(
                 model,
                 loss_fn,
                 direction,
                 batches["eval"],
+                ranks,
                 PLANNED_LR,
                 loss0=result.loss0,
                 params=grads.params,
@@ -174,13 +184,47 @@ def measure_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
             _shard_like(d, p) for d, p in zip(reference["directions"][1], params, strict=True)
         ]
         try:
-            sharded_measure(model, failing, direction, batches["eval"], lr_guess=LR_GUESS)
+            sharded_measure(model, failing, direction, batches["eval"], ranks, lr_guess=LR_GUESS)
             seen["failure"] = None
         except CurvatureError as error:
             seen["failure"] = str(error)
         seen["restored_after_failure"] = all(
             torch.equal(a, b) for a, b in zip(before, local_tensors(params), strict=True)
         )
+
+        # 4. Rank 1 raises *before* its forward: rank 0 waits in FSDP's all-gather, rank 1 in
+        # the loss exchange. Both fail at the timeout (a fresh model on a group with a short
+        # one), with their shards restored; nobody hangs and nobody aborts.
+        seen["timeout_failure"], seen["timeout_seconds"] = _fail_before_forward(rank)
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
     finally:
         dist.destroy_process_group()
+
+
+SHORT = datetime.timedelta(seconds=3)
+
+
+def _fail_before_forward(rank: int) -> tuple[dict[str, Any], float]:
+    ranks = join(group=dist.new_group(backend="gloo", timeout=SHORT), timeout=SHORT)
+    model = shard_model(tiny_model(), mesh=ranks.mesh("cpu"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [t.clone() for t in local_tensors(params)]
+    direction = [torch.full_like(t, 1e-3) for t in before]
+    calls = 0
+
+    def failing(model: nn.Module, rows: Tensor) -> Tensor:
+        nonlocal calls
+        calls += 1
+        if rank == 1 and calls == 3:
+            raise RuntimeError("rank 1 failed before its forward")
+        return loss_fn(model, rows)
+
+    start = time.monotonic()
+    error: BaseException | None = None
+    try:
+        sharded_measure(model, failing, direction, tiny_batches()["eval"], ranks, lr_guess=1e-3)
+    except Exception as caught:
+        error = caught
+    seconds = time.monotonic() - start
+    restored = all(torch.equal(a, b) for a, b in zip(before, local_tensors(params), strict=True))
+    return {"error": type(error).__name__ if error else None, "restored": restored}, seconds

@@ -89,6 +89,12 @@ def test_two_ranks_measure_what_one_process_measures(tmp_path: Path) -> None:
         assert seen["backward_passes"] == 2 * ROWS // (world * MICRO_BATCH)
         assert seen["restored"] and seen["restored_after_failure"]
         assert seen["failure"] is not None and "rank(s) [1]" in seen["failure"]
+        assert seen["timeout_failure"] == {
+            "error": seen["timeout_failure"]["error"],
+            "restored": True,
+        }
+        assert seen["timeout_failure"]["error"] in {"RuntimeError", "CurvatureError"}
+        assert seen["timeout_seconds"] < 30
     # Every rank took the very same decisions: identical floats, not just close ones.
     assert ranks[0]["pipeline"] == ranks[1]["pipeline"]
     assert ranks[0]["same_direction"] == ranks[1]["same_direction"]
