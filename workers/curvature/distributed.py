@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -100,9 +101,10 @@ def join(
 ) -> Ranks:
     """Join the process group torchrun describes (`env://`) and open the side group.
 
-    Every rank calls this at the same point. A group that exists already (`group`, or the
-    default one when `init_process_group` was called) is used as it is; the side group gets
-    `timeout` either way.
+    Start one process per GPU, e.g. `torchrun --standalone --nproc-per-node 4 script.py`; with
+    `"nccl"` each rank takes the GPU `LOCAL_RANK` names. Every rank calls this at the same
+    point. A group that exists already (`group`, or the default one when `init_process_group`
+    was called) is used as it is; the side group gets `timeout` either way.
 
     Args:
         backend: `"nccl"` on GPUs, `"gloo"` on CPU; None lets torch choose (when it starts one).
@@ -111,6 +113,8 @@ def join(
     """
     if group is None:
         if not dist.is_initialized():
+            if backend == "nccl":  # one GPU per rank: torchrun's LOCAL_RANK names it
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             dist.init_process_group(backend, timeout=timeout)
         group = dist.group.WORLD
         assert group is not None
