@@ -58,5 +58,7 @@ def trajectory_rank(
             "restored": all(torch.equal(a, b) for a, b in zip(before, after, strict=True)),
         }
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
+        # Leaving together: a rank that tears down gloo while another still uses it can abort.
+        dist.barrier(ranks.side)
     finally:
         dist.destroy_process_group()

@@ -197,6 +197,8 @@ def measure_rank(rank: int, world: int, rendezvous: str, out: str) -> None:
         # one), with their shards restored; nobody hangs and nobody aborts.
         seen["timeout_failure"], seen["timeout_seconds"] = _fail_before_forward(rank)
         (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
+        # Leaving together: a rank that tears down gloo while another still uses it can abort.
+        dist.barrier(ranks.side)
     finally:
         dist.destroy_process_group()
 
