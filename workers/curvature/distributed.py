@@ -17,16 +17,20 @@ elementwise in the parameters, so it runs on the local shards with the one-proce
   the same float on every rank, so `critical_lr` takes identical decisions everywhere and every
   rank runs the same forwards (FSDP's collectives inside them stay matched); and it is bit for bit
   the loss one process computes over micro-batches of S/W rows (tests/workers/curvature/
-  test_distributed.py). Other splits agree within float32 rounding of the loss, which moves a
-  quadratic search's probes (and so its eta_c) within the bracket `tol`, not beyond it.
+  test_distributed.py). Other splits agree within float32 rounding of the loss, which can move
+  a quadratic search's probes: eta_c then agrees within the bracket `tol`, not bit for bit, and
+  the forward count may differ (bench/sharded_measure.py, tiny shape, one sequence a micro-batch:
+  1.2% and 10 against 8 forwards between 1 and 2 ranks; with micro-batches of half the batch,
+  identical).
 
 The ranks exchange losses over a gloo group of their own (`Ranks.side`), apart from FSDP's
 collectives. A rank whose loss function raises says so there (a NaN row), so every rank raises
 `CurvatureError` together, each with its shards restored; when it raised inside FSDP's forward
 the others are left in one of FSDP's collectives and every rank fails at the groups' timeout
-(`join`'s `timeout`) instead, shards restored all the same. (On FSDP's own group the notice would
-meet another rank's all-gather, and gloo aborts the process on the size mismatch.) A rank that
-dies is the launcher's: torchrun ends the others, and the task's lease hands it on.
+(`join`'s `timeout`) instead, shards restored all the same; the groups are spent then, and the
+process should exit. (On FSDP's own group the notice would meet another rank's all-gather, and
+gloo aborts the process on the size mismatch.) A rank that dies is the launcher's: torchrun ends
+the others, and the task's lease hands it on.
 
 Limits: the shards must be float32 or float64 (FSDP's master weights). A `MixedPrecisionPolicy`
 with `param_dtype=torch.bfloat16` would round the step away in the all-gather (method.md,

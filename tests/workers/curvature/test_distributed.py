@@ -76,8 +76,9 @@ def test_two_ranks_measure_what_one_process_measures(tmp_path: Path) -> None:
     mp.spawn(measure_rank, args=(world, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=world)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
-    statuses = {r["status"] for r in reference["results"]}
-    assert statuses >= {"ok"}, reference["results"]  # the batches give at least one real bracket
+    # Pure fine-tuning data raises the held-out loss at once; the mixes have a real bracket.
+    statuses = [r["status"] for r in reference["results"]]
+    assert statuses == ["increases_immediately", "ok", "ok"], reference["results"]
     for seen in ranks:
         # The one-process direction on shards, and the direction built from sharded gradients.
         for sharded, one in zip(seen["same_direction"], reference["results"], strict=True):
@@ -89,12 +90,10 @@ def test_two_ranks_measure_what_one_process_measures(tmp_path: Path) -> None:
         assert seen["backward_passes"] == 2 * ROWS // (world * MICRO_BATCH)
         assert seen["restored"] and seen["restored_after_failure"]
         assert seen["failure"] is not None and "rank(s) [1]" in seen["failure"]
-        assert seen["timeout_failure"] == {
-            "error": seen["timeout_failure"]["error"],
-            "restored": True,
-        }
+        # A failure inside FSDP's forward: every rank raises at the 3 s timeout, restored.
+        assert seen["timeout_failure"]["restored"]
         assert seen["timeout_failure"]["error"] in {"RuntimeError", "CurvatureError"}
-        assert seen["timeout_seconds"] < 30
+        assert 2.5 < seen["timeout_seconds"] < 30
     # Every rank took the very same decisions: identical floats, not just close ones.
     assert ranks[0]["pipeline"] == ranks[1]["pipeline"]
     assert ranks[0]["same_direction"] == ranks[1]["same_direction"]
