@@ -133,7 +133,6 @@ def run_trajectory(
     *,
     on_measure: Callable[[int, list[PointResult]], bool] | None = None,
     checkpoint: Callable[[], None] | None = None,
-    ranks: Ranks | None = None,
 ) -> Trajectory:
     """Step on the mix at ``ratio`` and measure as it goes; the model is restored afterwards.
 
@@ -143,10 +142,6 @@ def run_trajectory(
         on_measure: Called with the step and its points after each measurement (to write them
             and report them to Optuna); returning False prunes the ratio there.
         checkpoint: Called before every step; it may raise to abort (lease lost, cancel).
-        ranks: The ranks the model is sharded over with FSDP2
-            (`workers.curvature.distributed`, float32 parameters), or None for one process.
-            Every rank calls this with the same arguments, steps on its rows of each batch,
-            and gets the same trajectory.
 
     Returns:
         The trajectory, with its forecast to ``planned_steps``.
@@ -154,6 +149,9 @@ def run_trajectory(
     spec = prepared.spec
     if spec.trajectory is None:
         raise ValueError("the sweep has no 'trajectory' block")
+    # A model sharded over several ranks (`prepare(..., ranks=)`): every rank calls this with the
+    # same arguments, steps on its rows of each batch and gets the same trajectory.
+    ranks = prepared.ranks
     check = checkpoint or (lambda: None)
     start = time.perf_counter()
     model = prepared.model

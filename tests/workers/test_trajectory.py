@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from contract.results import PointResult, Status
 from contract.spec import Role, SweepSpec
 from tests.conftest import SweepAssets
-from tests.workers.trajectory_ranks import trajectory_rank
+from tests.workers.sweep_ranks import trajectory_rank
 from workers.data import LoadPolicy
 from workers.sweep import prepare
 from workers.trajectory import (
