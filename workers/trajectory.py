@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor import DTensor
 
 from contract.results import PointResult, Status
 from contract.spec import AdamWSpec, SGDSpec, SweepSpec
@@ -39,6 +39,7 @@ from workers.curvature import direction_params, loss_change, measure, update_dir
 from workers.curvature.distributed import (
     Ranks,
     rank_rows,
+    reshard,
     sharded_loss,
     sharded_loss_change,
     sharded_measure,
@@ -360,10 +361,7 @@ def _optimizer(
             continue
 
         def own(kind: str, name: str = name, p: Tensor = p) -> Tensor:
-            full = state[f"{kind}.{name}"].to(p.device, torch.float32).clone()
-            if isinstance(p, DTensor):  # a sharded parameter's state is sharded like it
-                return distribute_tensor(full, p.device_mesh, p.placements)
-            return full
+            return state[f"{kind}.{name}"].to(p.device, torch.float32).clone()
 
         if isinstance(opt, SGDSpec):
             optimizer.state[p] = {"momentum_buffer": own("momentum_buffer")}
@@ -391,6 +389,7 @@ def _restored(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
+        reshard(model)  # a sharded model registers its DTensors again (no-op otherwise)
         with torch.no_grad():
             for name, p in model.named_parameters():
                 saved = params[name]

@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from tests.workers.sweep_ranks import measure_rank
-from workers.curvature import measure, mixed_direction
-from workers.data import LoadPolicy
-from workers.sweep import mix_weights, prepare
+from workers.curvature import CurvatureError, measure, mixed_direction
+from workers.data import DataError, LoadPolicy
+from workers.sweep import _check_shardable, mix_weights, prepare
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -74,3 +74,11 @@ def test_a_sweep_sharded_over_two_ranks_measures_what_one_process_does(
                 assert a["loss_change"] == pytest.approx(b.loss_change, rel=1e-5, abs=1e-9)
             assert got["eta_c"] == pytest.approx(want.eta_c, rel=1e-5)
     assert "ok" in statuses
+
+
+def test_a_sharded_sweep_refuses_bf16_weights_and_saved_optimizer_state() -> None:
+    _check_shardable(torch.float32, None)
+    with pytest.raises(CurvatureError, match="SHARPMIX_DTYPE=float32"):
+        _check_shardable(torch.bfloat16, None)
+    with pytest.raises(DataError, match=r"model\.optimizer_state"):
+        _check_shardable(torch.float32, {"step": torch.tensor(1.0)})

@@ -66,6 +66,7 @@ __all__ = [
     "join",
     "local_tensors",
     "rank_rows",
+    "reshard",
     "shard_model",
     "sharded_domain_gradients",
     "sharded_loss",
@@ -161,7 +162,8 @@ def rank_rows(batch: Tensor, ranks: Ranks) -> Tensor:
     return batch.tensor_split(ranks.world)[ranks.rank]
 
 
-def _reshard(model: nn.Module) -> None:
+def reshard(model: nn.Module) -> None:
+    """Free every FSDP unit's gathered parameters, leaving the model's DTensor shards registered."""
     # FSDP keeps the root's parameters unsharded after a forward (it expects the backward next),
     # and while they are, `model.parameters()` are plain full tensors. Resharding registers the
     # DTensors again and makes the next forward all-gather, so it reads the perturbed shards.
@@ -193,7 +195,7 @@ def all_reduced_loss(loss_fn: LossFn, ranks: Ranks) -> LossFn:
     def loss(model: nn.Module, rows: Tensor) -> Tensor:
         failure: Exception | None = None
         dtype = torch.float32
-        _reshard(model)
+        reshard(model)
         try:
             value = loss_fn(model, rows).detach()
             dtype = torch.promote_types(value.dtype, torch.float32)
@@ -201,7 +203,7 @@ def all_reduced_loss(loss_fn: LossFn, ranks: Ranks) -> LossFn:
         except Exception as error:  # told to every rank below, then raised here too
             failure, mine = error, [math.nan, math.nan]
         finally:
-            _reshard(model)
+            reshard(model)
         table = _gather(mine, ranks)  # (world, 2): mean loss, rows
         failed = [r for r, n in enumerate(table[:, 1].tolist()) if math.isnan(n)]
         if failed:
@@ -237,7 +239,7 @@ def _check_agreement(result: CriticalLR, ranks: Ranks) -> None:
 
 
 def _params(model: nn.Module, params: Sequence[Tensor] | None) -> list[Tensor]:
-    _reshard(model)
+    reshard(model)
     if params is None:
         params = [p for p in model.parameters() if p.requires_grad]
     shards = local_tensors(params)
