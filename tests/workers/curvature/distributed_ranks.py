@@ -60,7 +60,7 @@ def tiny_model() -> nn.Module:
 
 
 def tiny_batches() -> dict[str, Tensor]:
-    """(8, 17) token ids: a "pre-training" domain, a "fine-tuning" one, and a held-out batch."""
+    """(ROWS, 17) token ids: a "pre-training" domain, a "fine-tuning" one, and a held-out batch."""
     g = torch.Generator().manual_seed(1)
     # Pre-training text uses the lower half of the vocabulary, fine-tuning text the upper half.
     return {
