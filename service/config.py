@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]`` for workers.
         dtype: Model weights dtype on the worker (``float32`` or ``bfloat16``); the perturbation is
             fp32 whatever this is.
+        devices: GPUs of this host that one worker shards each model over (FSDP2, one process
+            per GPU under ``torchrun --nproc-per-node N``; ``workers/curvature/distributed.py``).
+            1 (the default) is one process on ``device``. Above 1, ``sharpmix worker`` refuses
+            to start for now: the sharded compute exists, the queue side of a multi-process
+            worker (rank 0 claims, heartbeats and writes; the other ranks follow) does not yet.
         database_connect_timeout: Seconds to open a database connection before giving up.
         database_statement_timeout: Seconds one statement may run (PostgreSQL cancels it); a
             connection busy for longer than this plus the connect timeout is cut on our side,
@@ -111,6 +116,7 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=15.0, gt=0)
     device: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
+    devices: int = Field(default=1, ge=1, le=64)
 
     database_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     database_statement_timeout: float = Field(default=15.0, gt=0, allow_inf_nan=False)

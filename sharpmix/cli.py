@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.config import Settings, get_settings
-from service.errors import SharpmixError
+from service.errors import InvalidRequestError, SharpmixError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -562,6 +562,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from service.db.migrate import upgrade
     from workers.worker import Worker
 
+    if settings.devices > 1:
+        raise InvalidRequestError(
+            "SHARPMIX_DEVICES",
+            f"{settings.devices} GPUs per worker is not available yet: the sharded measurements "
+            "and trajectories exist (workers/curvature/distributed.py), the multi-process worker "
+            "loop that would run them does not; run one worker per GPU with SHARPMIX_DEVICES=1",
+            location="environment",
+        )
     if settings.is_embedded:
         upgrade(settings.resolved_database_url)
     stop = threading.Event()

@@ -27,8 +27,10 @@ from contract.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
     AdamHyper,
     CriticalLR,
+    CurvatureError,
     DirectionFn,
     DomainGradients,
+    LossChange,
     Perturbation,
     SGDHyper,
     domain_gradients,
@@ -38,6 +40,14 @@ from workers.curvature import (
     mixed_direction,
     state_transform,
     summarize,
+)
+from workers.curvature.distributed import (
+    Ranks,
+    shard_model,
+    sharded_domain_gradients,
+    sharded_loss,
+    sharded_loss_change,
+    sharded_measure,
 )
 from workers.data import (
     DataError,
@@ -99,6 +109,8 @@ class PreparedSweep:
     # Per direction set: {"tokens", "documents"} of its whole tokenised data (EOS included),
     # which exports need to turn token shares into per-example sampling weights.
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The ranks the model is sharded over (FSDP2), or None for one process.
+    ranks: Ranks | None = None
 
     def loss_fn(self, model: nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token loss of a (sequences, seq_len) batch, in micro-batches of equal size."""
@@ -129,25 +141,7 @@ class PreparedSweep:
             step = BatchStep(batch=b, results={}, loss_changes={})
             for name in names:
                 batch = self.eval_batches[name][b]
-                result = measure(
-                    self.model,
-                    self.loss_fn,
-                    direction,
-                    batch,
-                    lr_guess=self.warm.get(name, spec.learning_rate),
-                    tol=spec.tol,
-                    loss0=self.loss0[name][b],
-                    params=grads.params,
-                )
-                change = loss_change(
-                    self.model,
-                    self.loss_fn,
-                    direction,
-                    batch,
-                    spec.learning_rate,
-                    loss0=self.loss0[name][b],
-                    params=grads.params,
-                )
+                result, change = self._measure_one(direction, grads.params, batch, name, b)
                 forwards += result.forwards + change.forwards
                 if result.status == "ok":
                     self.warm[name] = result.eta
@@ -164,6 +158,57 @@ class PreparedSweep:
             for name in names
         ]
         return RatioMeasurement(ratio, measurements, forwards, pruned)
+
+    def _measure_one(
+        self, direction: list[Tensor], params: list[Tensor], batch: Tensor, name: str, b: int
+    ) -> tuple[CriticalLR, LossChange]:
+        """eta_c along ``direction`` on one evaluation batch, warm-started, and the one-step
+        loss change at the planned rate; on the shards when the model is sharded."""
+        spec, loss0 = self.spec, self.loss0[name][b]
+        lr_guess = self.warm.get(name, spec.learning_rate)
+        if self.ranks is not None:
+            result = sharded_measure(
+                self.model,
+                self.loss_fn,
+                direction,
+                batch,
+                self.ranks,
+                lr_guess=lr_guess,
+                tol=spec.tol,
+                loss0=loss0,
+                params=params,
+            )
+            change = sharded_loss_change(
+                self.model,
+                self.loss_fn,
+                direction,
+                batch,
+                self.ranks,
+                spec.learning_rate,
+                loss0=loss0,
+                params=params,
+            )
+            return result, change
+        result = measure(
+            self.model,
+            self.loss_fn,
+            direction,
+            batch,
+            lr_guess=lr_guess,
+            tol=spec.tol,
+            loss0=loss0,
+            params=params,
+        )
+        change = loss_change(
+            self.model,
+            self.loss_fn,
+            direction,
+            batch,
+            spec.learning_rate,
+            loss0=loss0,
+            params=params,
+        )
+        return result, change
 
 
 def mix_weights(spec: SweepSpec, ratio: float) -> list[float]:
@@ -182,6 +227,7 @@ def prepare(
     gradient_memory_fraction: float = 0.25,
     checkpoint: Callable[[], None] | None = None,
     gradients: bool = True,
+    ranks: Ranks | None = None,
 ) -> PreparedSweep:
     """Load the model and data of a sweep and compute what every ratio shares.
 
@@ -195,6 +241,10 @@ def prepare(
             wanted (shutdown, cancel, lost lease).
         gradients: False skips the per-domain gradients (a worker that only runs trajectories
             of this sweep needs the model and the evaluation batches alone).
+        ranks: Shard the model with FSDP2 over these ranks (`workers.curvature.distributed`):
+            every rank calls this with the same arguments, loads the float32 model on the CPU,
+            shards it and moves its shards to ``device``; gradients, directions and searches
+            then run on the shards. Saved optimizer state is not supported there yet.
 
     Raises:
         DataError: For anything the user must fix (paths, formats, sizes), before GPU work.
@@ -210,10 +260,15 @@ def prepare(
         ),
         policy,
         dtype=dtype,
-        device=device,
+        device=device if ranks is None else "cpu",
         seq_len=spec.seq_len,
     )
     model, tokenizer = loaded.model, loaded.tokenizer
+    if ranks is not None:
+        _check_shardable(dtype, loaded.optimizer_state)
+        # In place: the same module, its parameters now this rank's shards, moved to its GPU.
+        module: nn.Module = shard_model(model, mesh=ranks.mesh(torch.device(device).type))
+        module.to(device)  # through nn.Module, as load_model does: transformers wraps `.to`
     check_model_fits(model.config, tokenizer, seq_len=spec.seq_len)
     check()
     sequences = spec.sequences_per_batch
@@ -269,29 +324,59 @@ def prepare(
         policy=policy,
         optimizer_state=loaded.optimizer_state,
         sources=sources,
+        ranks=ranks,
     )
     # Gradients in train mode like the optimizer's own backward; stored in fp32 beside the model.
     model.train()
     storage = _gradient_device(model, len(direction_sets) * spec.batches, gradient_memory_fraction)
     for b in range(spec.batches if gradients else 0):
-        domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
-        grads = domain_gradients(
-            model, next_token_loss, domains, dtype=torch.float32, device=storage
-        )
+        if ranks is not None:  # local shards, beside the model's
+            grads = sharded_domain_gradients(
+                model,
+                next_token_loss,
+                [d[b] for d in direction_batches],
+                ranks,
+                micro_batch=micro_batch,
+            )
+        else:
+            domains = [list(torch.split(d[b], micro_batch)) for d in direction_batches]
+            grads = domain_gradients(
+                model, next_token_loss, domains, dtype=torch.float32, device=storage
+            )
         prepared.gradients.append(grads)
         prepared.backwards += grads.backward_passes
         check()
     model.train(False)
     model.zero_grad(set_to_none=True)
-    params: list[Tensor] = (
-        prepared.gradients[0].params
-        if prepared.gradients
-        else [p for p in model.parameters() if p.requires_grad]
-    )
-    prepared.loss0 = _reference_losses(prepared, params)
+    if ranks is not None:
+        # Float32 shards: the exact path at step 0 is the plain forward, so L(theta) is that.
+        prepared.loss0 = {
+            name: [sharded_loss(model, prepared.loss_fn, batch, ranks) for batch in tensor]
+            for name, tensor in eval_batches.items()
+        }
+    else:
+        params: list[Tensor] = (
+            prepared.gradients[0].params
+            if prepared.gradients
+            else [p for p in model.parameters() if p.requires_grad]
+        )
+        prepared.loss0 = _reference_losses(prepared, params)
     prepared.setup_forwards += sum(len(t) for t in eval_batches.values())
     prepared.setup_seconds = time.perf_counter() - start
     return prepared
+
+
+def _check_shardable(dtype: torch.dtype, state: dict[str, Tensor] | None) -> None:
+    if dtype != torch.float32:
+        raise CurvatureError(
+            f"a sharded sweep runs float32 master weights, not {dtype}; set SHARPMIX_DTYPE=float32"
+        )
+    if state is not None:
+        raise DataError(
+            "model.optimizer_state",
+            "a sweep sharded over several GPUs cannot use saved optimizer state yet; leave it "
+            "out (a fresh optimizer) or use a model that fits one GPU",
+        )
 
 
 def _gradient_device(model: nn.Module, copies: int, fraction: float) -> torch.device:

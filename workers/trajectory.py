@@ -31,10 +31,19 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from contract.results import PointResult, Status
 from contract.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, loss_change, measure, update_direction
+from workers.curvature.distributed import (
+    Ranks,
+    rank_rows,
+    reshard,
+    sharded_loss,
+    sharded_loss_change,
+    sharded_measure,
+)
 from workers.data import training_rows
 from workers.forecast import Forecast, burn_in, forecast_drift
 from workers.sweep import (
@@ -141,6 +150,9 @@ def run_trajectory(
     spec = prepared.spec
     if spec.trajectory is None:
         raise ValueError("the sweep has no 'trajectory' block")
+    # A model sharded over several ranks (`prepare(..., ranks=)`): every rank calls this with the
+    # same arguments, steps on its rows of each batch and gets the same trajectory.
+    ranks = prepared.ranks
     check = checkpoint or (lambda: None)
     start = time.perf_counter()
     model = prepared.model
@@ -154,7 +166,8 @@ def run_trajectory(
     loss_start: dict[str, float] = {}
     warm: dict[str, float] = {}
     with _restored(model):
-        model.float()  # float32 master weights, as mixed-precision training keeps them
+        if ranks is None:  # a sharded model is float32 already: FSDP keeps the master weights
+            model.float()  # float32 master weights, as mixed-precision training keeps them
         params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
         optimizer = _optimizer(spec, model, params, prepared.optimizer_state)
         for step in range(last + 1):
@@ -170,11 +183,14 @@ def run_trajectory(
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
-                    _backward(model, batch, prepared.micro_batch)
+                    rows = batch if ranks is None else rank_rows(batch, ranks)
+                    _backward(model, rows, prepared.micro_batch)
                 result.backwards += 1
                 result.forwards += 1
             if measuring:
-                points = _measure(prepared, optimizer, step, lr, step < last, loss_start, warm)
+                points = _measure(
+                    prepared, optimizer, step, lr, step < last, loss_start, warm, ranks
+                )
                 result.forwards += sum(p.forwards for p in points)
                 result.points += points
                 history.append(points)
@@ -205,6 +221,7 @@ def _measure(
     has_gradient: bool,
     loss_start: dict[str, float],
     warm: dict[str, float],
+    ranks: Ranks | None,
 ) -> list[PointResult]:
     spec = prepared.spec
     model = prepared.model
@@ -217,8 +234,25 @@ def _measure(
         extra = batches[1:LOSS_BATCHES]
         if direction is None:
             # The last step of the run: no next update, only the loss.
-            first = _plain_loss(prepared, batch)
+            first = _plain_loss(prepared, batch, ranks)
             forwards, result, change = 1, None, None
+        elif ranks is not None:
+            # The same search on every rank's shards, with the loss all-reduced over ranks.
+            result = sharded_measure(
+                model,
+                prepared.loss_fn,
+                direction,
+                batch,
+                ranks,
+                lr_guess=warm.get(ref.name, max(lr, 1e-12)),
+                tol=spec.tol,
+                params=params,
+            )
+            first = result.loss0
+            delta = sharded_loss_change(
+                model, prepared.loss_fn, direction, batch, ranks, lr, loss0=first, params=params
+            )
+            forwards, change = result.forwards + delta.forwards, delta.delta
         else:
             result = measure(
                 model,
@@ -234,9 +268,9 @@ def _measure(
                 model, prepared.loss_fn, direction, batch, lr, loss0=first, params=params
             )
             forwards, change = result.forwards + delta.forwards, delta.delta
-            if result.status == "ok":
-                warm[ref.name] = result.eta
-        losses = [first, *(_plain_loss(prepared, b) for b in extra)]
+        if result is not None and result.status == "ok":
+            warm[ref.name] = result.eta
+        losses = [first, *(_plain_loss(prepared, b, ranks) for b in extra)]
         forwards += len(extra)
         loss = math.fsum(losses) / len(losses)
         loss_start.setdefault(ref.name, loss)
@@ -259,9 +293,11 @@ def _measure(
     return points
 
 
-def _plain_loss(prepared: PreparedSweep, batch: Tensor) -> float:
+def _plain_loss(prepared: PreparedSweep, batch: Tensor, ranks: Ranks | None) -> float:
     """The loss of one batch in eval mode, on the precision path the searches use."""
     model = prepared.model
+    if ranks is not None:
+        return sharded_loss(model, prepared.loss_fn, batch, ranks)
     was = model.training
     model.eval()
     try:
@@ -343,15 +379,24 @@ def _optimizer(
 
 @contextmanager
 def _restored(model: nn.Module) -> Iterator[None]:
-    """Put every parameter and buffer back exactly (values and dtypes) when the block ends."""
+    """Put every parameter and buffer back exactly (values and dtypes) when the block ends.
+
+    A sharded (DTensor) parameter is copied back into its own storage, which FSDP all-gathers
+    from; swapping its ``.data`` would cut it off from FSDP.
+    """
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     try:
         yield
     finally:
+        reshard(model)  # a sharded model registers its DTensors again (no-op otherwise)
         with torch.no_grad():
             for name, p in model.named_parameters():
-                p.data = params[name]
+                saved = params[name]
+                if isinstance(p, DTensor) and isinstance(saved, DTensor):
+                    p.to_local().copy_(saved.to_local())
+                else:
+                    p.data = saved
                 p.grad = None
             for name, saved in buffers.items():
                 owner, _, attr = name.rpartition(".")

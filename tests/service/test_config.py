@@ -41,3 +41,12 @@ def test_production_refuses_unrestricted_roots(tmp_path: Path) -> None:
 def test_heartbeat_must_fit_in_the_lease(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="HEARTBEAT"):
         Settings(home=tmp_path, lease_seconds=10, heartbeat_seconds=6)
+
+
+def test_devices_is_a_small_positive_count(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SHARPMIX_DEVICES", "4")
+    assert Settings(home=tmp_path).devices == 4
+    assert Settings(home=tmp_path, devices=1).devices == 1
+    for bad in (0, 65):
+        with pytest.raises(ValidationError, match="devices"):
+            Settings(home=tmp_path, devices=bad)

@@ -3,16 +3,19 @@ reference losses taken on the probes' precision path."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
-from workers.curvature import measure, mixed_direction
-from workers.data import LoadPolicy
-from workers.sweep import mix_weights, prepare
+from tests.workers.sweep_ranks import measure_rank
+from workers.curvature import CurvatureError, measure, mixed_direction
+from workers.data import DataError, LoadPolicy
+from workers.sweep import _check_shardable, mix_weights, prepare
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -35,3 +38,47 @@ def test_reference_losses_share_the_probes_precision_path(
         )
         # L(theta) computed by the search itself equals the stored one, bit for bit.
         assert own.loss0 == prepared.loss0[name][0]
+
+
+@pytest.mark.slow  # spawns two processes that each load the sweep (about 15 s on two CPU cores)
+def test_a_sweep_sharded_over_two_ranks_measures_what_one_process_does(
+    sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    # Two direction batches (the second warm-started), three ratios, two evaluation sets.
+    body = sweep_assets.spec(ratios=[0.0, 0.5, 1.0], batches=2)
+    spec = SweepSpec.model_validate(body)
+    # Micro-batches of half a batch: each of two ranks then runs exactly one of the micro-batches
+    # one process runs, and the sharded loss sums them the same way.
+    half = spec.sequences_per_batch // 2 * spec.seq_len
+    policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
+    prepared = prepare(spec, policy, device="cpu", dtype=torch.float32, micro_batch_tokens=half)
+    one = [prepared.measure_ratio(r) for r in spec.ratios]
+    world = 2
+    args = (world, str(tmp_path / "rendezvous"), str(tmp_path), sweep_assets, body)
+    mp.spawn(measure_rank, args=(*args, list(spec.ratios), half), nprocs=world)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+    assert ranks[0] == ranks[1]  # every rank took the same decisions
+    seen = ranks[0]
+    assert seen["restored"]
+    assert seen["backwards"] == prepared.backwards // world  # each rank: its half of the rows
+    assert seen["loss0"] == prepared.loss0
+    statuses = set()
+    for sharded, single in zip(seen["ratios"], one, strict=True):
+        assert sharded["forwards"] == single.forwards
+        for got, want in zip(sharded["measurements"], single.measurements, strict=True):
+            statuses.add(want.status)
+            for a, b in zip(got["per_batch"], want.per_batch, strict=True):
+                assert (a["status"], a["forwards"]) == (b.status, b.forwards)
+                assert a["eta_c"] == pytest.approx(b.eta_c, rel=1e-5, abs=1e-12)
+                assert a["loss_change"] == pytest.approx(b.loss_change, rel=1e-5, abs=1e-9)
+            assert got["eta_c"] == pytest.approx(want.eta_c, rel=1e-5)
+    assert "ok" in statuses
+
+
+def test_a_sharded_sweep_refuses_bf16_weights_and_saved_optimizer_state() -> None:
+    _check_shardable(torch.float32, None)
+    with pytest.raises(CurvatureError, match="SHARPMIX_DTYPE=float32"):
+        _check_shardable(torch.bfloat16, None)
+    with pytest.raises(DataError, match=r"model\.optimizer_state"):
+        _check_shardable(torch.float32, {"step": torch.tensor(1.0)})

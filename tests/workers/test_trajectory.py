@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from contract.results import PointResult, Status
 from contract.spec import Role, SweepSpec
 from tests.conftest import SweepAssets
+from tests.workers.sweep_ranks import trajectory_rank
 from workers.data import LoadPolicy
 from workers.sweep import prepare
 from workers.trajectory import (
@@ -174,3 +178,43 @@ def test_left_basin_reads_the_trend_since_the_burn_in_not_two_endpoints() -> Non
     history = [_points(s, d, 1e-3, 3e-4) for s, d in [*flat, (60, 0.029), (70, 0.03)]]
     reason = left_basin(spec, history)
     assert reason is not None and "not trended down since step 30" in reason
+
+
+@pytest.mark.slow  # spawns two processes that each load the sweep (about 15 s on two CPU cores)
+def test_trajectory_on_two_ranks_is_the_one_process_trajectory(
+    sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    # Micro-batches of half a batch: each of two ranks then evaluates and backpropagates exactly
+    # one of the micro-batches one process does, and the sharded loss sums them the same way.
+    body = dict(_spec(sweep_assets).model_dump(mode="json"))
+    spec = SweepSpec.model_validate(body)
+    half = spec.sequences_per_batch // 2 * spec.seq_len
+    policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
+    prepared = prepare(
+        spec, policy, device="cpu", dtype=torch.float32, micro_batch_tokens=half, gradients=False
+    )
+    one = run_trajectory(prepared, 0.5)
+    world = 2
+    args = (world, str(tmp_path / "rendezvous"), str(tmp_path), sweep_assets, body, 0.5, half)
+    mp.spawn(trajectory_rank, args=args, nprocs=world)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+
+    assert ranks[0] == ranks[1]  # every rank took the same steps and the same decisions
+    seen = ranks[0]
+    assert seen["restored"]
+    assert (seen["steps_done"], seen["pruned"]) == (one.steps_done, one.pruned)
+    assert seen["backwards"] == one.backwards and seen["forwards"] == one.forwards
+    assert len(seen["points"]) == len(one.points) == 6
+    for sharded, single in zip(seen["points"], one.points, strict=True):
+        assert (sharded["step"], sharded["eval_set"], sharded["status"]) == (
+            single.step,
+            single.eval_set,
+            single.status,
+        )
+        assert sharded["forwards"] == single.forwards
+        for name in ("loss", "drift", "eta_c", "eta_c_low", "eta_c_high", "loss_change"):
+            a, b = sharded[name], getattr(single, name)
+            if b is None or not math.isfinite(b) or b == 0:
+                assert a == b, name
+            else:
+                assert a == pytest.approx(b, rel=1e-5, abs=1e-7), (name, single)

@@ -15,6 +15,9 @@ Read in this order:
 - `stats`: mean, spread, confidence interval and point estimate of eta_c over batches.
 - `monitor`: lambda_c along the optimizer's own steps inside a training loop (a step pre-hook;
   `workers.integrations` has the `transformers.Trainer` callback).
+- `distributed`: the same measurements on a model sharded with FSDP2 over the ranks of a process
+  group (per-domain gradients, directions and the exact perturbation on local shards, the loss
+  all-reduced); imported from `workers.curvature.distributed`, not re-exported here.
 
 Imports only torch, transformers, datasets, numpy and the standard library, so it runs on a bare
 GPU box and inside someone else's training loop.
