@@ -35,19 +35,16 @@ from workers.curvature import (
     SGDHyper,
     domain_gradients,
     eta_estimate,
-    loss_change,
-    measure,
     mixed_direction,
     state_transform,
     summarize,
 )
 from workers.curvature.distributed import (
     Ranks,
+    measure_and_change,
     shard_model,
     sharded_domain_gradients,
     sharded_loss,
-    sharded_loss_change,
-    sharded_measure,
 )
 from workers.data import (
     DataError,
@@ -166,49 +163,18 @@ class PreparedSweep:
         loss change at the planned rate; on the shards when the model is sharded."""
         spec, loss0 = self.spec, self.loss0[name][b]
         lr_guess = self.warm.get(name, spec.learning_rate)
-        if self.ranks is not None:
-            result = sharded_measure(
-                self.model,
-                self.loss_fn,
-                direction,
-                batch,
-                self.ranks,
-                lr_guess=lr_guess,
-                tol=spec.tol,
-                loss0=loss0,
-                params=params,
-            )
-            change = sharded_loss_change(
-                self.model,
-                self.loss_fn,
-                direction,
-                batch,
-                self.ranks,
-                spec.learning_rate,
-                loss0=loss0,
-                params=params,
-            )
-            return result, change
-        result = measure(
+        return measure_and_change(
             self.model,
             self.loss_fn,
             direction,
             batch,
+            self.ranks,
             lr_guess=lr_guess,
             tol=spec.tol,
+            lr=spec.learning_rate,
             loss0=loss0,
             params=params,
         )
-        change = loss_change(
-            self.model,
-            self.loss_fn,
-            direction,
-            batch,
-            spec.learning_rate,
-            loss0=loss0,
-            params=params,
-        )
-        return result, change
 
 
 def mix_weights(spec: SweepSpec, ratio: float) -> list[float]:

@@ -35,14 +35,13 @@ from torch.distributed.tensor import DTensor
 
 from contract.results import PointResult, Status
 from contract.spec import AdamWSpec, SGDSpec, SweepSpec
-from workers.curvature import direction_params, loss_change, measure, update_direction
+from workers.curvature import direction_params, update_direction
 from workers.curvature.distributed import (
     Ranks,
+    measure_and_change,
     rank_rows,
     reshard,
     sharded_loss,
-    sharded_loss_change,
-    sharded_measure,
 )
 from workers.data import training_rows
 from workers.forecast import Forecast, burn_in, forecast_drift
@@ -236,9 +235,9 @@ def _measure(
             # The last step of the run: no next update, only the loss.
             first = _plain_loss(prepared, batch, ranks)
             forwards, result, change = 1, None, None
-        elif ranks is not None:
-            # The same search on every rank's shards, with the loss all-reduced over ranks.
-            result = sharded_measure(
+        else:
+            # On every rank's shards when the model is sharded, the loss all-reduced over ranks.
+            result, delta = measure_and_change(
                 model,
                 prepared.loss_fn,
                 direction,
@@ -246,27 +245,10 @@ def _measure(
                 ranks,
                 lr_guess=warm.get(ref.name, max(lr, 1e-12)),
                 tol=spec.tol,
+                lr=lr,
                 params=params,
             )
             first = result.loss0
-            delta = sharded_loss_change(
-                model, prepared.loss_fn, direction, batch, ranks, lr, loss0=first, params=params
-            )
-            forwards, change = result.forwards + delta.forwards, delta.delta
-        else:
-            result = measure(
-                model,
-                prepared.loss_fn,
-                direction,
-                batch,
-                lr_guess=warm.get(ref.name, max(lr, 1e-12)),
-                tol=spec.tol,
-                params=params,
-            )
-            first = result.loss0
-            delta = loss_change(
-                model, prepared.loss_fn, direction, batch, lr, loss0=first, params=params
-            )
             forwards, change = result.forwards + delta.forwards, delta.delta
         if result is not None and result.status == "ok":
             warm[ref.name] = result.eta

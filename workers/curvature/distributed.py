@@ -324,6 +324,49 @@ def sharded_loss_change(
     )
 
 
+def measure_and_change(
+    model: nn.Module,
+    loss_fn: LossFn,
+    direction: Sequence[Tensor],
+    batch: Tensor,
+    ranks: Ranks | None,
+    *,
+    lr_guess: float,
+    tol: float,
+    lr: float,
+    loss0: float | None = None,
+    params: Sequence[Tensor] | None = None,
+) -> tuple[CriticalLR, LossChange]:
+    """eta_c along ``direction`` on one batch and the one-step loss change at ``lr``.
+
+    On the shards when ``ranks`` is given (every rank calls it alike), else `measure` and
+    `loss_change` in this process. The change reuses the search's ``L(theta)``: one forward.
+    """
+    if ranks is None:
+        result = measure(
+            model, loss_fn, direction, batch, lr_guess=lr_guess, tol=tol, loss0=loss0, params=params
+        )
+        change = loss_change(
+            model, loss_fn, direction, batch, lr, loss0=result.loss0, params=params
+        )
+        return result, change
+    result = sharded_measure(
+        model,
+        loss_fn,
+        direction,
+        batch,
+        ranks,
+        lr_guess=lr_guess,
+        tol=tol,
+        loss0=loss0,
+        params=params,
+    )
+    change = sharded_loss_change(
+        model, loss_fn, direction, batch, ranks, lr, loss0=result.loss0, params=params
+    )
+    return result, change
+
+
 def sharded_loss(model: nn.Module, loss_fn: LossFn, batch: Tensor, ranks: Ranks) -> float:
     """The whole batch's loss in eval mode under no_grad, the same float on every rank."""
     was = model.training
