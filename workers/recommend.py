@@ -225,6 +225,16 @@ def _flat_reason(
         return "No ratio was measured, so there is nothing to recommend."
     best = max(ratios, key=lambda e: e.retention_low())
     safe_lr = best.retention_low()
+    if safe_lr <= 0.0:
+        # No rate to suggest: at every ratio some retained loss rises at any step size.
+        return (
+            f"No candidate ratio keeps the pre-training loss flat at lr {lr:g}: at every ratio "
+            "the first fine-tuning step raises the pre-training or a retention loss however "
+            "small the learning rate (its update direction points uphill there, critical rate "
+            "0). Try ratios with more pre-training data than the candidates; this is a "
+            "first-step verdict, and 'trajectory' in the spec measures whether the rise stays "
+            "within the tolerance over the planned run."
+        )
     return (
         f"No candidate ratio keeps the pre-training loss flat at lr {lr:g}: every ratio's "
         f"critical learning rate on the retention sets is below it (best: ratio {best.ratio:g} "

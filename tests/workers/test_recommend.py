@@ -111,6 +111,15 @@ def test_no_candidate_qualifies_says_what_would() -> None:
     assert "more pre-training data" in rec.reason
 
 
+def test_no_candidate_when_every_first_step_rises_names_no_rate() -> None:
+    # Every ratio's pre-training loss rises at once (lower bound 0): no rate below 0 to suggest.
+    rows = [Row(r, "pt", "pretraining", 0.0, 0.0, 3e-4, "increases_immediately") for r in (0, 0.5)]
+    rec = recommend(spec(), rows)
+    assert rec.ratio is None
+    assert "below 0" not in rec.reason and "lower bound 0" not in rec.reason
+    assert "however small the learning rate" in rec.reason and "first-step" in rec.reason
+
+
 def test_pareto_front_and_warnings() -> None:
     rows = curves()
     rows[0].spread = 50.0
