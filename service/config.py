@@ -42,8 +42,8 @@ class Settings(BaseSettings):
             turns it on.
         max_body_bytes: Largest accepted request body; larger bodies get 413.
         max_batches, max_batch_tokens, max_seq_len, max_ratios, max_trials, max_eval_sets,
-            max_trajectory_steps: operator limits on the size of one sweep; a sweep above them
-            gets 422 naming the field.
+            max_trajectory_steps, max_learning_rates: operator limits on the size of one sweep;
+            a sweep above them gets 422 naming the field.
         lease_seconds: A claimed piece of work whose heartbeat is older than this is handed to
             another worker.
         heartbeat_seconds: How often a worker renews its lease while it computes.
@@ -110,6 +110,7 @@ class Settings(BaseSettings):
     max_ratios: int = Field(default=64, gt=0)
     max_trials: int = Field(default=128, gt=0)
     max_eval_sets: int = Field(default=16, gt=0)
+    max_learning_rates: int = Field(default=32, gt=0)
     max_trajectory_steps: int = Field(default=5000, gt=0)
 
     lease_seconds: float = Field(default=120.0, gt=0)
@@ -241,6 +242,7 @@ class Settings(BaseSettings):
             max_trajectory_steps=self.max_trajectory_steps,
             max_trials=self.max_trials,
             max_eval_sets=self.max_eval_sets,
+            max_learning_rates=self.max_learning_rates,
         )
 
     @property

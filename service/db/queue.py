@@ -596,6 +596,11 @@ def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> M
         forwards=m.forwards,
         batches=m.batches,
         per_batch=json_safe(per_batch),
+        rate_loss_changes=(
+            json_safe([list(pair) for pair in m.rate_loss_changes])
+            if m.rate_loss_changes is not None
+            else None
+        ),
     )
 
 
@@ -614,6 +619,14 @@ def _as_result(row: Measurement) -> MeasurementResult:
         forwards=row.forwards,
         batches=row.batches,
         per_batch=[_as_batch(entry) for entry in row.per_batch],
+        rate_loss_changes=(
+            [
+                (float(lr), math.nan if change is None else float(change))
+                for lr, change in row.rate_loss_changes
+            ]
+            if row.rate_loss_changes is not None
+            else None
+        ),
     )
 
 
