@@ -33,6 +33,7 @@ from service.config import Settings
 from service.db import queue
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.errors import DatabaseError, InvalidRequestError
+from workers import reuse
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
@@ -261,6 +262,13 @@ class Worker:
         study = studies.open_study(
             self._storage(), task.study_name, spec, slot=task.slot, ratio=task.ratio
         )
+        seeded = reuse.SEEDED_FROM in study.user_attrs
+        if spec.warm_start_from is not None and (fresh or not seeded):
+            # Issue 11, part 5: the earlier sweep seeds the study once, and the first guesses.
+            earlier = queue.measured_points(self.sessions, spec.warm_start_from)
+            reuse.seed_study(study, spec, earlier)
+            if fresh:
+                prepared.warm.update(reuse.eta_guesses(earlier))
         lease_seconds = self.settings.lease_seconds
         records = queue.trial_records(
             self.sessions, task.sweep_id, lease_seconds=lease_seconds, task_id=task.task_id
