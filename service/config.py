@@ -55,6 +55,10 @@ class Settings(BaseSettings):
             1 (the default) is one process on ``device``. Above 1, ``sharpmix worker`` refuses
             to start for now: the sharded compute exists, the queue side of a multi-process
             worker (rank 0 claims, heartbeats and writes; the other ranks follow) does not yet.
+        gradient_store_bytes: Room per sweep for its per-domain gradients on disk (under
+            ``home/cache/gradients``), keyed by the sweep's fingerprint, so that another worker
+            measuring added candidates (or a later sweep over the same files) reads them back
+            instead of recomputing them. 0 (the default) keeps them in the worker's memory only.
         database_connect_timeout: Seconds to open a database connection before giving up.
         database_statement_timeout: Seconds one statement may run (PostgreSQL cancels it); a
             connection busy for longer than this plus the connect timeout is cut on our side,
@@ -118,6 +122,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     devices: int = Field(default=1, ge=1, le=64)
+    gradient_store_bytes: int = Field(default=0, ge=0)
 
     database_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     database_statement_timeout: float = Field(default=15.0, gt=0, allow_inf_nan=False)

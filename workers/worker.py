@@ -37,6 +37,7 @@ from workers import reuse
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
+from workers.gradient_store import GradientStore
 from workers.recommend import plan_trajectories, recommend
 from workers.sweep import (
     BatchStep,
@@ -130,6 +131,9 @@ class Worker:
             trust_remote_code=settings.trust_remote_code,
         )
         self._prepared: tuple[str, PreparedSweep] | None = None
+        self.gradient_store = GradientStore(
+            settings.cache_dir / "gradients", settings.gradient_store_bytes
+        )
         self._optuna: RDBStorage | None = None  # made on the first task, then reused
         # Progress bars of model loading and tokenisation are noise in a service's log.
         datasets.disable_progress_bars()
@@ -396,17 +400,31 @@ class Worker:
             if cached.gradients or not need_gradients:
                 return cached, False
         self._prepared = None  # one sweep's model and gradients in memory at a time
-        prepared = prepare(
+        # Issue 11, part 5: gradients of the same files kept on disk are read back, not recomputed.
+        key = self.gradient_store.key(task.fingerprint, task.spec, self.dtype, self.device)
+        stored = need_gradients and key is not None and self.gradient_store.has(key)
+        prepared = self._load(task, lease, gradients=need_gradients and not stored)
+        if stored and key is not None:
+            kept = self.gradient_store.load(key, prepared.model)
+            if kept is not None:
+                prepared.gradients = kept
+            else:  # unreadable after all: compute them
+                prepared = self._load(task, lease, gradients=True)
+        elif key is not None and need_gradients:
+            self.gradient_store.save(key, prepared.model, prepared.gradients)
+        self._prepared = (task.sweep_id, prepared)
+        return prepared, True
+
+    def _load(self, task: queue.ClaimedTask, lease: _Lease, *, gradients: bool) -> PreparedSweep:
+        return prepare(
             task.spec,
             self.policy,
             device=self.device,
             dtype=self.dtype,
             micro_batch_tokens=default_micro_batch_tokens(self.device),
             checkpoint=lambda: self._check(lease),
-            gradients=need_gradients,
+            gradients=gradients,
         )
-        self._prepared = (task.sweep_id, prepared)
-        return prepared, True
 
     def _check(self, lease: _Lease) -> None:
         if lease.state != queue.Heartbeat.ok:

@@ -70,6 +70,8 @@ class ClaimedTask:
     study_name: str
     spec: SweepSpec
     kind: TaskKind = TaskKind.measure
+    # What the sweep's measurements rest on (see service/fingerprint.py), None for older sweeps.
+    fingerprint: dict[str, str] | None = None
 
 
 class Heartbeat(enum.StrEnum):
@@ -167,6 +169,7 @@ def claim_task(
             study_name=sweep.study_name,
             spec=SweepSpec.model_validate(sweep.spec),
             kind=TaskKind(row.kind),
+            fingerprint=sweep.fingerprint,
         )
         session.commit()
         return claimed
