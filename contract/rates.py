@@ -76,8 +76,8 @@ def check_rate_list(rates: list[float]) -> None:
 class RatePoint(BaseModel):
     """One (ratio, learning rate) of the grid and whether it stays within the tolerance."""
 
-    ratio: float
-    learning_rate: float
+    ratio: float = Field(description="Fraction of pre-training tokens in the mix.")
+    learning_rate: float = Field(description="The (peak) learning rate of this point.")
     stable: bool = Field(
         description="Within the tolerance at this rate: by the ratio's trajectory where the "
         "basis is 'trajectory', else the first-step flat rule (the rate below the lower bound of "
@@ -96,7 +96,7 @@ class RatePoint(BaseModel):
 class RatioMaxRate(BaseModel):
     """The largest rate of the grid at which one ratio stays within the tolerance."""
 
-    ratio: float
+    ratio: float = Field(description="Fraction of pre-training tokens in the mix.")
     max_stable_lr: float | None = Field(
         description="Largest grid rate with 'stable' true for this ratio (None: none is)."
     )
@@ -110,7 +110,7 @@ class RatioMaxRate(BaseModel):
 class RateBest(BaseModel):
     """The smallest stable ratio at one rate of the grid (the flat rule's answer there)."""
 
-    learning_rate: float
+    learning_rate: float = Field(description="A rate of the grid.")
     ratio: float | None = Field(description="Smallest stable ratio at this rate (None: none).")
 
 
@@ -120,7 +120,7 @@ class RateRegion(BaseModel):
     learning_rates: list[float] = Field(
         description="The grid, ascending, the planned learning_rate included."
     )
-    planned_learning_rate: float
+    planned_learning_rate: float = Field(description="The spec's planned 'learning_rate'.")
     points: list[RatePoint] = Field(description="Every (ratio, rate), by ratio then rate.")
     max_rates: list[RatioMaxRate] = Field(description="Per ratio, the largest stable rate.")
     best_by_rate: list[RateBest] = Field(description="Per rate, the smallest stable ratio.")

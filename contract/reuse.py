@@ -50,7 +50,7 @@ class SetSide(BaseModel):
 class RatioComparison(BaseModel):
     """One ratio measured by either sweep, side by side per evaluation set."""
 
-    ratio: float
+    ratio: float = Field(description="Fraction of pre-training tokens in the mix.")
     sets: dict[str, dict[str, SetSide | None]] = Field(
         description="Per evaluation set name, {'a': ..., 'b': ...}: each sweep's row, or null "
         "where that sweep did not measure this ratio or has no set of that name."
@@ -76,8 +76,8 @@ class SweepComparison(BaseModel):
 
     a: str = Field(description="Id of sweep a.")
     b: str = Field(description="Id of sweep b.")
-    state_a: str
-    state_b: str
+    state_a: str = Field(description="Sweep a's state.")
+    state_b: str = Field(description="Sweep b's state.")
     ratios: list[RatioComparison] = Field(description="Every ratio either sweep measured.")
     recommendation_a: Recommendation | None = Field(
         description="Sweep a's recommendation (null until it has succeeded)."
