@@ -82,7 +82,7 @@ def test_no_warm_start_no_seeds() -> None:
 
 def grads(model: nn.Module, seed: int) -> list[DomainGradients]:
     torch.manual_seed(seed)
-    params = list(model.parameters())
+    params: list[torch.Tensor] = list(model.parameters())
     return [
         DomainGradients(
             params=params,
