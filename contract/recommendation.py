@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from contract.rates import RateRegion
 from contract.spec import Objective
 
 
@@ -126,3 +127,10 @@ class Recommendation(BaseModel):
         description="Ratios on the front of (fine-tuning loss decrease, pre-training loss rise).",
     )
     warnings: list[str] = Field(default_factory=list)
+    # Issue 11, part 2.
+    rate_region: RateRegion | None = Field(
+        default=None,
+        description="With 'learning_rates' or 'learning_rate_range' in the spec: per ratio the "
+        "largest rate that stays within the tolerance, the stable region over (ratio, rate) and "
+        "the smallest stable ratio at each rate. None without a rate grid.",
+    )

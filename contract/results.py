@@ -81,6 +81,9 @@ class MeasurementResult:
     forwards: int
     batches: int
     per_batch: list[BatchResult]
+    # Issue 11, part 2: (rate, mean one-step loss change over the batches) per rate of the
+    # spec's grid; None without a grid.
+    rate_loss_changes: list[tuple[float, float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from contract.errors import LimitError
+from contract.rates import LearningRateRange, check_rate_list, with_planned
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -436,6 +437,49 @@ class SweepSpec(_Strict):
         "(default: the tenant's, if the operator set one).",
     )
 
+    # --- Issue 11, parts 2 and 5: a grid of learning rates, and a warm start. Absent (None) they
+    # change nothing, and the canonical JSON leaves them out (see `canonical_json`). ---
+    learning_rates: list[PositiveFloat] | None = Field(
+        default=None,
+        min_length=1,
+        description="Further learning rates to answer for beside 'learning_rate', strictly "
+        "ascending; the planned rate is added when it is not listed. The recommendation's "
+        "'rate_region' then gives, per ratio, the largest rate that stays within the tolerance "
+        "and the stable region over (ratio, rate). eta_c is measured once per ratio; each rate "
+        "costs one extra forward per evaluation batch. Trajectories run at the planned rate only.",
+        examples=[[3e-5, 1e-4, 3e-4]],
+    )
+    learning_rate_range: LearningRateRange | None = Field(
+        default=None,
+        description="A log-spaced grid of rates instead of 'learning_rates' (the planned rate "
+        "is added to it when it is not a grid point).",
+    )
+    warm_start_from: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="Id of an earlier sweep of yours: its measured ratios seed this sweep's "
+        "Optuna study, and its eta_c values (per evaluation set of the same name) are the first "
+        "guesses of this sweep's searches. Refused (422) when it is not a sweep of yours.",
+    )
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _rates_ascending(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None:
+            check_rate_list(value)
+        return value
+
+    @property
+    def rate_grid(self) -> list[float] | None:
+        """The rates answered for, ascending with the planned rate; None without a grid."""
+        if self.learning_rates is not None:
+            return with_planned(list(self.learning_rates), self.learning_rate)
+        if self.learning_rate_range is not None:
+            return with_planned(self.learning_rate_range.grid(), self.learning_rate)
+        return None
+
+    # --- end of issue 11 parts 2 and 5 ---
+
     @field_validator("notify_url")
     @classmethod
     def _notify_url_form(cls, value: str | None) -> str | None:
@@ -447,6 +491,8 @@ class SweepSpec(_Strict):
     def _consistent(self) -> SweepSpec:
         if (self.ratios is None) == (self.ratio_range is None):
             raise ValueError("give exactly one of 'ratios' (a list) or 'ratio_range'")
+        if self.learning_rates is not None and self.learning_rate_range is not None:
+            raise ValueError("give at most one of 'learning_rates' or 'learning_rate_range'")
         if self.ratios == "auto" and self.trajectory is None:
             raise ValueError(
                 "'ratios: auto' lets a first-step screen choose where trajectories run; "
@@ -545,12 +591,24 @@ class SweepSpec(_Strict):
         return self.schedule.lr_at(step, peak=self.learning_rate, total=self.planned_steps)
 
     def canonical_json(self) -> str:
-        """The spec as canonical JSON (sorted keys), the basis of idempotency."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The spec as canonical JSON (sorted keys), the basis of idempotency.
+
+        Fields added later are left out while absent, so a spec written before them keeps its
+        fingerprint (a retried submission still matches the sweep it made).
+        """
+        data = self.model_dump(mode="json")
+        for key in _LATER_FIELDS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         """Fingerprint of the canonical JSON."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+# Optional fields added after specs were first stored: left out of the canonical JSON when None.
+_LATER_FIELDS = ("learning_rates", "learning_rate_range", "warm_start_from")
 
 
 def check_url_form(url: str) -> None:
@@ -587,6 +645,7 @@ class Limits:
     max_trajectory_steps: int
     max_trials: int
     max_eval_sets: int
+    max_learning_rates: int = 32
 
 
 def check_limits(spec: SweepSpec, limits: Limits) -> None:
@@ -613,6 +672,12 @@ def check_limits(spec: SweepSpec, limits: Limits) -> None:
             "SHARPMIX_MAX_TRIALS",
         ),
         ("targets", len(spec.eval_sets()), limits.max_eval_sets, "SHARPMIX_MAX_EVAL_SETS"),
+        (
+            "learning_rate_range.points" if spec.learning_rate_range else "learning_rates",
+            len(spec.rate_grid or []),
+            limits.max_learning_rates,
+            "SHARPMIX_MAX_LEARNING_RATES",
+        ),
     ]
     for field, value, limit, variable in checks:
         if value > limit:

@@ -3,6 +3,8 @@
 States:
 - a sweep is ``queued`` until a worker first claims one of its tasks, ``running`` until its last
   task is done, then ``succeeded``; ``failed`` when a task fails for good, ``cancelled`` on request.
+  A succeeded sweep goes back to ``running`` when candidates are added to it (then succeeds again);
+  failed and cancelled are final for good.
 - a task (one Optuna trial's worth of work: one ratio, all evaluation sets) is ``queued`` until a
   worker claims it, ``running`` while the worker heartbeats, ``done`` when its measurements are
   written. A running task whose heartbeat is older than the lease goes back to ``queued``.
@@ -27,7 +29,8 @@ class SweepState(enum.StrEnum):
 
     @property
     def is_final(self) -> bool:
-        """True once nothing more will happen to the sweep."""
+        """True once no worker will do anything more for the sweep (a succeeded one may still be
+        reopened by adding candidates)."""
         return self in (SweepState.succeeded, SweepState.failed, SweepState.cancelled)
 
 
@@ -53,7 +56,9 @@ class TaskKind(enum.StrEnum):
 # from a state not listed (a done task failed by a stalled worker, a finished sweep succeeded
 # again) matches no row instead of corrupting the record.
 SWEEP_FROM: dict[SweepState, frozenset[SweepState]] = {
-    SweepState.running: frozenset({SweepState.queued}),
+    # succeeded -> running: candidates were added to a finished sweep (issue 11, part 5); it
+    # succeeds again once they are measured.
+    SweepState.running: frozenset({SweepState.queued, SweepState.succeeded}),
     SweepState.succeeded: frozenset({SweepState.running}),
     SweepState.failed: frozenset({SweepState.queued, SweepState.running}),
     SweepState.cancelled: frozenset({SweepState.queued, SweepState.running}),

@@ -65,6 +65,15 @@ class SweepPage(BaseModel):
     )
 
 
+class RateLossChange(BaseModel):
+    """The one-step loss change of one (ratio, evaluation set) at one rate of the grid."""
+
+    learning_rate: float = Field(description="A rate of the spec's grid.")
+    loss_change: float | None = Field(
+        description="Mean one-step loss change over the batches at that rate (null: not finite)."
+    )
+
+
 class TrialOut(BaseModel):
     """One ratio measured on one evaluation set. Non-finite numbers are null."""
 
@@ -81,6 +90,11 @@ class TrialOut(BaseModel):
     loss_change: float | None = Field(description="One-step loss change at the planned rate.")
     forwards: int
     batches: int
+    rate_loss_changes: list[RateLossChange] | None = Field(
+        default=None,
+        description="With a rate grid in the spec: the one-step loss change at each of its "
+        "rates, ascending (null without a grid).",
+    )
 
 
 class TrajectoryPointOut(BaseModel):

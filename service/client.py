@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from contract.recommendation import Recommendation
+from contract.reuse import AddCandidates, SweepComparison
 from contract.spec import SweepSpec
 from contract.wire import SweepOut, SweepPage, TrajectoriesOut, TrialOut
 from service.errors import SharpmixError
@@ -158,6 +159,27 @@ class SharpmixClient:
         return SweepOut.model_validate(
             self._request("POST", f"/v1/sweeps/{sweep_id}/cancel").json()
         )
+
+    # Issue 11, part 5: reuse of finished sweeps.
+
+    def add_candidates(
+        self, sweep_id: str, ratios: list[float], idempotency_key: str | None = None
+    ) -> SweepOut:
+        """Add candidate ratios to a succeeded sweep; it runs again for them (ClientError 409 when
+        its model or data changed, or it has not succeeded; 422 for a ratio it has already)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._request(
+            "POST",
+            f"/v1/sweeps/{sweep_id}/candidates",
+            json=AddCandidates(ratios=ratios).model_dump(mode="json"),
+            headers=headers,
+        )
+        return SweepOut.model_validate(response.json())
+
+    def compare(self, a: str, b: str) -> SweepComparison:
+        """Two sweeps side by side: per ratio, both recommendations, the spec differences."""
+        response = self._request("GET", "/v1/sweeps/compare", params={"a": a, "b": b})
+        return SweepComparison.model_validate(response.json())
 
     def wait(
         self,

@@ -42,8 +42,8 @@ class Settings(BaseSettings):
             turns it on.
         max_body_bytes: Largest accepted request body; larger bodies get 413.
         max_batches, max_batch_tokens, max_seq_len, max_ratios, max_trials, max_eval_sets,
-            max_trajectory_steps: operator limits on the size of one sweep; a sweep above them
-            gets 422 naming the field.
+            max_trajectory_steps, max_learning_rates: operator limits on the size of one sweep;
+            a sweep above them gets 422 naming the field.
         lease_seconds: A claimed piece of work whose heartbeat is older than this is handed to
             another worker.
         heartbeat_seconds: How often a worker renews its lease while it computes.
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
             1 (the default) is one process on ``device``. Above 1, ``sharpmix worker`` refuses
             to start for now: the sharded compute exists, the queue side of a multi-process
             worker (rank 0 claims, heartbeats and writes; the other ranks follow) does not yet.
+        gradient_store_bytes: Room per sweep for its per-domain gradients on disk (under
+            ``home/cache/gradients``), keyed by the sweep's fingerprint, so that another worker
+            measuring added candidates (or a later sweep over the same files) reads them back
+            instead of recomputing them. 0 (the default) keeps them in the worker's memory only.
         database_connect_timeout: Seconds to open a database connection before giving up.
         database_statement_timeout: Seconds one statement may run (PostgreSQL cancels it); a
             connection busy for longer than this plus the connect timeout is cut on our side,
@@ -110,6 +114,7 @@ class Settings(BaseSettings):
     max_ratios: int = Field(default=64, gt=0)
     max_trials: int = Field(default=128, gt=0)
     max_eval_sets: int = Field(default=16, gt=0)
+    max_learning_rates: int = Field(default=32, gt=0)
     max_trajectory_steps: int = Field(default=5000, gt=0)
 
     lease_seconds: float = Field(default=120.0, gt=0)
@@ -117,6 +122,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     devices: int = Field(default=1, ge=1, le=64)
+    gradient_store_bytes: int = Field(default=0, ge=0)
 
     database_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     database_statement_timeout: float = Field(default=15.0, gt=0, allow_inf_nan=False)
@@ -241,6 +247,7 @@ class Settings(BaseSettings):
             max_trajectory_steps=self.max_trajectory_steps,
             max_trials=self.max_trials,
             max_eval_sets=self.max_eval_sets,
+            max_learning_rates=self.max_learning_rates,
         )
 
     @property

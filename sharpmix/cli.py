@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.config import Settings, get_settings
 from service.errors import InvalidRequestError, SharpmixError
+from sharpmix import cli_reuse
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -464,6 +465,7 @@ def _sweeps_recommendation(args: argparse.Namespace, settings: Settings) -> int:
         f"  flat rule {_num(rec.flat_ratio)}, balanced {_num(rec.balanced_ratio)}, loss-change "
         f"rule {_num(rec.least_forgetting_ratio)}, max stable lr {_num(rec.max_stable_lr)}"
     )
+    cli_reuse.print_rate_region(rec)
     for warning in rec.warnings:
         print(f"  warning: {warning}")
     return EXIT_OK
@@ -530,6 +532,8 @@ def _add_sweeps_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                 "--ratio", type=float, help="export this pre-training ratio, not the answer"
             )
             verb.add_argument("-o", "--output", type=Path, help="file (default: standard output)")
+    # Issue 11, part 5: add-ratios and compare (sharpmix/cli_reuse.py).
+    cli_reuse.add_commands(verbs, common, _client, table)
 
 
 def _completion(args: argparse.Namespace, settings: Settings) -> int:

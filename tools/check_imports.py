@@ -45,6 +45,11 @@ FORBIDDEN_WORKER_MODULES = (
     "workers.recommend",
     "workers.trajectory",
     "workers.forecast",
+    # issue 11, parts 2 and 5
+    "workers.rates",
+    "workers.rate_region",
+    "workers.reuse",
+    "workers.gradient_store",
 )
 # What the core may read of the contract: the path rule and its error (no pydantic models).
 CORE_CONTRACT = ("contract.paths", "contract.errors")

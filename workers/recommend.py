@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
 from contract.spec import RETENTION_ROLES, SweepSpec
+from workers.rate_region import rate_region
 
 WIDE_SPREAD = 2.0  # max/min of per-batch eta_c above this: batches disagree (method.md §7)
 SMALL_BATCH_TOKENS = 16384  # method.md §7: a few thousand tokens per gradient gave noise
@@ -115,8 +116,12 @@ def recommend(
     measurements = list(measurements)
     first = _first_step(spec, measurements, noise)
     if not trajectories and spec.trajectory is None:
-        return first
-    return _on_trajectories(spec, first, trajectories)
+        answer = first
+    else:
+        answer = _on_trajectories(spec, first, trajectories)
+    # Issue 11, part 2: the stable region over (ratio, rate) when the spec has a rate grid.
+    region = rate_region(spec, measurements, answer.trajectories, answer.ratio)
+    return answer if region is None else answer.model_copy(update={"rate_region": region})
 
 
 def _first_step(

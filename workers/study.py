@@ -383,3 +383,9 @@ __all__ = [
     "storage",
     "tell",
 ]
+
+
+# Issue 11, part 5: what a warm start (workers/reuse.py) needs to add an earlier sweep's ratios
+# as finished trials, with the values and constraint a trial of this sweep would have.
+objective_values = _values
+constraint_margin = _margin

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +59,7 @@ from workers.data import (
     token_batches,
     token_stream,
 )
+from workers.rates import changes_at, extra_rates, mean_by_rate
 
 
 class TaskAbortedError(Exception):
@@ -133,6 +134,9 @@ class PreparedSweep:
         changes: dict[str, list[float]] = {name: [] for name in names}
         forwards = 0
         pruned = False
+        # Issue 11, part 2: the loss change at each further rate of the grid, per set and batch.
+        rates = extra_rates(spec.rate_grid, spec.learning_rate)
+        at_rates: dict[str, list[list[float]]] = {name: [[] for _ in rates] for name in names}
         for b, grads in enumerate(self.gradients):
             direction = mixed_direction(grads, weights, self.transform)
             step = BatchStep(batch=b, results={}, loss_changes={})
@@ -146,6 +150,20 @@ class PreparedSweep:
                 changes[name].append(change.delta)
                 step.results[name] = result
                 step.loss_changes[name] = change.delta
+                if rates:
+                    deltas, spent = changes_at(
+                        self.model,
+                        self.loss_fn,
+                        direction,
+                        batch,
+                        self.ranks,
+                        rates,
+                        loss0=change.loss0,
+                        params=grads.params,
+                    )
+                    forwards += spent
+                    for per_rate, delta in zip(at_rates[name], deltas, strict=True):
+                        per_rate.append(delta)
             del direction
             if on_batch is not None and not on_batch(step) and b + 1 < len(self.gradients):
                 pruned = True
@@ -154,6 +172,16 @@ class PreparedSweep:
             _summary(spec, name, per_set[name], changes[name], self.loss0[name], pruned)
             for name in names
         ]
+        if rates:
+            measurements = [
+                replace(
+                    m,
+                    rate_loss_changes=mean_by_rate(
+                        spec.learning_rate, changes[m.eval_set], rates, at_rates[m.eval_set]
+                    ),
+                )
+                for m in measurements
+            ]
         return RatioMeasurement(ratio, measurements, forwards, pruned)
 
     def _measure_one(

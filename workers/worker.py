@@ -33,9 +33,11 @@ from service.config import Settings
 from service.db import queue
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.errors import DatabaseError, InvalidRequestError
+from workers import reuse
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
+from workers.gradient_store import GradientStore
 from workers.recommend import plan_trajectories, recommend
 from workers.sweep import (
     BatchStep,
@@ -129,6 +131,9 @@ class Worker:
             trust_remote_code=settings.trust_remote_code,
         )
         self._prepared: tuple[str, PreparedSweep] | None = None
+        self.gradient_store = GradientStore(
+            settings.cache_dir / "gradients", settings.gradient_store_bytes
+        )
         self._optuna: RDBStorage | None = None  # made on the first task, then reused
         # Progress bars of model loading and tokenisation are noise in a service's log.
         datasets.disable_progress_bars()
@@ -261,6 +266,13 @@ class Worker:
         study = studies.open_study(
             self._storage(), task.study_name, spec, slot=task.slot, ratio=task.ratio
         )
+        seeded = reuse.SEEDED_FROM in study.user_attrs
+        if spec.warm_start_from is not None and (fresh or not seeded):
+            # Issue 11, part 5: the earlier sweep seeds the study once, and the first guesses.
+            earlier = queue.measured_points(self.sessions, spec.warm_start_from)
+            reuse.seed_study(study, spec, earlier)
+            if fresh:
+                prepared.warm.update(reuse.eta_guesses(earlier))
         lease_seconds = self.settings.lease_seconds
         records = queue.trial_records(
             self.sessions, task.sweep_id, lease_seconds=lease_seconds, task_id=task.task_id
@@ -388,17 +400,31 @@ class Worker:
             if cached.gradients or not need_gradients:
                 return cached, False
         self._prepared = None  # one sweep's model and gradients in memory at a time
-        prepared = prepare(
+        # Issue 11, part 5: gradients of the same files kept on disk are read back, not recomputed.
+        key = self.gradient_store.key(task.fingerprint, task.spec, self.dtype, self.device)
+        stored = need_gradients and key is not None and self.gradient_store.has(key)
+        prepared = self._load(task, lease, gradients=need_gradients and not stored)
+        if stored and key is not None:
+            kept = self.gradient_store.load(key, prepared.model)
+            if kept is not None:
+                prepared.gradients = kept
+            else:  # unreadable after all: compute them
+                prepared = self._load(task, lease, gradients=True)
+        elif key is not None and need_gradients:
+            self.gradient_store.save(key, prepared.model, prepared.gradients)
+        self._prepared = (task.sweep_id, prepared)
+        return prepared, True
+
+    def _load(self, task: queue.ClaimedTask, lease: _Lease, *, gradients: bool) -> PreparedSweep:
+        return prepare(
             task.spec,
             self.policy,
             device=self.device,
             dtype=self.dtype,
             micro_batch_tokens=default_micro_batch_tokens(self.device),
             checkpoint=lambda: self._check(lease),
-            gradients=need_gradients,
+            gradients=gradients,
         )
-        self._prepared = (task.sweep_id, prepared)
-        return prepared, True
 
     def _check(self, lease: _Lease) -> None:
         if lease.state != queue.Heartbeat.ok:

@@ -12,7 +12,7 @@ from service.api.deps import KeyCache
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics, MetricsMiddleware
-from service.api.routes import deliveries, health, sweeps
+from service.api.routes import deliveries, health, reuse, sweeps
 from service.config import Settings, get_settings
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.db.migrate import upgrade
@@ -82,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: requests refused by the body limit are counted too.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
+    # Before sweeps: its GET /v1/sweeps/compare would otherwise match GET /v1/sweeps/{sweep_id}.
+    app.include_router(reuse.router)
     app.include_router(sweeps.router)
     app.include_router(deliveries.router)
     app.include_router(health.router)

@@ -12,6 +12,7 @@ from contract.wire import (
     DeliveryAttempt,
     DeliveryOut,
     Progress,
+    RateLossChange,
     RatioTrajectory,
     SweepOut,
     TrajectoriesOut,
@@ -79,6 +80,14 @@ def trial_out(row: Measurement) -> TrialOut:
         loss_change=finite(row.loss_change),
         forwards=row.forwards,
         batches=row.batches,
+        rate_loss_changes=(
+            [
+                RateLossChange(learning_rate=lr, loss_change=finite(change))
+                for lr, change in row.rate_loss_changes
+            ]
+            if row.rate_loss_changes is not None
+            else None
+        ),
     )
 
 

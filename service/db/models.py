@@ -116,6 +116,12 @@ class Sweep(Base):
     recommendation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Per direction set: {"tokens": n, "documents": m}, written by the first finished task.
     sources: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Issue 11, part 5 (reuse). What the measurements rest on (model files, data files, batch
+    # shape, seed, optimizer), per component, written at submit; adding candidates later compares
+    # it with the files as they are then. Null for sweeps stored before it.
+    fingerprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Each accepted addition of candidates: {"idempotency_key", "ratios", "at"}, oldest first.
+    additions: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
@@ -182,6 +188,8 @@ class Measurement(Base):
     forwards: Mapped[int] = mapped_column(Integer)
     batches: Mapped[int] = mapped_column(Integer)
     per_batch: Mapped[list[Any]] = mapped_column(JSON)
+    # Issue 11, part 2: [[rate, mean one-step loss change], ...] over the spec's rate grid.
+    rate_loss_changes: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -70,6 +70,8 @@ class ClaimedTask:
     study_name: str
     spec: SweepSpec
     kind: TaskKind = TaskKind.measure
+    # What the sweep's measurements rest on (see service/fingerprint.py), None for older sweeps.
+    fingerprint: dict[str, str] | None = None
 
 
 class Heartbeat(enum.StrEnum):
@@ -167,6 +169,7 @@ def claim_task(
             study_name=sweep.study_name,
             spec=SweepSpec.model_validate(sweep.spec),
             kind=TaskKind(row.kind),
+            fingerprint=sweep.fingerprint,
         )
         session.commit()
         return claimed
@@ -577,6 +580,27 @@ def trial_records(
     return TrialRecords(frozenset(live), done)
 
 
+def measured_points(
+    sessions: sessionmaker[Session], sweep_id: str
+) -> list[tuple[float, list[MeasurementResult]]]:
+    """Per ratio an earlier sweep measured, its measurements: what a sweep that warm-starts from
+    it (``warm_start_from``; the API checked that it is the same tenant's) seeds its study and
+    its first eta_c guesses with. Empty when that sweep is gone."""
+    with _session(sessions) as session:
+        rows = list(
+            session.scalars(
+                select(Measurement)
+                .where(Measurement.sweep_id == sweep_id)
+                .order_by(Measurement.ratio, Measurement.eval_set, Measurement.id)
+            )
+        )
+        session.commit()
+    by_ratio: dict[float, list[MeasurementResult]] = {}
+    for row in rows:
+        by_ratio.setdefault(row.ratio, []).append(_as_result(row))
+    return sorted(by_ratio.items())
+
+
 def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> Measurement:
     per_batch = [{**vars(b), "status": b.status.value} for b in m.per_batch]
     return Measurement(
@@ -596,6 +620,11 @@ def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> M
         forwards=m.forwards,
         batches=m.batches,
         per_batch=json_safe(per_batch),
+        rate_loss_changes=(
+            json_safe([list(pair) for pair in m.rate_loss_changes])
+            if m.rate_loss_changes is not None
+            else None
+        ),
     )
 
 
@@ -614,6 +643,14 @@ def _as_result(row: Measurement) -> MeasurementResult:
         forwards=row.forwards,
         batches=row.batches,
         per_batch=[_as_batch(entry) for entry in row.per_batch],
+        rate_loss_changes=(
+            [
+                (float(lr), math.nan if change is None else float(change))
+                for lr, change in row.rate_loss_changes
+            ]
+            if row.rate_loss_changes is not None
+            else None
+        ),
     )
 
 
@@ -837,6 +874,35 @@ def end_sweep_without_commit(
         .values(state=TaskState.cancelled, updated_at=now)
     )
     return True
+
+
+def reopen_sweep_without_commit(session: Session, sweep_id: str, added: int) -> bool:
+    """Move a succeeded sweep back to ``running`` for ``added`` new tasks (candidates added), in
+    the caller's transaction, guarded by the transition table. Its recommendation is dropped: it
+    is written again once the new tasks are done.
+
+    Returns:
+        False when the sweep's state does not allow the move (nothing is written).
+    """
+    now = utcnow()
+    reopened = _rowcount(
+        session.execute(
+            update(Sweep)
+            .where(
+                Sweep.id == sweep_id,
+                Sweep.state == SweepState.succeeded,
+                Sweep.state.in_(SWEEP_FROM[SweepState.running]),
+            )
+            .values(
+                state=SweepState.running,
+                tasks_total=Sweep.tasks_total + added,
+                recommendation=None,
+                finished_at=None,
+                updated_at=now,
+            )
+        )
+    )
+    return bool(reopened)
 
 
 @contextmanager

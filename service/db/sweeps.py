@@ -35,7 +35,12 @@ from service.errors import (
 
 
 def create_sweep(
-    session: Session, tenant_id: int, spec: SweepSpec, idempotency_key: str | None
+    session: Session,
+    tenant_id: int,
+    spec: SweepSpec,
+    idempotency_key: str | None,
+    *,
+    fingerprint: dict[str, str] | None = None,
 ) -> tuple[Sweep, bool]:
     """Store a new sweep and its queued tasks, or return the one this Idempotency-Key made.
 
@@ -48,6 +53,8 @@ def create_sweep(
         tenant_id: Owner of the sweep.
         spec: The validated request (limits and paths already checked).
         idempotency_key: The client's retry key, or None.
+        fingerprint: What its measurements rest on (``service/fingerprint.py``), kept so that
+            candidates can be added later; None leaves that refused.
 
     Returns:
         The sweep, and True when this call created it (False for a replay).
@@ -64,6 +71,7 @@ def create_sweep(
                 session.commit()
                 return existing, False
         sweep = _add_sweep_without_commit(session, tenant_id, spec, digest, idempotency_key)
+        sweep.fingerprint = fingerprint
         try:
             session.commit()
         except IntegrityError as exc:

@@ -18,9 +18,16 @@ pytestmark = pytest.mark.unit
 FINAL_TASK_STATES = (TaskState.done, TaskState.failed, TaskState.cancelled)
 
 
-@pytest.mark.parametrize("final", [s for s in SweepState if s.is_final])
-def test_a_finished_sweep_never_moves_again(final: SweepState) -> None:
+@pytest.mark.parametrize("final", [SweepState.failed, SweepState.cancelled])
+def test_a_failed_or_cancelled_sweep_never_moves_again(final: SweepState) -> None:
     assert not any(sweep_may_move(final, target) for target in SweepState)
+
+
+def test_a_succeeded_sweep_only_goes_back_to_running() -> None:
+    # Candidates added to a finished sweep (issue 11, part 5): it runs them, then succeeds again.
+    assert [t for t in SweepState if sweep_may_move(SweepState.succeeded, t)] == [
+        SweepState.running
+    ]
 
 
 @pytest.mark.parametrize("final", FINAL_TASK_STATES)
@@ -32,6 +39,7 @@ def test_the_lifecycles_allow_exactly_these_moves() -> None:
     sweep_moves = {(s, t) for s in SweepState for t in SweepState if sweep_may_move(s, t)}
     assert sweep_moves == {
         (SweepState.queued, SweepState.running),
+        (SweepState.succeeded, SweepState.running),  # candidates added
         (SweepState.running, SweepState.succeeded),
         (SweepState.queued, SweepState.failed),
         (SweepState.running, SweepState.failed),

@@ -25,10 +25,11 @@ from contract.wire import (
 from service import plot
 from service.api.deps import SessionDep, SettingsDep, TenantDep, get_tenant
 from service.api.schemas import sweep_out, trajectories_out, trial_out
-from service.db import sweeps
+from service.db import reuse, sweeps
 from service.db.models import Sweep
 from service.db.reads import SweepReader
 from service.export import ExportError, Format, render_export
+from service.fingerprint import fingerprint_or_none
 from service.notify import check_notify_url
 from service.preflight import check_files, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
@@ -75,7 +76,10 @@ def submit_sweep(
     check_paths(spec, settings)
     check_files(spec, settings)
     check_notify_url(spec, tenant.name, settings)
-    sweep, created = sweeps.create_sweep(session, tenant.id, spec, idempotency_key)
+    reuse.check_warm_start(session, tenant.id, spec)
+    sweep, created = sweeps.create_sweep(
+        session, tenant.id, spec, idempotency_key, fingerprint=fingerprint_or_none(spec, settings)
+    )
     if not created:
         response.status_code = 200
     return sweep_out(sweep)

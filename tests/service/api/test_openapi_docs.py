@@ -36,3 +36,36 @@ def test_every_request_field_has_a_description_and_the_body_an_example(tmp_path:
     assert undescribed == []
     examples = components["SweepSpec"]["examples"]
     assert examples and all(SweepSpec.model_validate(body) for body in examples)
+
+
+def test_the_rate_grid_and_reuse_models_and_routes_are_described(tmp_path: Any) -> None:
+    # Issue 11, parts 2 and 5: every field of the new request and response models, every route.
+    schema = create_app(Settings(home=tmp_path)).openapi()
+    components = schema["components"]["schemas"]
+    new = (
+        "AddCandidates",
+        "SweepComparison",
+        "RatioComparison",
+        "SetSide",
+        "SpecDifference",
+        "RateRegion",
+        "RatePoint",
+        "RatioMaxRate",
+        "RateBest",
+        "LearningRateRange",
+    )
+    undescribed = [
+        f"{model}.{field}"
+        for model in new
+        for field, prop in components[model].get("properties", {}).items()
+        if not prop.get("description")
+    ]
+    assert undescribed == []
+    spec = components["SweepSpec"]["properties"]
+    assert all(spec[f]["description"] for f in ("learning_rates", "warm_start_from"))
+    add = schema["paths"]["/v1/sweeps/{sweep_id}/candidates"]["post"]
+    compare = schema["paths"]["/v1/sweeps/compare"]["get"]
+    assert add["description"] and compare["description"]
+    assert {"202", "200", "404", "409", "422"} <= set(add["responses"])
+    assert [p["name"] for p in compare["parameters"]][:2] == ["a", "b"]
+    assert all(p["description"] for p in compare["parameters"][:2])

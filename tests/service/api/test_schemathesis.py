@@ -15,7 +15,7 @@ from tests.service.support import Api, add_measurement, finish
 
 pytestmark = [pytest.mark.db, pytest.mark.slow]
 
-# Per operation and generation mode; 14 operations, bounded so both backends stay near a minute.
+# Per operation and generation mode; 16 operations, bounded so both backends stay near a minute.
 EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 15}
 
 
@@ -29,7 +29,7 @@ def test_api_conforms_to_its_schema(api: Api, mode: GenerationMode) -> None:
     sweep_ids = itertools.cycle([finished, api.submit(seed=1)["id"], "f" * 32])
     schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 14  # the export route included
+    assert len(operations) == 16  # the export, candidates and compare routes included
 
     for operation in operations:
         inputs = [operation.path_parameters, operation.query, operation.headers, operation.body]
