@@ -65,6 +65,7 @@ def recorded(db_url: str, sweep_id: str) -> dict[str, Any]:
                 "state": sweep.state,
                 "error": sweep.error,
                 "recommendation": sweep.recommendation,
+                "counts": (sweep.forwards, sweep.backwards),
                 "tasks": sorted((t.kind, t.ratio, t.state, t.steps_done) for t in tasks),
                 "rows": {(m.ratio, m.eval_set): m for m in rows},
                 "points": {(p.ratio, p.step, p.eval_set): p for p in points},
@@ -106,13 +107,16 @@ def test_two_ranks_record_what_one_process_records(
 
     two = settings_for(db_url, sweep_assets, tmp_path / "two", devices=2)
     sharded_id = submit(two, body)
-    start = time.monotonic()
     assert run_ranks(two, worker_id="two", stop=threading.Event(), exit_when_idle=True) == 4
-    print(f"two ranks: {time.monotonic() - start:.1f} s")
     sharded = recorded(db_url, sharded_id)
 
     assert sharded["state"] == SweepState.succeeded, sharded["error"]
     assert sharded["tasks"] == single["tasks"]
+    # The set-up's forwards counted once: every later task reused the sweep's model, as one
+    # process does. Backwards: each rank ran one micro-batch of 8 sequences where one process
+    # ran two (2 sets x 2 batches), and the 8 trajectory steps one each.
+    (forwards, backwards), (one_forwards, one_backwards) = sharded["counts"], single["counts"]
+    assert (forwards, backwards) == (one_forwards, one_backwards - 4)
     assert len(sharded["tasks"]) == 4 and {t[0] for t in sharded["tasks"]} == set(TaskKind)
     assert sharded["rows"].keys() == single["rows"].keys() and len(single["rows"]) == 4
     for key, want in single["rows"].items():
@@ -133,6 +137,28 @@ def test_two_ranks_record_what_one_process_records(
     rec, want_rec = sharded["recommendation"], single["recommendation"]
     assert rec is not None and want_rec is not None and rec["basis"] == want_rec["basis"]
     assert [r["ratio"] for r in rec["ranking"]] == [r["ratio"] for r in want_rec["ranking"]]
+
+
+def test_a_users_error_fails_its_sweep_at_once_and_a_fresh_group_goes_on(
+    db_url: str,
+    sweep_assets: SweepAssets,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = settings_for(db_url, sweep_assets, tmp_path, devices=2)
+    # Too little pre-training text for 64 batches: every rank refuses it while preparing.
+    bad = submit(settings, sweep_assets.spec(batches=64, batch_tokens=4096))
+    good = submit(settings, sweep_assets.spec(ratios=[0.5], batches=1))
+    with caplog.at_level("WARNING", logger="sharpmix.ranks"):
+        run_ranks(settings, worker_id="g", stop=threading.Event(), exit_when_idle=True)
+    failed, succeeded = recorded(db_url, bad), recorded(db_url, good)
+    assert failed["state"] == SweepState.failed
+    assert failed["error"] and "pretraining" in failed["error"] and "tokens" in failed["error"]
+    assert [t[2] for t in failed["tasks"]].count(TaskState.failed) == 1  # tried once, not thrice
+    assert succeeded["state"] == SweepState.succeeded, succeeded["error"]
+    assert "group 1 is spent; starting a fresh one" in caplog.text
 
 
 def _worker_process(db_url: str, assets: SweepAssets, home: Path) -> subprocess.Popen[bytes]:
