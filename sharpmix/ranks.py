@@ -102,7 +102,7 @@ def _watch(procs: list[SpawnProcess], stop: threading.Event, grace: float) -> bo
     follower_died: float | None = None
     while leader.is_alive():
         if stop.is_set() and not forwarded:
-            os.kill(leader.pid or 0, signal.SIGTERM)  # rank 0 hands its task back
+            leader.terminate()  # SIGTERM: rank 0 hands its task back
             forwarded = True
         multiprocessing.connection.wait([p.sentinel for p in procs], timeout=0.5)
         # A follower that exited 0 was dismissed and left first; any other end is a failure.
