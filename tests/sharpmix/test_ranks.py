@@ -22,6 +22,7 @@ from sqlalchemy import select
 from contract.states import SweepState, TaskKind, TaskState
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
+from service.db.migrate import upgrade
 from service.db.models import Measurement, Sweep, SweepTask, TrajectoryPoint
 from sharpmix.ranks import run_ranks
 from tests.conftest import SweepAssets
@@ -161,7 +162,9 @@ def test_a_users_error_fails_its_sweep_at_once_and_a_fresh_group_goes_on(
     assert "group 1 is spent; starting a fresh one" in caplog.text
 
 
-def _worker_process(db_url: str, assets: SweepAssets, home: Path) -> subprocess.Popen[bytes]:
+def _worker_process(
+    db_url: str, assets: SweepAssets, home: Path, timeout: float = 30
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SHARPMIX_DATABASE_URL": db_url,
@@ -172,7 +175,7 @@ def _worker_process(db_url: str, assets: SweepAssets, home: Path) -> subprocess.
         "SHARPMIX_MICRO_BATCH_TOKENS": str(HALF_BATCH_TOKENS),
         "SHARPMIX_LEASE_SECONDS": "4",
         "SHARPMIX_HEARTBEAT_SECONDS": "1",
-        "SHARPMIX_DIST_TIMEOUT_SECONDS": "30",
+        "SHARPMIX_DIST_TIMEOUT_SECONDS": str(timeout),
         "OMP_NUM_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -250,6 +253,50 @@ def test_a_rank_killed_mid_task_spends_the_group_and_a_fresh_one_completes_the_t
     assert all(t.attempts == 1 for i, t in tasks.items() if i != task)
     keys = Counter((m.ratio, m.eval_set) for m in rows)
     assert len(keys) == 6 and set(keys.values()) == {1}  # each measured and counted once
+
+
+def test_a_stalled_rank_times_the_group_out_and_a_fresh_one_completes_the_task(
+    sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    # On SQLite only: the queue's side is the killed rank's, on both backends, above.
+    db_url = f"sqlite:///{tmp_path / 'stall.db'}"
+    upgrade(db_url)
+    settings = settings_for(db_url, sweep_assets, tmp_path, devices=2)
+    sweep_id = submit(settings, sweep_assets.spec(ratios=[0.0, 1.0], batches=2))
+    log = tmp_path / "worker.log"
+    timeout = 15.0
+    proc = _worker_process(db_url, sweep_assets, tmp_path, timeout=timeout)
+    stalled = 0
+    try:
+        task = _wait(lambda: _running_task(db_url), 120, "no task started", log)
+        stalled = int(re.findall(r"sharpmix-rank1 pid (\d+)", log.read_text())[-1])
+        os.kill(stalled, signal.SIGSTOP)  # alive, its connections open, silent
+        # Rank 0's next collective times out, it fails the task as transient and exits; the
+        # launcher kills the stalled rank and starts a fresh group, which completes the sweep.
+        state = _wait(
+            lambda: s if (s := recorded(db_url, sweep_id)["state"]) != SweepState.running else None,
+            timeout + 150,
+            "the sweep did not finish",
+            log,
+        )
+        assert state == SweepState.succeeded, log.read_text()[-4000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert "starting a fresh one" in text and "group 2: ranks" in text, text[-4000:]
+    with pytest.raises(ProcessLookupError):  # the launcher killed it
+        os.kill(stalled, 0)
+    rows = recorded(db_url, sweep_id)
+    assert [t[2] for t in rows["tasks"]] == [TaskState.done] * 2 and len(rows["rows"]) == 4
+    engine = make_engine(db_url)
+    with make_session_factory(engine)() as session:
+        row = session.get_one(SweepTask, task)
+        assert row.attempts == 2 and "RuntimeError" in (row.error or ""), text[-4000:]
+    engine.dispose()
 
 
 def test_sigterm_mid_task_stops_every_rank_and_hands_the_task_back(
