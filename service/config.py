@@ -50,15 +50,23 @@ class Settings(BaseSettings):
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]`` for workers.
         dtype: Model weights dtype on the worker (``float32`` or ``bfloat16``); the perturbation is
             fp32 whatever this is.
-        devices: GPUs of this host that one worker shards each model over (FSDP2, one process
-            per GPU under ``torchrun --nproc-per-node N``; ``workers/curvature/distributed.py``).
-            1 (the default) is one process on ``device``. Above 1, ``sharpmix worker`` refuses
-            to start for now: the sharded compute exists, the queue side of a multi-process
-            worker (rank 0 claims, heartbeats and writes; the other ranks follow) does not yet.
         gradient_store_bytes: Room per sweep for its per-domain gradients on disk (under
             ``home/cache/gradients``), keyed by the sweep's fingerprint, so that another worker
             measuring added candidates (or a later sweep over the same files) reads them back
             instead of recomputing them. 0 (the default) keeps them in the worker's memory only.
+            Not used by a worker over several devices.
+        devices: Devices one worker shards each model over (FSDP2,
+            ``workers/curvature/distributed.py``). 1 (the default) is one process on ``device``.
+            Above 1, ``sharpmix worker`` starts one process per device (``sharpmix/ranks.py``):
+            ``cuda:0`` to ``cuda:N-1`` over NCCL when ``device`` is ``auto`` or ``cuda`` (pick
+            the GPUs with ``CUDA_VISIBLE_DEVICES``), or N CPU processes over gloo when it is
+            ``cpu`` (tests, debugging). Needs ``dtype`` float32 (FSDP's master weights).
+        dist_timeout_seconds: How long a rank of such a worker waits for the others in one
+            collective (the orders between tasks included) before the group gives up and its
+            launcher starts a fresh one.
+        micro_batch_tokens: Tokens per forward or backward micro-batch on a worker; 0 (the
+            default) is 4096 on the CPU and 8192 on a GPU. Over several devices it applies to
+            each rank's rows.
         database_connect_timeout: Seconds to open a database connection before giving up.
         database_statement_timeout: Seconds one statement may run (PostgreSQL cancels it); a
             connection busy for longer than this plus the connect timeout is cut on our side,
@@ -123,6 +131,8 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "bfloat16"] = "float32"
     devices: int = Field(default=1, ge=1, le=64)
     gradient_store_bytes: int = Field(default=0, ge=0)
+    dist_timeout_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    micro_batch_tokens: int = Field(default=0, ge=0)
 
     database_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     database_statement_timeout: float = Field(default=15.0, gt=0, allow_inf_nan=False)
@@ -174,6 +184,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SHARPMIX_HEARTBEAT_SECONDS must be at most half of SHARPMIX_LEASE_SECONDS, "
                 "or a live worker loses its work to another"
+            )
+        if self.devices > 1 and (self.dtype != "float32" or ":" in self.device):
+            raise ValueError(
+                "SHARPMIX_DEVICES above 1 shards float32 master weights over cuda:0..N-1 (or N "
+                "CPU processes): set SHARPMIX_DTYPE=float32 and SHARPMIX_DEVICE to auto, cuda or "
+                "cpu, and pick GPUs with CUDA_VISIBLE_DEVICES"
             )
         if self.environment == "production":
             if not self.database_url or self.database_url.startswith("sqlite"):

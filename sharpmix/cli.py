@@ -567,19 +567,22 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from workers.worker import Worker
 
     if settings.devices > 1:
-        raise InvalidRequestError(
-            "SHARPMIX_DEVICES",
-            f"{settings.devices} GPUs per worker is not available yet: the sharded measurements "
-            "and trajectories exist (workers/curvature/distributed.py), the multi-process worker "
-            "loop that would run them does not; run one worker per GPU with SHARPMIX_DEVICES=1",
-            location="environment",
-        )
+        _check_gpus(settings)
     if settings.is_embedded:
         upgrade(settings.resolved_database_url)
     stop = threading.Event()
     # SIGTERM: finish the current batch, hand the task back, exit. A second signal is not needed.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if settings.devices > 1:
+        from sharpmix.ranks import run_ranks
+
+        done = run_ranks(settings, worker_id=args.id, stop=stop, exit_when_idle=args.exit_when_idle)
+        print(
+            f"sharpmix: worker over {settings.devices} devices completed {done} task(s)",
+            file=sys.stderr,
+        )
+        return 0
     worker = Worker(settings, worker_id=args.id, stop=stop)
     try:
         done = worker.run(exit_when_idle=args.exit_when_idle)
@@ -587,6 +590,22 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.close()
     print(f"sharpmix: worker {worker.worker_id} completed {done} task(s)", file=sys.stderr)
     return 0
+
+
+def _check_gpus(settings: Settings) -> None:
+    """Refuse more GPU ranks than this host has, before touching the database."""
+    import torch
+
+    if settings.device == "cpu":  # CPU ranks over gloo: tests and debugging
+        return
+    if settings.devices > torch.cuda.device_count():
+        raise InvalidRequestError(
+            "SHARPMIX_DEVICES",
+            f"{settings.devices} GPUs asked for, {torch.cuda.device_count()} visible; lower "
+            "SHARPMIX_DEVICES or make more GPUs visible (CUDA_VISIBLE_DEVICES), or set "
+            "SHARPMIX_DEVICE=cpu for CPU processes",
+            location="environment",
+        )
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -13,6 +13,7 @@ import uvicorn
 from service.api.main import create_app
 from service.config import Settings
 from service.db.migrate import upgrade
+from service.errors import InvalidRequestError
 
 log = logging.getLogger("sharpmix.embedded")
 
@@ -30,6 +31,13 @@ class EmbeddedServer:
         # Imported here: the worker pulls in torch and transformers, which the plain API does not.
         from workers.worker import Worker
 
+        if settings.devices > 1:
+            raise InvalidRequestError(
+                "SHARPMIX_DEVICES",
+                f"the embedded server's worker runs on one device, not {settings.devices}; set "
+                "SHARPMIX_DEVICES=1 here, and run `sharpmix worker` for a worker over several",
+                location="environment",
+            )
         self.settings = settings
         if settings.is_embedded:
             settings.home.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,10 @@ renews the task's lease; the heartbeat also learns when the user cancelled the s
 lease was lost (the process stalled past the lease and another worker took the task over). Both,
 and a shutdown request (SIGTERM), stop the computation at the next batch boundary: a cancelled
 sweep ends, a lost task is left to its new owner, and on shutdown the task is handed back.
+
+Over several devices (``SHARPMIX_DEVICES``), this loop is rank 0 of the worker's group and the
+other ranks follow it (`workers/group.py`): it sends them each task it claims and every decision
+it takes (`_agree`), and it stops leading after a failed task, since the group may be spent.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import datasets
 import torch
@@ -38,6 +44,7 @@ from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
 from workers.gradient_store import GradientStore
+from workers.group import Leader, Order
 from workers.recommend import plan_trajectories, recommend
 from workers.sweep import (
     BatchStep,
@@ -49,6 +56,8 @@ from workers.sweep import (
 from workers.trajectory import run_trajectory
 
 log = logging.getLogger("sharpmix.worker")
+
+T = TypeVar("T")
 
 # Errors the user must fix: retrying the task cannot help, so the sweep fails with the message.
 USER_ERRORS = (DataError, CurvatureError, InvalidRequestError)
@@ -84,6 +93,16 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def load_policy(settings: Settings) -> LoadPolicy:
+    """How a worker (every rank of one) loads models and data."""
+    return LoadPolicy(
+        allowed_roots=settings.roots,
+        cache_dir=settings.cache_dir,
+        offline=settings.offline,
+        trust_remote_code=settings.trust_remote_code,
+    )
+
+
 def resolve_device(setting: str) -> str:
     """``auto`` picks CUDA when there is one."""
     if setting == "auto":
@@ -105,6 +124,7 @@ class Worker:
         settings: The operator's settings (database, lease, device, loading policy).
         worker_id: Name in the task table; unique per process.
         stop: Set it to stop after (or, at a batch boundary, during) the current task.
+        leader: Lead the other ranks of a group over several devices (`workers/group.py`).
     """
 
     def __init__(
@@ -114,6 +134,7 @@ class Worker:
         worker_id: str | None = None,
         stop: threading.Event | None = None,
         poll_seconds: float = 1.0,
+        leader: Leader | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id or default_worker_id()
@@ -122,14 +143,14 @@ class Worker:
         self.url = settings.resolved_database_url
         self.engine = make_engine(self.url, Timeouts.of(settings))
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
-        self.device = resolve_device(settings.device)
+        self.leader = leader
+        self.spent = False  # leading a group whose ranks may be stuck after a failed task
+        self.device = leader.crew.device if leader else resolve_device(settings.device)
         self.dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
-        self.policy = LoadPolicy(
-            allowed_roots=settings.roots,
-            cache_dir=settings.cache_dir,
-            offline=settings.offline,
-            trust_remote_code=settings.trust_remote_code,
+        self.micro_batch_tokens = settings.micro_batch_tokens or default_micro_batch_tokens(
+            self.device
         )
+        self.policy = load_policy(settings)
         self._prepared: tuple[str, PreparedSweep] | None = None
         self.gradient_store = GradientStore(
             settings.cache_dir / "gradients", settings.gradient_store_bytes
@@ -153,7 +174,7 @@ class Worker:
             self.dtype,
             self.engine.url.render_as_string(hide_password=True),
         )
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.spent:
             try:
                 worked = self.run_one()
             except DatabaseError:
@@ -166,6 +187,8 @@ class Worker:
                 if exit_when_idle:
                     break
                 self.stop.wait(self.poll_seconds)
+        if self.leader is not None and not self.spent:
+            self.leader.dismiss()
         return done
 
     def close(self) -> None:
@@ -187,7 +210,13 @@ class Worker:
             self.sessions, self.worker_id, lease_seconds=self.settings.lease_seconds
         )
         if task is None:
+            if self.leader is not None:
+                self.leader.idle()
             return False
+        if self.leader is not None:
+            reuse = self._cached(task) is not None
+            spec, kind = task.spec, task.kind
+            self.leader.assign(Order(task.task_id, task.sweep_id, kind, spec, task.ratio, reuse))
         log.info(
             "task %s slot %d of sweep %s (try %d)",
             task.task_id,
@@ -205,6 +234,8 @@ class Worker:
             self._aborted(task, lease)
         except Exception as exc:
             user, message = classify(exc)
+            # A rank may be left inside a collective: the group's launcher starts a fresh one.
+            self.spent = self.leader is not None
             if user:
                 log.warning("sweep %s failed: %s", task.sweep_id, message)
             else:
@@ -271,7 +302,8 @@ class Worker:
             # Issue 11, part 5: the earlier sweep seeds the study once, and the first guesses.
             earlier = queue.measured_points(self.sessions, spec.warm_start_from)
             reuse.seed_study(study, spec, earlier)
-            if fresh:
+            if fresh and self.leader is None:
+                # Sharded, every rank must probe alike: the followers never see these guesses.
                 prepared.warm.update(reuse.eta_guesses(earlier))
         lease_seconds = self.settings.lease_seconds
         records = queue.trial_records(
@@ -285,14 +317,22 @@ class Worker:
             older_than=timedelta(seconds=lease_seconds),
         )
         trial, ratio = studies.ask(study, spec)
-        if not queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number):
-            studies.abandon(study, trial)
-            raise TaskAbortedError(queue.Heartbeat.lost.value)
+
+        def recorded() -> float:
+            if not queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number):
+                studies.abandon(study, trial)
+                raise TaskAbortedError(queue.Heartbeat.lost.value)
+            return ratio
+
+        self._agree(recorded)
 
         def on_batch(step: BatchStep) -> bool:
-            self._check(lease)
-            etas = {name: result.eta for name, result in step.results.items()}
-            return studies.report(trial, spec, step.batch, etas)
+            def go_on() -> bool:
+                self._check_here(lease)
+                etas = {name: result.eta for name, result in step.results.items()}
+                return studies.report(trial, spec, step.batch, etas)
+
+            return self._agree(go_on)
 
         try:
             measured = prepared.measure_ratio(ratio, on_batch)
@@ -345,16 +385,25 @@ class Worker:
         )
         trial = study.ask()
         trial.suggest_float(studies.RATIO, 0.0, 1.0)
-        recorded = queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
-        if not recorded or not queue.start_trajectory(self.sessions, task, self.worker_id):
-            studies.abandon(study, trial)
-            raise TaskAbortedError(queue.Heartbeat.lost.value)
+
+        def started() -> None:
+            recorded = queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
+            if not recorded or not queue.start_trajectory(self.sessions, task, self.worker_id):
+                studies.abandon(study, trial)
+                raise TaskAbortedError(queue.Heartbeat.lost.value)
+
+        self._agree(started)
 
         def on_measure(step: int, points: list[PointResult]) -> bool:
-            if not queue.record_points(self.sessions, task, self.worker_id, ratio, step, points):
-                lease.state = queue.Heartbeat.lost
-                raise TaskAbortedError("lost")
-            return studies.report_trajectory(trial, spec, step, points)
+            def go_on() -> bool:
+                if not queue.record_points(
+                    self.sessions, task, self.worker_id, ratio, step, points
+                ):
+                    lease.state = queue.Heartbeat.lost
+                    raise TaskAbortedError("lost")
+                return studies.report_trajectory(trial, spec, step, points)
+
+            return self._agree(go_on)
 
         try:
             measured = run_trajectory(
@@ -393,15 +442,27 @@ class Worker:
         studies.finish_trajectory(study, trial, measured.ratio, pruned=measured.pruned)
         queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
 
-    def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
-        need_gradients = task.kind == TaskKind.measure
+    def _cached(self, task: queue.ClaimedTask) -> PreparedSweep | None:
+        """The sweep prepared for an earlier task, when it serves this one too."""
         if self._prepared is not None and self._prepared[0] == task.sweep_id:
             cached = self._prepared[1]
-            if cached.gradients or not need_gradients:
-                return cached, False
+            if cached.gradients or task.kind != TaskKind.measure:
+                return cached
+        return None
+
+    def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
+        cached = self._cached(task)
+        if cached is not None:
+            return cached, False
         self._prepared = None  # one sweep's model and gradients in memory at a time
+        need_gradients = task.kind == TaskKind.measure
         # Issue 11, part 5: gradients of the same files kept on disk are read back, not recomputed.
-        key = self.gradient_store.key(task.fingerprint, task.spec, self.dtype, self.device)
+        # Sharded, every rank must run the same backward passes: no store (one rank's disk).
+        key = (
+            None
+            if self.leader is not None
+            else self.gradient_store.key(task.fingerprint, task.spec, self.dtype, self.device)
+        )
         stored = need_gradients and key is not None and self.gradient_store.has(key)
         prepared = self._load(task, lease, gradients=need_gradients and not stored)
         if stored and key is not None:
@@ -421,12 +482,20 @@ class Worker:
             self.policy,
             device=self.device,
             dtype=self.dtype,
-            micro_batch_tokens=default_micro_batch_tokens(self.device),
+            micro_batch_tokens=self.micro_batch_tokens,
             checkpoint=lambda: self._check(lease),
             gradients=gradients,
+            ranks=self.leader.ranks if self.leader is not None else None,
         )
 
+    def _agree(self, decide: Callable[[], T]) -> T:
+        """A decision every rank takes alike: here alone, or here and told to the other ranks."""
+        return decide() if self.leader is None else self.leader.decide(decide)
+
     def _check(self, lease: _Lease) -> None:
+        self._agree(lambda: self._check_here(lease))
+
+    def _check_here(self, lease: _Lease) -> None:
         if lease.state != queue.Heartbeat.ok:
             raise TaskAbortedError(lease.state.value)
         if self.stop.is_set():

@@ -50,3 +50,20 @@ def test_devices_is_a_small_positive_count(monkeypatch: pytest.MonkeyPatch, tmp_
     for bad in (0, 65):
         with pytest.raises(ValidationError, match="devices"):
             Settings(home=tmp_path, devices=bad)
+
+
+def test_several_devices_shard_float32_over_the_first_n(tmp_path: Path) -> None:
+    assert Settings(home=tmp_path, devices=2, device="cpu").devices == 2
+    assert Settings(home=tmp_path, devices=2, device="cuda").devices == 2
+    for bad in ({"dtype": "bfloat16"}, {"device": "cuda:1"}):
+        with pytest.raises(ValidationError, match="SHARPMIX_DTYPE=float32"):
+            Settings(home=tmp_path, devices=2, **bad)  # type: ignore[arg-type]
+    # One device takes any of them, as before.
+    assert Settings(home=tmp_path, dtype="bfloat16", device="cuda:1").devices == 1
+
+
+def test_worker_timeouts_and_micro_batches_are_positive(tmp_path: Path) -> None:
+    assert Settings(home=tmp_path).micro_batch_tokens == 0  # per device
+    for bad in ({"dist_timeout_seconds": 0}, {"micro_batch_tokens": -1}):
+        with pytest.raises(ValidationError):
+            Settings(home=tmp_path, **bad)  # type: ignore[arg-type]

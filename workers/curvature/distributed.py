@@ -30,7 +30,8 @@ the others are left in one of FSDP's collectives and every rank fails at the gro
 (`join`'s `timeout`) instead, shards restored all the same; the groups are spent then, and the
 process should exit. (On FSDP's own group the notice would meet another rank's all-gather, and
 gloo aborts the process on the size mismatch.) A rank that dies is the launcher's: torchrun ends
-the others, and the task's lease hands it on.
+the others; `sharpmix worker`'s launcher (`sharpmix/ranks.py`) lets rank 0 fail the task when its
+next collective fails, then starts a fresh group.
 
 Limits: the shards must be float32 or float64 (FSDP's master weights). A `MixedPrecisionPolicy`
 with `param_dtype=torch.bfloat16` would round the step away in the all-gather (method.md,
