@@ -17,6 +17,11 @@ class RatioRank(BaseModel):
     """One candidate ratio, ranked by the predicted growth of the pre-training loss."""
 
     ratio: float
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The candidate mix's share per pre-training source and fine-tuning set "
+        "(its ratio is their pre-training total).",
+    )
     pretraining_loss_change: float | None = Field(
         description="One-step change of the pre-training loss at the planned learning rate."
     )
@@ -70,6 +75,11 @@ class Recommendation(BaseModel):
 
     objective: Objective
     ratio: float | None = Field(description="Recommended fraction of pre-training tokens.")
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The recommended mix's share per pre-training source and fine-tuning set "
+        "(for k-domain mixes the answer itself; 'ratio' is its pre-training total).",
+    )
     reason: str
     basis: Literal["first_step", "trajectory"] = Field(
         default="first_step",

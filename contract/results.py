@@ -81,6 +81,8 @@ class MeasurementResult:
     forwards: int
     batches: int
     per_batch: list[BatchResult]
+    # The measured mix: share of the whole mix per pre-training source and fine-tuning set.
+    weights: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,14 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from contract.errors import LimitError
+from contract.mix import (
+    MixBounds,
+    MixSearch,
+    MixWeights,
+    PretrainingMix,
+    check_mix_spec,
+    omit_unset,
+)
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -153,8 +161,10 @@ class DataRef(_Strict):
         return self
 
 
-class PretrainingRef(DataRef):
-    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat."""
+class PretrainingRef(DataRef, PretrainingMix):
+    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat; one
+    of several sources when ``pretraining`` is a list (``weight``, ``min``, ``max``, ``share``
+    come from ``contract.mix``)."""
 
     within_tolerance: bool = Field(
         default=True,
@@ -165,8 +175,9 @@ class PretrainingRef(DataRef):
     )
 
 
-class FinetuneRef(DataRef):
-    """A fine-tuning data set; several are mixed by their weights."""
+class FinetuneRef(DataRef, MixBounds):
+    """A fine-tuning data set; several are mixed by their weights (bounds from ``contract.mix``
+    for ``mixes`` and ``mix_search``)."""
 
     weight: PositiveFloat = Field(
         default=1.0, description="Share of this set among the fine-tuning sets (normalised)."
@@ -327,6 +338,10 @@ class TrajectorySpec(_Strict):
         return self
 
 
+def _pretraining_kind(value: object) -> str:
+    return "list" if isinstance(value, list) else "one"
+
+
 def _ratios_kind(value: object) -> str:
     # One error, at the place that is wrong, instead of one per form a union could take.
     return "auto" if isinstance(value, str) else "list"
@@ -355,9 +370,14 @@ class SweepSpec(_Strict):
     )
 
     model: ModelRef = Field(description="The model to fine-tune, as it is before fine-tuning.")
-    pretraining: PretrainingRef = Field(
+    pretraining: Annotated[
+        Annotated[PretrainingRef, Tag("one")]
+        | Annotated[Annotated[list[PretrainingRef], Field(min_length=1)], Tag("list")],
+        Discriminator(_pretraining_kind),
+    ] = Field(
         description="Data like the model's pre-training data: the replay data of a mix, and a "
-        "loss that must stay flat."
+        "loss that must stay flat. A list gives several sources (k-domain mixes): with 'ratios' "
+        "they split the pre-training share by 'weight'."
     )
     finetuning: list[FinetuneRef] = Field(
         min_length=1, description="The fine-tuning data; several sets are mixed by 'weight'."
@@ -428,6 +448,22 @@ class SweepSpec(_Strict):
         description="Step on each mix and watch the losses and critical sharpness (recommended: "
         "steps 100-300, measure_every 10-25); without it the answer is a first-step verdict.",
     )
+    # --- k-domain mixes (contract/mix.py): candidates on the simplex over every pre-training
+    # source and fine-tuning set, instead of 'ratios' or 'ratio_range'.
+    mixes: list[MixWeights] | None = Field(
+        default=None,
+        min_length=1,
+        description="Candidate mixes, each a mapping from pre-training source and fine-tuning set "
+        "names to their share of the whole mix (summing to 1; an omitted set gets 0); instead "
+        "of 'ratios'.",
+        examples=[[{"general": 0.2, "code": 0.1, "math": 0.7}]],
+    )
+    mix_search: MixSearch | None = Field(
+        default=None,
+        description="Search mixes over the simplex with Optuna within each set's 'min', 'max' "
+        "or 'share' (sets without bounds keep their relative 'weight'); instead of 'ratios'.",
+    )
+    # --- end of k-domain mixes
     notify_url: str | None = Field(
         default=None,
         min_length=8,
@@ -445,8 +481,12 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        if (self.ratios is None) == (self.ratio_range is None):
-            raise ValueError("give exactly one of 'ratios' (a list) or 'ratio_range'")
+        forms = (self.ratios, self.ratio_range, self.mixes, self.mix_search)
+        if sum(form is not None for form in forms) != 1:
+            raise ValueError(
+                "give exactly one of 'ratios' (a list) or 'ratio_range' (or, for k-domain "
+                "mixes, 'mixes' or 'mix_search')"
+            )
         if self.ratios == "auto" and self.trajectory is None:
             raise ValueError(
                 "'ratios: auto' lets a first-step screen choose where trajectories run; "
@@ -457,7 +497,7 @@ class SweepSpec(_Strict):
                 "'trajectory' runs on listed ratios: give 'ratios' (a list, or 'auto') instead "
                 "of 'ratio_range'"
             )
-        if not self.pretraining.within_tolerance and not self.retention:
+        if not any(ref.within_tolerance for ref in self.pretraining_sets) and not self.retention:
             raise ValueError(
                 "'pretraining.within_tolerance' is false and there is no retention set: nothing "
                 "would be kept within the tolerance; add a held-out sample as a retention set"
@@ -478,19 +518,29 @@ class SweepSpec(_Strict):
                 f"'batch_tokens' ({self.batch_tokens}) must be a multiple of 'seq_len' "
                 f"({self.seq_len}): a batch is batch_tokens/seq_len whole sequences"
             )
+        check_mix_spec(self)
         return self
+
+    @property
+    def pretraining_sets(self) -> list[PretrainingRef]:
+        """The pre-training sources, one or several."""
+        return self.pretraining if isinstance(self.pretraining, list) else [self.pretraining]
+
+    def direction_sets(self) -> list[PretrainingRef | FinetuneRef]:
+        """The sets whose gradients make a mix: pre-training sources, then fine-tuning sets."""
+        return [*self.pretraining_sets, *self.finetuning]
 
     def eval_sets(self) -> list[DataRef]:
         """Every set whose loss is evaluated: pre-training, fine-tuning, retention, targets."""
-        return [self.pretraining, *self.finetuning, *self.retention, *self.targets]
+        return [*self.pretraining_sets, *self.finetuning, *self.retention, *self.targets]
 
     def guarded(self, name: str) -> bool:
         """Whether the drift of the set called ``name`` must stay within the tolerance."""
         if name not in {ref.name for ref in self.eval_sets()}:
             return False
         role = self.role(name)
-        return role is Role.retention or (
-            role is Role.pretraining and self.pretraining.within_tolerance
+        return role is Role.retention or any(
+            ref.name == name and ref.within_tolerance for ref in self.pretraining_sets
         )
 
     def role(self, name: str) -> Role:
@@ -499,7 +549,7 @@ class SweepSpec(_Strict):
         Raises:
             KeyError: when no evaluation set has that name.
         """
-        if name == self.pretraining.name:
+        if any(ref.name == name for ref in self.pretraining_sets):
             return Role.pretraining
         groups: tuple[tuple[Role, list[FinetuneRef] | list[DataRef]], ...] = (
             (Role.finetuning, self.finetuning),
@@ -525,9 +575,13 @@ class SweepSpec(_Strict):
 
     @property
     def slots(self) -> int:
-        """Measurement tasks: one per candidate ratio, or one per trial of a range."""
+        """Measurement tasks: one per candidate ratio or mix, or one per trial of a search."""
         if self.ratios is not None:
             return len(self.screen_ratios)
+        if self.mixes is not None:
+            return len(self.mixes)
+        if self.mix_search is not None:
+            return self.mix_search.trials
         assert self.ratio_range is not None
         return self.ratio_range.trials
 
@@ -546,7 +600,8 @@ class SweepSpec(_Strict):
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON (sorted keys), the basis of idempotency."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dump = omit_unset(self.model_dump(mode="json"))
+        return json.dumps(dump, sort_keys=True, separators=(",", ":"))
 
     def sha256(self) -> str:
         """Fingerprint of the canonical JSON."""
@@ -613,6 +668,13 @@ def check_limits(spec: SweepSpec, limits: Limits) -> None:
             "SHARPMIX_MAX_TRIALS",
         ),
         ("targets", len(spec.eval_sets()), limits.max_eval_sets, "SHARPMIX_MAX_EVAL_SETS"),
+        ("mixes", len(spec.mixes or ()), limits.max_ratios, "SHARPMIX_MAX_RATIOS"),
+        (
+            "mix_search.trials",
+            spec.mix_search.trials if spec.mix_search else 0,
+            limits.max_trials,
+            "SHARPMIX_MAX_TRIALS",
+        ),
     ]
     for field, value, limit, variable in checks:
         if value > limit:

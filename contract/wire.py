@@ -81,6 +81,11 @@ class TrialOut(BaseModel):
     loss_change: float | None = Field(description="One-step loss change at the planned rate.")
     forwards: int
     batches: int
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The measured mix: share per pre-training source and fine-tuning set "
+        "('ratio' is their pre-training total); null for rows measured before it was recorded.",
+    )
 
 
 class TrajectoryPointOut(BaseModel):

@@ -33,7 +33,7 @@ def render_trajectory_plot(spec: SweepSpec, data: TrajectoriesOut) -> bytes:
     figure = Figure(figsize=(11, 4.6), dpi=100)
     FigureCanvasAgg(figure)
     drift_axes, sharp_axes = figure.subplots(1, 2)
-    name = spec.pretraining.name
+    name = spec.pretraining_sets[0].name  # the first source stands for pre-training
     drift_axes.axhspan(-1e9, spec.tolerance, color="tab:green", alpha=0.08, lw=0)
     drift_axes.axhline(spec.tolerance, color="tab:green", ls="--", lw=1, label="tolerance")
     last_step = 0

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from contract.mix import ratio_weights
 from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
 from contract.spec import RETENTION_ROLES, SweepSpec
 
@@ -60,6 +61,7 @@ class TrajectoryRow(Protocol):
 class _Ratio:
     ratio: float
     rows: dict[str, MeasurementRow]
+    weights: dict[str, float] | None = None  # a k-domain mix's own (None: the ratio form's)
 
     def retention_low(self) -> float:
         """Smallest lower bound of eta_c over pre-training and retention sets (0: rises at once)."""
@@ -113,6 +115,11 @@ def recommend(
         The recommendation with its evidence.
     """
     measurements = list(measurements)
+    if spec.mixes is not None or spec.mix_search is not None:
+        # Imported here: recommend_mix builds on this module's helpers.
+        from workers.recommend_mix import recommend_mixes
+
+        return recommend_mixes(spec, measurements, noise=noise)
     first = _first_step(spec, measurements, noise)
     if not trajectories and spec.trajectory is None:
         return first
@@ -134,13 +141,16 @@ def _first_step(
 
     ranking = []
     for entry in ratios:
-        pt_row = entry.rows.get(spec.pretraining.name)
+        pt_lows = [_low(row) for row in entry.rows.values() if row.role == "pretraining"]
         ranking.append(
             RatioRank(
                 ratio=entry.ratio,
+                weights=entry.weights
+                if entry.weights is not None
+                else ratio_weights(spec, entry.ratio),
                 pretraining_loss_change=entry.loss_change(("pretraining",), weights),
                 finetuning_loss_change=entry.loss_change(("finetuning",), weights),
-                eta_c_pretraining_low=_low(pt_row) if pt_row is not None else None,
+                eta_c_pretraining_low=min(pt_lows) if pt_lows else None,
                 min_eta_c=entry.min_eta_c(),
                 in_basin=entry.retention_low() > lr,
             )
@@ -183,6 +193,7 @@ def _first_step(
     return Recommendation(
         objective=spec.objective,
         ratio=chosen,
+        weights=ratio_weights(spec, chosen) if chosen is not None else None,
         reason=reason,
         basis="first_step",
         learning_rate=lr,
@@ -418,6 +429,7 @@ def _on_trajectories(
     return first.model_copy(
         update={
             "ratio": chosen.ratio if chosen is not None else None,
+            "weights": ratio_weights(spec, chosen.ratio) if chosen is not None else None,
             "reason": reason,
             "basis": "trajectory",
             "forecast_drift": chosen.retention_drift if chosen else None,

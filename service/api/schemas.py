@@ -79,6 +79,7 @@ def trial_out(row: Measurement) -> TrialOut:
         loss_change=finite(row.loss_change),
         forwards=row.forwards,
         batches=row.batches,
+        weights=row.weights,
     )
 
 

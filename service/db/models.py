@@ -182,6 +182,9 @@ class Measurement(Base):
     forwards: Mapped[int] = mapped_column(Integer)
     batches: Mapped[int] = mapped_column(Integer)
     per_batch: Mapped[list[Any]] = mapped_column(JSON)
+    # The measured mix: share per pre-training source and fine-tuning set (None: measured
+    # before revision 0006, when a ratio alone said it).
+    weights: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

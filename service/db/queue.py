@@ -596,6 +596,7 @@ def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> M
         forwards=m.forwards,
         batches=m.batches,
         per_batch=json_safe(per_batch),
+        weights=m.weights,
     )
 
 
@@ -614,6 +615,7 @@ def _as_result(row: Measurement) -> MeasurementResult:
         forwards=row.forwards,
         batches=row.batches,
         per_batch=[_as_batch(entry) for entry in row.per_batch],
+        weights=row.weights,
     )
 
 

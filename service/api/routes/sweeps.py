@@ -251,6 +251,7 @@ def export_mix(
     the measured mean tokens per example of each data set."""
     sweep = sweeps.get_sweep(session, tenant.id, sweep_id)
     basis: str | None = None
+    weights: dict[str, float] | None = None
     if ratio is None:
         recommendation = sweeps.get_recommendation(session, tenant.id, sweep_id)
         if recommendation.ratio is None:
@@ -260,6 +261,7 @@ def export_mix(
                 "ratio= to export one of its candidates anyway",
             )
         ratio, basis = recommendation.ratio, recommendation.basis
+        weights = recommendation.weights
     try:
         exported = render_export(
             format,
@@ -268,6 +270,7 @@ def export_mix(
             ratio=ratio,
             basis=basis,
             sources=sweep.sources,
+            weights=weights,
         )
     except ExportError as error:
         raise HTTPException(status_code=409, detail=str(error)) from error

@@ -1,0 +1,28 @@
+"""the measured mix's weights per pre-training source and fine-tuning set (k-domain mixes)
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-05
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Rows measured before this revision have none: their ratio alone says the mix.
+    with op.batch_alter_table("measurements", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("weights", sa.JSON(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("measurements", schema=None) as batch_op:
+        batch_op.drop_column("weights")
