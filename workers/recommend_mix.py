@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+from contract.mix import domains
 from contract.recommendation import RatioRank, Recommendation
 from contract.spec import SweepSpec
 from workers.recommend import MeasurementRow, _confidence, _low, _Ratio, _warnings
@@ -47,9 +48,14 @@ def recommend_mixes(
             pruned += 1
             continue
         grouped[key][row.eval_set] = row
+    order = [d.name for d in domains(spec)]  # weights read in the spec's order of sets
     entries = sorted(
-        (_Ratio(next(iter(rows.values())).ratio, rows, dict(key)) for key, rows in grouped.items()),
-        key=lambda e: (e.ratio, -e.retention_low()),
+        (
+            _Ratio(next(iter(rows.values())).ratio, rows, {n: dict(key).get(n, 0.0) for n in order})
+            for key, rows in grouped.items()
+        ),
+        # Rounded: 0.1 + 0.2 and 0.3 are one pre-training total, whatever the float sums say.
+        key=lambda e: (round(e.ratio, 9), -e.retention_low()),
     )
     lr = spec.learning_rate
     tuning = {ref.name: ref.weight for ref in spec.finetuning}
