@@ -187,6 +187,9 @@ function renderRecommendation(sweep, rec) {
       el("strong", { id: "answer" }, rec.ratio === null ? "none qualifies" : num(rec.ratio)),
       ` (objective ${rec.objective}, confidence ${rec.confidence})`),
     el("p", { id: "reason" }, rec.reason));
+  if (rec.weights && rec.ratio !== null) {
+    box.append(el("p", { id: "answer-mix" }, "Recommended mix: ", el("strong", {}, mixLabel(rec.weights))));
+  }
   const pairs = [
     ["Planned learning rate", num(rec.learning_rate)],
     ["Largest stable learning rate for this mix", num(rec.max_stable_lr)],
@@ -246,7 +249,57 @@ function setsInOrder(trials) {
   return seen.sort((a, b) => (rank[a.role] ?? 9) - (rank[b.role] ?? 9));
 }
 
+function isMixSweep(spec) {
+  return Boolean(spec.mixes || spec.mix_search);
+}
+
+function mixLabel(weights) {
+  return weights ? Object.entries(weights).map(([name, share]) => `${name} ${num(share)}`).join(", ") : "–";
+}
+
+// k-domain mixes: one line per mix across parallel axes (its share of every set, then
+// log10(eta_c / lr) of its most fragile guarded set), as the server's plot draws them.
+function renderMixes(sweep, trials, rec) {
+  const lr = sweep.spec.learning_rate;
+  const names = [];
+  const mixes = new Map();
+  for (const t of trials) {
+    if (!t.weights || t.status === "pruned") continue;
+    for (const name of Object.keys(t.weights)) if (!names.includes(name)) names.push(name);
+    const key = JSON.stringify(t.weights);
+    if (!mixes.has(key)) mixes.set(key, { weights: t.weights, lows: [] });
+    if (t.role === "pretraining" || t.role === "retention") {
+      mixes.get(key).lows.push(t.status === "increases_immediately" ? 0 : (t.eta_c_low ?? t.eta_c ?? 0));
+    }
+  }
+  const rows = [...mixes.values()].map((m) => {
+    const low = m.lows.length ? Math.min(...m.lows) : 0;
+    return { weights: m.weights, margin: Math.log10(Math.max(low, 1e-30) / lr) };
+  });
+  const chosen = rec !== null && rec.weights ? JSON.stringify(rec.weights) : null;
+  const span = Math.max(1, ...rows.map((r) => Math.abs(r.margin)).filter((v) => v < 20));
+  const trace = {
+    type: "parcoords",
+    line: {
+      color: rows.map((r) => (chosen === JSON.stringify(r.weights) ? 2 : r.margin > 0 ? 1 : 0)),
+      colorscale: [[0, "#d62728"], [0.5, "#2ca02c"], [1, "#000000"]], cmin: 0, cmax: 2,
+    },
+    dimensions: [
+      ...names.map((name) => ({ label: name, range: [0, 1], values: rows.map((r) => r.weights[name] ?? 0) })),
+      { label: "log10(eta_c / lr)", range: [-span, span], values: rows.map((r) => Math.max(-span, Math.min(span, r.margin))) },
+    ],
+  };
+  Plotly.react($("chart-sharpness"), [trace], {
+    margin: { t: 50, r: 60, b: 30, l: 60 }, font: { color: "#222" },
+    title: { text: "mixes: red out of the basin, green in it, black recommended", font: { size: 13 } },
+  }, PLOT_CONFIG);
+}
+
 function renderSharpness(sweep, trials, rec) {
+  if (isMixSweep(sweep.spec)) {
+    renderMixes(sweep, trials, rec);
+    return;
+  }
   const line = 2 / sweep.spec.learning_rate;
   const sets = setsInOrder(trials).map(({ name, role }) => ({
     name,
@@ -391,7 +444,8 @@ function renderTrajectories(traj) {
 function renderTrials(trials) {
   const body = $("trials").querySelector("tbody");
   body.replaceChildren(...trials.map((t) => el("tr", {},
-    el("td", {}, num(t.ratio)), el("td", {}, t.eval_set), el("td", {}, t.role), el("td", {}, t.status),
+    el("td", {}, t.weights && Object.keys(t.weights).length > 2 ? `${num(t.ratio)} (${mixLabel(t.weights)})` : num(t.ratio)),
+    el("td", {}, t.eval_set), el("td", {}, t.role), el("td", {}, t.status),
     el("td", {}, num(t.eta_c)), el("td", {}, `[${num(t.eta_c_low)}, ${num(t.eta_c_high)}]`),
     el("td", {}, num(t.sharpness)), el("td", {}, num(t.loss)), el("td", {}, num(t.loss_change)),
     el("td", {}, String(t.forwards)))));

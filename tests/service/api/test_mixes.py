@@ -121,6 +121,8 @@ def test_a_mix_goes_from_the_worker_through_the_database_to_the_answer(api: Api)
     assert exported.status_code == 200, exported.text
     shares = {row["name"]: row["token_share"] for row in exported.json()["sources"]}
     assert shares == pytest.approx(MIXES[1])
+    plot = api.client.get(f"/v1/sweeps/{sweep_id}/plot.png", headers=api.headers)
+    assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
     # A ratio alone names no k-domain mix.
     by_ratio = api.client.get(
         f"/v1/sweeps/{sweep_id}/export", params={"ratio": 0.2}, headers=api.headers
