@@ -203,3 +203,17 @@ def test_project_is_the_nearest_bounded_point() -> None:
     point = project([0.7, 0.2, 0.1], [0.0, 0.0, 0.2], [0.5, 1.0, 1.0])
     assert point == pytest.approx([0.5, 0.3, 0.2])
     assert project([0.2, 0.3, 0.5], [0.0] * 3, [1.0] * 3) == pytest.approx([0.2, 0.3, 0.5])
+
+
+def test_the_readme_k_domain_example_is_valid() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### k-domain mixes", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = SweepSpec.model_validate(
+        {**yaml.safe_load(block), "model": {"path": "m"}, "learning_rate": 3e-5}
+    )
+    assert spec.slots == 3 and [d.name for d in domains(spec)] == ["dclm", "code", "math"]
