@@ -37,16 +37,16 @@ def k3_body(assets: SweepAssets, **changes: object) -> dict[str, object]:
     if not web.exists():
         docs = general_documents(200, seed=7, world_seed=3)
         web.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return assets.spec(
-        pretraining=[
+    fields: dict[str, object] = {
+        "pretraining": [
             {"name": "general", "path": assets.general},
             {"name": "web", "path": "web.jsonl", "max": 0.5},
         ],
-        ratios=None,
-        mixes=MIXES,
-        batches=1,
-        **changes,
-    )
+        "ratios": None,
+        "mixes": MIXES,
+        "batches": 1,
+    }
+    return assets.spec(**{**fields, **changes})
 
 
 def test_k3_mixes_cost_one_backward_per_domain_and_step_along_the_weighted_sum(
@@ -140,3 +140,31 @@ def test_worker_runs_a_k3_sweep_to_a_recommended_mix(
                 )
     finally:
         engine.dispose()
+
+
+def test_a_trajectory_steps_on_a_mix_of_two_pre_training_sources(
+    sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    from workers.trajectory import _Streams, run_trajectory
+
+    body = k3_body(
+        sweep_assets,
+        mixes=None,
+        ratios=[0.5],
+        trajectory={"steps": 2, "measure_every": 1},
+        planned_steps=4,
+    )
+    body["pretraining"] = [
+        {"name": "general", "path": sweep_assets.general},
+        {"name": "web", "path": "web.jsonl", "weight": 3},
+    ]
+    spec = SweepSpec.model_validate(body)
+    policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
+    prepared = prepare(spec, policy, device="cpu", dtype=torch.float32, gradients=False)
+    # The pre-training half splits 1:3 between the sources, as 'weight' asks.
+    assert _Streams(prepared, 0.5).weights == pytest.approx([0.125, 0.375, 0.5])
+    result = run_trajectory(prepared, 0.5)
+    assert result.steps_done == 2
+    # Every source and the fine-tuning set is measured along the way, each source a guarded set.
+    assert {p.eval_set for p in result.points} == {"general", "web", "math"}
+    assert spec.guarded("web") and spec.guarded("general") and not spec.guarded("math")
