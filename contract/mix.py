@@ -206,6 +206,16 @@ class MixShare(float):
         made.weights = {d.name: float(weights.get(d.name, 0.0)) for d in domains(spec)}
         return made
 
+    def __reduce__(self) -> tuple[Any, tuple[float, dict[str, float]]]:
+        # Copies and pickles keep the weights (float's own would call __new__ with one number).
+        return _restore_share, (float(self), dict(self.weights))
+
+
+def _restore_share(share: float, weights: dict[str, float]) -> MixShare:
+    made = float.__new__(MixShare, share)
+    made.weights = weights
+    return made
+
 
 @dataclass(frozen=True)
 class _Part:

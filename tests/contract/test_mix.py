@@ -217,3 +217,13 @@ def test_the_readme_k_domain_example_is_valid() -> None:
         {**yaml.safe_load(block), "model": {"path": "m"}, "learning_rate": 3e-5}
     )
     assert spec.slots == 3 and [d.name for d in domains(spec)] == ["dclm", "code", "math"]
+
+
+def test_a_mix_share_keeps_its_weights_through_copies_and_pickles() -> None:
+    import copy
+    import pickle
+
+    spec = SweepSpec.model_validate(body())
+    share = MixShare(spec, explicit_mix(spec, 0))
+    for other in (copy.copy(share), copy.deepcopy(share), pickle.loads(pickle.dumps(share))):
+        assert isinstance(other, MixShare) and other == share and other.weights == share.weights
