@@ -373,8 +373,11 @@ def omit_unset(dump: dict[str, Any]) -> dict[str, Any]:
 
 
 def _omit_bounds(ref: dict[str, Any]) -> dict[str, Any]:
-    extra = ("min", "max", "share", *(("weight",) if "within_tolerance" in ref else ()))
-    return {k: v for k, v in ref.items() if not (k in extra and v is None)}
+    # A fine-tuning set's 'weight' is never None; a pre-training source's is when left unset.
+    return {k: v for k, v in ref.items() if not (k in _MIX_FIELDS and v is None)}
+
+
+_MIX_FIELDS = frozenset({"min", "max", "share", "weight"})
 
 
 __all__ = [
