@@ -261,6 +261,11 @@ function mixLabel(weights) {
 // log10(eta_c / lr) of its most fragile guarded set), as the server's plot draws them.
 function renderMixes(sweep, trials, rec) {
   const lr = sweep.spec.learning_rate;
+  $("sharpness-heading").textContent = "Critical sharpness by mix";
+  $("sharpness-note").textContent = "One line per mix: its share of every pre-training source and " +
+    "fine-tuning set, then log10(eta_c / learning rate) of its most fragile pre-training or " +
+    "retention set (above the dash the first step stays in the basin).";
+  $("chart-sharpness").setAttribute("aria-label", "Each mix's shares and first-step margin on parallel axes");
   const names = [];
   const mixes = new Map();
   for (const t of trials) {
@@ -278,28 +283,53 @@ function renderMixes(sweep, trials, rec) {
   });
   const chosen = rec !== null && rec.weights ? JSON.stringify(rec.weights) : null;
   const span = Math.max(1, ...rows.map((r) => Math.abs(r.margin)).filter((v) => v < 20));
-  const trace = {
-    type: "parcoords",
-    line: {
-      color: rows.map((r) => (chosen === JSON.stringify(r.weights) ? 2 : r.margin > 0 ? 1 : 0)),
-      colorscale: [[0, "#d62728"], [0.5, "#2ca02c"], [1, "#000000"]], cmin: 0, cmax: 2,
-    },
-    dimensions: [
-      ...names.map((name) => ({ label: name, range: [0, 1], values: rows.map((r) => r.weights[name] ?? 0) })),
-      { label: "log10(eta_c / lr)", range: [-span, span], values: rows.map((r) => Math.max(-span, Math.min(span, r.margin))) },
-    ],
-  };
-  Plotly.react($("chart-sharpness"), [trace], {
-    margin: { t: 50, r: 60, b: 30, l: 60 }, font: { color: "#222" },
-    title: { text: "mixes: red out of the basin, green in it, black recommended", font: { size: 13 } },
+  // Plain SVG lines (plotly's parcoords needs WebGL, which not every browser has): x is the
+  // axis index, the margin axis maps [-span, span] decades onto [0, 1] like a share.
+  const axes = [...names, "log10(eta_c / lr)"];
+  const kinds = [
+    ["out of the basin", "#d62728", 1.5, (r, best) => !best && r.margin <= 0],
+    ["first step in the basin", "#2ca02c", 1.5, (r, best) => !best && r.margin > 0],
+    ["recommended mix", "#000000", 4, (r, best) => best],
+  ];
+  const traces = kinds.map(([label, color, width, keep]) => {
+    const xs = [];
+    const ys = [];
+    const text = [];
+    for (const r of rows) {
+      if (!keep(r, chosen === JSON.stringify(r.weights))) continue;
+      const scaled = Math.max(0, Math.min(1, 0.5 + r.margin / (2 * span)));
+      xs.push(...axes.map((_, i) => i), null);
+      ys.push(...names.map((name) => r.weights[name] ?? 0), scaled, null);
+      text.push(...names.map((name) => num(r.weights[name] ?? 0)), num(r.margin), null);
+    }
+    return {
+      type: "scatter", mode: "lines+markers", name: label, x: xs, y: ys, text,
+      line: { color, width }, marker: { color, size: 6 }, connectgaps: false,
+      hovertemplate: "%{text}<extra>%{fullData.name}</extra>",
+    };
+  }).filter((t) => t.x.length);
+  Plotly.react($("chart-sharpness"), traces, {
+    margin: { t: 30, r: 20, b: 50, l: 70 }, font: { color: "#222" },
+    xaxis: { tickvals: axes.map((_, i) => i), ticktext: axes, range: [-0.2, axes.length - 0.8], zeroline: false },
+    yaxis: { title: { text: "share of the mix" }, range: [-0.03, 1.03] },
+    shapes: [{ type: "line", x0: names.length - 0.15, x1: names.length + 0.15, y0: 0.5, y1: 0.5, line: { color: "#000", dash: "dash", width: 1.5 } }],
+    annotations: [{ x: names.length, y: 0, yanchor: "top", text: `±${num(span)} decades; eta_c = lr at the dash`, showarrow: false, font: { size: 11 } }],
+    legend: { orientation: "h", y: -0.22 },
   }, PLOT_CONFIG);
 }
 
+// The section's words for ratio sweeps, kept to put back after a mix sweep was shown.
+const SHARPNESS_WORDS = {};
+
 function renderSharpness(sweep, trials, rec) {
+  for (const id of ["sharpness-heading", "sharpness-note"]) SHARPNESS_WORDS[id] ??= $(id).textContent;
+  SHARPNESS_WORDS.label ??= $("chart-sharpness").getAttribute("aria-label");
   if (isMixSweep(sweep.spec)) {
     renderMixes(sweep, trials, rec);
     return;
   }
+  for (const id of ["sharpness-heading", "sharpness-note"]) $(id).textContent = SHARPNESS_WORDS[id];
+  $("chart-sharpness").setAttribute("aria-label", SHARPNESS_WORDS.label);
   const line = 2 / sweep.spec.learning_rate;
   const sets = setsInOrder(trials).map(({ name, role }) => ({
     name,
