@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from contract.spec import SweepSpec
 from contract.states import SweepState
 from service.db.engine import make_engine, make_session_factory
 from service.db.models import Measurement, Sweep
+from service.notify import DeliveryLoop
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import settings_for, submit
 from workers.data import LoadPolicy
@@ -108,7 +110,9 @@ def test_worker_runs_a_k3_sweep_to_a_recommended_mix(
     db_url: str, sweep_assets: SweepAssets, tmp_path: Path
 ) -> None:
     settings = settings_for(db_url, sweep_assets, tmp_path)
-    sweep_id = submit(settings, k3_body(sweep_assets, learning_rate=1e-4))
+    # A small planned rate, so that some mix keeps the pre-training losses flat (as in
+    # tests/workers/test_study_dashboard.py).
+    sweep_id = submit(settings, k3_body(sweep_assets, learning_rate=1e-5))
     worker = Worker(settings, worker_id="w1")
     try:
         assert worker.run(exit_when_idle=True) == len(MIXES)
@@ -133,11 +137,18 @@ def test_worker_runs_a_k3_sweep_to_a_recommended_mix(
             assert answer is not None
             assert len(answer["ranking"]) == len(MIXES)
             assert all(rank["weights"] in MIXES for rank in answer["ranking"])
-            if answer["weights"] is not None:
-                assert answer["weights"] in MIXES
-                assert answer["ratio"] == pytest.approx(
-                    answer["weights"]["general"] + answer["weights"]["web"]
-                )
+            assert answer["weights"] in MIXES
+            assert answer["ratio"] == pytest.approx(
+                answer["weights"]["general"] + answer["weights"]["web"]
+            )
+        # The answer goes into the sweep's Optuna study: its mix, and the trial that measured it.
+        DeliveryLoop(settings, make_session_factory(engine)).run_once()
+        study = optuna.load_study(study_name=sweep.study_name, storage=db_url)
+        assert study.user_attrs["answer_weights"] == answer["weights"]
+        trial = study.trials[study.user_attrs["answer_trial"]]
+        assert {k: v for k, v in trial.user_attrs.items() if k.startswith("weight:")} == {
+            f"weight:{name}": share for name, share in answer["weights"].items()
+        }
     finally:
         engine.dispose()
 
