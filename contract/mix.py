@@ -316,10 +316,10 @@ def check_mix_spec(spec: SweepSpec) -> None:
                 "the mixes of 'mixes' or 'mix_search'; with 'ratios' the sets split by 'weight'"
             )
         return
-    if spec.trajectory is not None:
+    if spec.trajectory is not None and spec.mix_search is not None:
         raise ValueError(
-            "'trajectory' runs on ratios: with 'mixes' or 'mix_search' leave it out (k-domain "
-            "trajectories are not supported yet), or give 'ratios'"
+            "'trajectory' runs on listed candidates: give 'mixes' instead of 'mix_search' (or "
+            "leave 'trajectory' out)"
         )
     lows = math.fsum(d.low for d in all_domains)
     highs = math.fsum(d.high for d in all_domains)

@@ -52,6 +52,11 @@ class TrajectoryVerdict(BaseModel):
     """What one ratio's trajectory says about the planned run."""
 
     ratio: float
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="A listed k-domain mix's share per set (its ratio is their pre-training "
+        "total); null when the ratio says the mix.",
+    )
     steps_done: int = Field(description="Optimizer steps the trajectory took.")
     pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
     retention_drift: float | None = Field(

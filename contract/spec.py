@@ -592,6 +592,8 @@ class SweepSpec(_Strict):
             return 0
         if self.ratios == "auto":
             return min(self.trajectory.ratios, len(AUTO_SCREEN_RATIOS))
+        if self.mixes is not None:
+            return len(self.mixes)
         return len(self.screen_ratios)
 
     def lr_at(self, step: int) -> float:

@@ -109,6 +109,10 @@ class RatioTrajectory(BaseModel):
     """One ratio's trajectory: its state, its points so far and, once done, its forecast."""
 
     ratio: float | None
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="A listed k-domain mix's share per set ('ratio' is their pre-training total).",
+    )
     state: str = Field(description="queued, running, done, failed or cancelled.")
     pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
     steps_done: int

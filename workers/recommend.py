@@ -119,8 +119,9 @@ def recommend(
         # Imported here: recommend_mix builds on this module's helpers.
         from workers.recommend_mix import recommend_mixes
 
-        return recommend_mixes(spec, measurements, noise=noise)
-    first = _first_step(spec, measurements, noise)
+        first = recommend_mixes(spec, measurements, noise=noise)
+    else:
+        first = _first_step(spec, measurements, noise)
     if not trajectories and spec.trajectory is None:
         return first
     return _on_trajectories(spec, first, trajectories)
@@ -358,6 +359,8 @@ def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
         gain = -sum(weights.get(f.eval_set, 1.0) * (f.drift or 0.0) for f in tuning) / total
     return TrajectoryVerdict(
         ratio=row.ratio if row.ratio is not None else math.nan,
+        # A listed k-domain mix's task row carries its weights (rows of ratio sweeps have none).
+        weights=getattr(row, "weights", None),
         steps_done=row.steps_done,
         pruned=row.pruned,
         retention_drift=drift,
@@ -371,7 +374,14 @@ def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
 def _on_trajectories(
     spec: SweepSpec, first: Recommendation, rows: Sequence[TrajectoryRow]
 ) -> Recommendation:
-    verdicts = sorted((_verdict(spec, row) for row in rows), key=lambda v: v.ratio)
+    # By ratio (rounded: 0.1 + 0.2 is 0.3), then the least drift: mixes can share a ratio.
+    verdicts = sorted(
+        (_verdict(spec, row) for row in rows),
+        key=lambda v: (
+            round(v.ratio, 9),
+            v.retention_drift_high if v.retention_drift_high is not None else math.inf,
+        ),
+    )
     chosen = next((v for v in verdicts if v.within_tolerance), None)
     n, tol = spec.planned_steps, spec.tolerance
     if not verdicts:
@@ -408,6 +418,9 @@ def _on_trajectories(
             if chosen.ratio >= 1.0
             else f"ratio {chosen.ratio:g}"
         )
+        if chosen.weights is not None:
+            named = ", ".join(f"{n} {w:.3g}" for n, w in chosen.weights.items())
+            share = f"the mix {named} (ratio {chosen.ratio:g})"
         gain = (
             f", while the fine-tuning loss falls by a forecast {chosen.finetuning_gain:.3g} nats"
             if chosen.finetuning_gain is not None
@@ -429,15 +442,15 @@ def _on_trajectories(
     return first.model_copy(
         update={
             "ratio": chosen.ratio if chosen is not None else None,
-            "weights": ratio_weights(spec, chosen.ratio) if chosen is not None else None,
+            "weights": _weights_of(spec, chosen),
             "reason": reason,
             "basis": "trajectory",
             "forecast_drift": chosen.retention_drift if chosen else None,
             "forecast_drift_high": chosen.retention_drift_high if chosen else None,
             "finetuning_gain": chosen.finetuning_gain if chosen else None,
             "trajectories": verdicts,
-            "in_basin": _first_in_basin(first, chosen.ratio) if chosen else None,
-            "max_stable_lr": _first_stable(first, chosen.ratio) if chosen else None,
+            "in_basin": _first_in_basin(first, chosen) if chosen else None,
+            "max_stable_lr": _first_stable(first, chosen) if chosen else None,
             "confidence": _trajectory_confidence(chosen, spec),
             "warnings": warnings,
         }
@@ -448,13 +461,26 @@ def _nats(value: float | None) -> str:
     return "unbounded" if value is None else f"{value:+.3g} nats"
 
 
-def _first_in_basin(first: Recommendation, ratio: float) -> bool | None:
-    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+def _weights_of(spec: SweepSpec, chosen: TrajectoryVerdict | None) -> dict[str, float] | None:
+    if chosen is None:
+        return None
+    return chosen.weights if chosen.weights is not None else ratio_weights(spec, chosen.ratio)
+
+
+def _rank_of(first: Recommendation, verdict: TrajectoryVerdict) -> RatioRank | None:
+    # A listed mix is found by its weights (mixes can share a ratio), a ratio by its value.
+    if verdict.weights is not None:
+        return next((r for r in first.ranking if r.weights == verdict.weights), None)
+    return next((r for r in first.ranking if r.ratio == verdict.ratio), None)
+
+
+def _first_in_basin(first: Recommendation, verdict: TrajectoryVerdict) -> bool | None:
+    rank = _rank_of(first, verdict)
     return rank.in_basin if rank is not None else None
 
 
-def _first_stable(first: Recommendation, ratio: float) -> float | None:
-    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+def _first_stable(first: Recommendation, verdict: TrajectoryVerdict) -> float | None:
+    rank = _rank_of(first, verdict)
     return rank.eta_c_pretraining_low if rank is not None else None
 
 

@@ -298,7 +298,8 @@ def open_trajectory_study(
         study_name=f"{name}-trajectory",
         storage=store,
         direction="minimize",
-        sampler=_sampler(spec, slot, ratio),
+        # The trajectory's ratio, also for a listed k-domain mix (the task's ratio carries it).
+        sampler=_with_fixed(spec, slot, {RATIO: ratio}),
         pruner=DriftPruner(spec.tolerance, burn_in=_burn_in(spec)),
         load_if_exists=True,
     )
@@ -368,14 +369,19 @@ def _burn_in(spec: SweepSpec) -> int:
 
 
 def _sampler(spec: SweepSpec, slot: int, ratio: float | None) -> BaseSampler:
-    # TPE reads the flat-pre-training constraint that `tell` sets on each trial.
-    base = TPESampler(seed=spec.seed + slot, n_startup_trials=max(2, min(5, spec.slots // 3)))
+    """The measurement study's sampler for the task in ``slot``."""
     fixed: dict[str, Any] | None = {RATIO: ratio} if ratio is not None else None
     if spec.mixes is not None:
         # A listed mix is the slot's, whatever ratio its task row holds.
         fixed = {WEIGHT + name: w for name, w in explicit_mix(spec, slot).items()}
     elif spec.mix_search is not None:
         fixed = None
+    return _with_fixed(spec, slot, fixed)
+
+
+def _with_fixed(spec: SweepSpec, slot: int, fixed: dict[str, Any] | None) -> BaseSampler:
+    # TPE reads the flat-pre-training constraint that `tell` sets on each trial.
+    base = TPESampler(seed=spec.seed + slot, n_startup_trials=max(2, min(5, spec.slots // 3)))
     if fixed is None:
         return base
     with warnings.catch_warnings():  # experimental since Optuna 2.4, stable in use since

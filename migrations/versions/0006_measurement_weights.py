@@ -1,4 +1,5 @@
-"""the measured mix's weights per pre-training source and fine-tuning set (k-domain mixes)
+"""the weights of k-domain mixes per pre-training source and fine-tuning set, on measurements
+and on the trajectory tasks of listed mixes
 
 Revision ID: 0006
 Revises: 0005
@@ -21,8 +22,12 @@ def upgrade() -> None:
     # Rows measured before this revision have none: their ratio alone says the mix.
     with op.batch_alter_table("measurements", schema=None) as batch_op:
         batch_op.add_column(sa.Column("weights", sa.JSON(), nullable=True))
+    with op.batch_alter_table("sweep_tasks", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("weights", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sweep_tasks", schema=None) as batch_op:
+        batch_op.drop_column("weights")
     with op.batch_alter_table("measurements", schema=None) as batch_op:
         batch_op.drop_column("weights")

@@ -119,6 +119,7 @@ def trajectories_out(
         ratios=[
             RatioTrajectory(
                 ratio=task.ratio,
+                weights=task.weights,
                 state=task.state.value,
                 pruned=task.pruned,
                 steps_done=task.steps_done,

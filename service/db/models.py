@@ -149,6 +149,9 @@ class SweepTask(Base):
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     pruned: Mapped[bool] = mapped_column(Boolean, default=False)
     forecast: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # A listed k-domain mix's share per set (its trajectory task steps on it); None: the ratio
+    # says the mix.
+    weights: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

@@ -45,6 +45,11 @@ def test_a_k3_spec_lists_its_domains_and_mixes() -> None:
     assert share == pytest.approx(0.6) and share.weights["code"] == 0.1
 
 
+def test_listed_mixes_each_get_a_trajectory() -> None:
+    spec = SweepSpec.model_validate(body(trajectory={"steps": 4, "measure_every": 2}))
+    assert spec.slots == 2 and spec.trajectory_slots == 2
+
+
 def test_the_ratio_form_splits_by_relative_weights() -> None:
     spec = SweepSpec.model_validate(
         body(
@@ -125,7 +130,12 @@ def test_a_spec_without_k_domain_fields_keeps_its_digest() -> None:
             (),
             "nothing to search",
         ),
-        ({"trajectory": {"steps": 4, "measure_every": 2}}, (), "k-domain trajectories"),
+        (
+            {"trajectory": {"steps": 4, "measure_every": 2}, "mixes": None}
+            | {"mix_search": {"trials": 3}},
+            (),
+            "give 'mixes' instead of 'mix_search'",
+        ),
         ({"pretraining": []}, ("pretraining", "list"), "at least 1"),
     ],
 )

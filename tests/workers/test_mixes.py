@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from contract.mix import MixShare, explicit_mix
 from contract.spec import SweepSpec
-from contract.states import SweepState
+from contract.states import SweepState, TaskKind
 from service.db.engine import make_engine, make_session_factory
-from service.db.models import Measurement, Sweep
+from service.db.models import Measurement, Sweep, SweepTask
 from service.notify import DeliveryLoop
 from tests.conftest import SweepAssets
 from tests.workers.test_worker import settings_for, submit
@@ -179,3 +179,53 @@ def test_a_trajectory_steps_on_a_mix_of_two_pre_training_sources(
     # Every source and the fine-tuning set is measured along the way, each source a guarded set.
     assert {p.eval_set for p in result.points} == {"general", "web", "math"}
     assert spec.guarded("web") and spec.guarded("general") and not spec.guarded("math")
+
+
+@pytest.mark.db
+def test_listed_mixes_step_on_their_own_weights_and_the_answer_rests_on_them(
+    db_url: str, sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    settings = settings_for(db_url, sweep_assets, tmp_path)
+    body = k3_body(
+        sweep_assets,
+        mixes=MIXES[:2],
+        learning_rate=1e-5,
+        trajectory={"steps": 2, "measure_every": 1},
+        planned_steps=4,
+    )
+    sweep_id = submit(settings, body)
+    worker = Worker(settings, worker_id="w1")
+    try:
+        assert worker.run(exit_when_idle=True) == 2 + 2  # two screens, two trajectories
+    finally:
+        worker.close()
+    engine = make_engine(db_url)
+    try:
+        with make_session_factory(engine)() as session:
+            sweep = session.get_one(Sweep, sweep_id)
+            assert sweep.state == SweepState.succeeded, sweep.error
+            tasks = session.scalars(
+                select(SweepTask).where(
+                    SweepTask.sweep_id == sweep_id, SweepTask.kind == TaskKind.trajectory
+                )
+            ).all()
+            assert sorted(json.dumps(t.weights, sort_keys=True) for t in tasks) == sorted(
+                json.dumps(m, sort_keys=True) for m in MIXES[:2]
+            )
+            assert all(t.steps_done == 2 and t.forecast for t in tasks)
+            for t in tasks:
+                assert t.weights is not None
+                assert t.ratio == pytest.approx(t.weights["general"] + t.weights["web"])
+            answer = sweep.recommendation
+            assert answer is not None and answer["basis"] == "trajectory"
+            verdicts = answer["trajectories"]
+            assert sorted(json.dumps(v["weights"], sort_keys=True) for v in verdicts) == sorted(
+                json.dumps(m, sort_keys=True) for m in MIXES[:2]
+            )
+            # At this small rate both stay within the tolerance: the one with the least
+            # pre-training data is the answer, named by its weights.
+            assert all(v["within_tolerance"] for v in verdicts)
+            assert answer["weights"] == MIXES[1] and answer["ratio"] == pytest.approx(0.2)
+            assert "the mix general 0.1, web 0.1, math 0.8" in answer["reason"]
+    finally:
+        engine.dispose()

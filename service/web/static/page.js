@@ -432,7 +432,7 @@ function renderTrajectories(traj) {
   const lrByStep = new Map();
   ratios.forEach((r, index) => {
     const color = PALETTE[index % PALETTE.length];
-    const name = `ratio ${num(r.ratio)} (${r.state})`;
+    const name = `${r.weights ? mixLabel(r.weights) : `ratio ${num(r.ratio)}`} (${r.state})`;
     const points = r.points.filter(pre).sort((a, b) => a.step - b.step);
     points.forEach((p) => lrByStep.set(p.step, p.lr));
     driftTraces.push({ type: "scatter", mode: "lines+markers", name, legendgroup: name, x: points.map((p) => p.step), y: points.map((p) => p.drift), line: { color }, marker: { color, size: 6 } });
