@@ -72,3 +72,53 @@ def test_renders_the_mixes_and_the_recommended_one() -> None:
     image = imread(io.BytesIO(render_mix_plot(spec(), measured, recommendation)), format="png")
     assert image.shape[:2] == (520, 1200)
     assert render_mix_plot(spec(), [], None).startswith(b"\x89PNG")
+
+
+def test_trajectories_of_listed_mixes_are_drawn_named_by_their_weights() -> None:
+    from contract.wire import RatioTrajectory, TrajectoriesOut, TrajectoryPointOut
+    from service.trajectory_plot import render_trajectory_plot
+
+    body = sweep_body(
+        pretraining=[{"name": "web", "path": "w"}, {"name": "more", "path": "m"}],
+        ratios=None,
+        mixes=[A, B],
+        trajectory={"steps": 2, "measure_every": 1},
+    )
+
+    def point(step: int, drift: float) -> TrajectoryPointOut:
+        return TrajectoryPointOut(
+            step=step,
+            lr=1e-3,
+            eval_set="web",
+            role="pretraining",
+            status="ok",
+            loss=3.0 + drift,
+            drift=drift,
+            eta_c=2e-3,
+            eta_c_low=1e-3,
+            eta_c_high=3e-3,
+            sharpness=1e3,
+            loss_change=-0.01,
+        )
+
+    data = TrajectoriesOut(
+        sweep_id="s",
+        planned_steps=1000,
+        tolerance=0.02,
+        steps=2,
+        measure_every=1,
+        ratios=[
+            RatioTrajectory(
+                ratio=mix["web"] + mix["more"],
+                weights=mix,
+                state="done",
+                pruned=False,
+                steps_done=2,
+                points=[point(s, 0.01 * s) for s in range(3)],
+                forecast=[],
+            )
+            for mix in (A, B)
+        ],
+    )
+    png = render_trajectory_plot(SweepSpec.model_validate(body), data)
+    assert png.startswith(b"\x89PNG")
