@@ -18,6 +18,11 @@ class RatioRank(BaseModel):
     """One candidate ratio, ranked by the predicted growth of the pre-training loss."""
 
     ratio: float
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The candidate mix's share per pre-training source and fine-tuning set "
+        "(its ratio is their pre-training total).",
+    )
     pretraining_loss_change: float | None = Field(
         description="One-step change of the pre-training loss at the planned learning rate."
     )
@@ -48,6 +53,11 @@ class TrajectoryVerdict(BaseModel):
     """What one ratio's trajectory says about the planned run."""
 
     ratio: float
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="A listed k-domain mix's share per set (its ratio is their pre-training "
+        "total); null when the ratio says the mix.",
+    )
     steps_done: int = Field(description="Optimizer steps the trajectory took.")
     pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
     retention_drift: float | None = Field(
@@ -71,6 +81,11 @@ class Recommendation(BaseModel):
 
     objective: Objective
     ratio: float | None = Field(description="Recommended fraction of pre-training tokens.")
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The recommended mix's share per pre-training source and fine-tuning set "
+        "(for k-domain mixes the answer itself; 'ratio' is its pre-training total).",
+    )
     reason: str
     basis: Literal["first_step", "trajectory"] = Field(
         default="first_step",

@@ -84,6 +84,8 @@ class MeasurementResult:
     # Issue 11, part 2: (rate, mean one-step loss change over the batches) per rate of the
     # spec's grid; None without a grid.
     rate_loss_changes: list[tuple[float, float]] | None = None
+    # The measured mix: share of the whole mix per pre-training source and fine-tuning set.
+    weights: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,14 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from contract.errors import LimitError
+from contract.mix import (
+    MixBounds,
+    MixSearch,
+    MixWeights,
+    PretrainingMix,
+    check_mix_spec,
+    omit_unset,
+)
 from contract.rates import LearningRateRange, check_rate_list, with_planned
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -154,8 +162,10 @@ class DataRef(_Strict):
         return self
 
 
-class PretrainingRef(DataRef):
-    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat."""
+class PretrainingRef(DataRef, PretrainingMix):
+    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat; one
+    of several sources when ``pretraining`` is a list (``weight``, ``min``, ``max``, ``share``
+    come from ``contract.mix``)."""
 
     within_tolerance: bool = Field(
         default=True,
@@ -166,8 +176,9 @@ class PretrainingRef(DataRef):
     )
 
 
-class FinetuneRef(DataRef):
-    """A fine-tuning data set; several are mixed by their weights."""
+class FinetuneRef(DataRef, MixBounds):
+    """A fine-tuning data set; several are mixed by their weights (bounds from ``contract.mix``
+    for ``mixes`` and ``mix_search``)."""
 
     weight: PositiveFloat = Field(
         default=1.0, description="Share of this set among the fine-tuning sets (normalised)."
@@ -328,6 +339,10 @@ class TrajectorySpec(_Strict):
         return self
 
 
+def _pretraining_kind(value: object) -> str:
+    return "list" if isinstance(value, list) else "one"
+
+
 def _ratios_kind(value: object) -> str:
     # One error, at the place that is wrong, instead of one per form a union could take.
     return "auto" if isinstance(value, str) else "list"
@@ -356,9 +371,14 @@ class SweepSpec(_Strict):
     )
 
     model: ModelRef = Field(description="The model to fine-tune, as it is before fine-tuning.")
-    pretraining: PretrainingRef = Field(
+    pretraining: Annotated[
+        Annotated[PretrainingRef, Tag("one")]
+        | Annotated[Annotated[list[PretrainingRef], Field(min_length=1)], Tag("list")],
+        Discriminator(_pretraining_kind),
+    ] = Field(
         description="Data like the model's pre-training data: the replay data of a mix, and a "
-        "loss that must stay flat."
+        "loss that must stay flat. A list gives several sources (k-domain mixes): with 'ratios' "
+        "they split the pre-training share by 'weight'."
     )
     finetuning: list[FinetuneRef] = Field(
         min_length=1, description="The fine-tuning data; several sets are mixed by 'weight'."
@@ -429,6 +449,22 @@ class SweepSpec(_Strict):
         description="Step on each mix and watch the losses and critical sharpness (recommended: "
         "steps 100-300, measure_every 10-25); without it the answer is a first-step verdict.",
     )
+    # --- k-domain mixes (contract/mix.py): candidates on the simplex over every pre-training
+    # source and fine-tuning set, instead of 'ratios' or 'ratio_range'.
+    mixes: list[MixWeights] | None = Field(
+        default=None,
+        min_length=1,
+        description="Candidate mixes, each a mapping from pre-training source and fine-tuning set "
+        "names to their share of the whole mix (summing to 1; an omitted set gets 0); instead "
+        "of 'ratios'.",
+        examples=[[{"general": 0.2, "code": 0.1, "math": 0.7}]],
+    )
+    mix_search: MixSearch | None = Field(
+        default=None,
+        description="Search mixes over the simplex with Optuna within each set's 'min', 'max' "
+        "or 'share' (sets without bounds keep their relative 'weight'); instead of 'ratios'.",
+    )
+    # --- end of k-domain mixes
     notify_url: str | None = Field(
         default=None,
         min_length=8,
@@ -489,10 +525,31 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
-        if (self.ratios is None) == (self.ratio_range is None):
-            raise ValueError("give exactly one of 'ratios' (a list) or 'ratio_range'")
+        forms = (self.ratios, self.ratio_range, self.mixes, self.mix_search)
+        if sum(form is not None for form in forms) != 1:
+            raise ValueError(
+                "give exactly one of 'ratios' (a list) or 'ratio_range' (or, for k-domain "
+                "mixes, 'mixes' or 'mix_search')"
+            )
         if self.learning_rates is not None and self.learning_rate_range is not None:
             raise ValueError("give at most one of 'learning_rates' or 'learning_rate_range'")
+        if self.mixes is not None or self.mix_search is not None:
+            # The rate grid and the warm start work on ratios; a mix is more than its ratio.
+            extra = [
+                name
+                for name, value in (
+                    ("learning_rates", self.learning_rates),
+                    ("learning_rate_range", self.learning_rate_range),
+                    ("warm_start_from", self.warm_start_from),
+                )
+                if value is not None
+            ]
+            if extra:
+                raise ValueError(
+                    f"{' and '.join(repr(n) for n in extra)} work with 'ratios' or "
+                    "'ratio_range' only, not with 'mixes' or 'mix_search': leave them out, "
+                    "or sweep ratios (several pre-training sources split by their 'weight')"
+                )
         if self.ratios == "auto" and self.trajectory is None:
             raise ValueError(
                 "'ratios: auto' lets a first-step screen choose where trajectories run; "
@@ -503,7 +560,7 @@ class SweepSpec(_Strict):
                 "'trajectory' runs on listed ratios: give 'ratios' (a list, or 'auto') instead "
                 "of 'ratio_range'"
             )
-        if not self.pretraining.within_tolerance and not self.retention:
+        if not any(ref.within_tolerance for ref in self.pretraining_sets) and not self.retention:
             raise ValueError(
                 "'pretraining.within_tolerance' is false and there is no retention set: nothing "
                 "would be kept within the tolerance; add a held-out sample as a retention set"
@@ -524,19 +581,29 @@ class SweepSpec(_Strict):
                 f"'batch_tokens' ({self.batch_tokens}) must be a multiple of 'seq_len' "
                 f"({self.seq_len}): a batch is batch_tokens/seq_len whole sequences"
             )
+        check_mix_spec(self)
         return self
+
+    @property
+    def pretraining_sets(self) -> list[PretrainingRef]:
+        """The pre-training sources, one or several."""
+        return self.pretraining if isinstance(self.pretraining, list) else [self.pretraining]
+
+    def direction_sets(self) -> list[PretrainingRef | FinetuneRef]:
+        """The sets whose gradients make a mix: pre-training sources, then fine-tuning sets."""
+        return [*self.pretraining_sets, *self.finetuning]
 
     def eval_sets(self) -> list[DataRef]:
         """Every set whose loss is evaluated: pre-training, fine-tuning, retention, targets."""
-        return [self.pretraining, *self.finetuning, *self.retention, *self.targets]
+        return [*self.pretraining_sets, *self.finetuning, *self.retention, *self.targets]
 
     def guarded(self, name: str) -> bool:
         """Whether the drift of the set called ``name`` must stay within the tolerance."""
         if name not in {ref.name for ref in self.eval_sets()}:
             return False
         role = self.role(name)
-        return role is Role.retention or (
-            role is Role.pretraining and self.pretraining.within_tolerance
+        return role is Role.retention or any(
+            ref.name == name and ref.within_tolerance for ref in self.pretraining_sets
         )
 
     def role(self, name: str) -> Role:
@@ -545,7 +612,7 @@ class SweepSpec(_Strict):
         Raises:
             KeyError: when no evaluation set has that name.
         """
-        if name == self.pretraining.name:
+        if any(ref.name == name for ref in self.pretraining_sets):
             return Role.pretraining
         groups: tuple[tuple[Role, list[FinetuneRef] | list[DataRef]], ...] = (
             (Role.finetuning, self.finetuning),
@@ -571,9 +638,13 @@ class SweepSpec(_Strict):
 
     @property
     def slots(self) -> int:
-        """Measurement tasks: one per candidate ratio, or one per trial of a range."""
+        """Measurement tasks: one per candidate ratio or mix, or one per trial of a search."""
         if self.ratios is not None:
             return len(self.screen_ratios)
+        if self.mixes is not None:
+            return len(self.mixes)
+        if self.mix_search is not None:
+            return self.mix_search.trials
         assert self.ratio_range is not None
         return self.ratio_range.trials
 
@@ -584,6 +655,8 @@ class SweepSpec(_Strict):
             return 0
         if self.ratios == "auto":
             return min(self.trajectory.ratios, len(AUTO_SCREEN_RATIOS))
+        if self.mixes is not None:
+            return len(self.mixes)
         return len(self.screen_ratios)
 
     def lr_at(self, step: int) -> float:
@@ -596,7 +669,7 @@ class SweepSpec(_Strict):
         Fields added later are left out while absent, so a spec written before them keeps its
         fingerprint (a retried submission still matches the sweep it made).
         """
-        data = self.model_dump(mode="json")
+        data = omit_unset(self.model_dump(mode="json"))
         for key in _LATER_FIELDS:
             if data.get(key) is None:
                 data.pop(key, None)
@@ -677,6 +750,13 @@ def check_limits(spec: SweepSpec, limits: Limits) -> None:
             len(spec.rate_grid or []),
             limits.max_learning_rates,
             "SHARPMIX_MAX_LEARNING_RATES",
+        ),
+        ("mixes", len(spec.mixes or ()), limits.max_ratios, "SHARPMIX_MAX_RATIOS"),
+        (
+            "mix_search.trials",
+            spec.mix_search.trials if spec.mix_search else 0,
+            limits.max_trials,
+            "SHARPMIX_MAX_TRIALS",
         ),
     ]
     for field, value, limit, variable in checks:

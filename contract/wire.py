@@ -95,6 +95,11 @@ class TrialOut(BaseModel):
         description="With a rate grid in the spec: the one-step loss change at each of its "
         "rates, ascending (null without a grid).",
     )
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="The measured mix: share per pre-training source and fine-tuning set "
+        "('ratio' is their pre-training total); null for rows measured before it was recorded.",
+    )
 
 
 class TrajectoryPointOut(BaseModel):
@@ -118,6 +123,10 @@ class RatioTrajectory(BaseModel):
     """One ratio's trajectory: its state, its points so far and, once done, its forecast."""
 
     ratio: float | None
+    weights: dict[str, float] | None = Field(
+        default=None,
+        description="A listed k-domain mix's share per set ('ratio' is their pre-training total).",
+    )
     state: str = Field(description="queued, running, done, failed or cancelled.")
     pruned: bool = Field(description="Stopped early: it had clearly left the basin.")
     steps_done: int

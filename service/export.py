@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from contract.mix import ratio_weights
 from contract.spec import SweepSpec
 
 __all__ = ["FORMATS", "ExportError", "ExportFile", "SourceShare", "render_export", "shares"]
@@ -75,19 +76,32 @@ class ExportFile:
 
 
 def shares(
-    spec: SweepSpec, ratio: float, sources: dict[str, Any] | None
+    spec: SweepSpec,
+    ratio: float,
+    sources: dict[str, Any] | None,
+    weights: dict[str, float] | None = None,
 ) -> tuple[list[SourceShare], list[str]]:
     """Token and (where the counts are known) example shares of every set at ``ratio``.
+
+    Args:
+        weights: The mix's share per pre-training source and fine-tuning set (a k-domain
+            recommendation's); None splits ``ratio`` by the sets' relative weights.
 
     Returns:
         The sets in the sweep's order (pre-training first) and the warnings of the conversion.
     """
     if not (math.isfinite(ratio) and 0.0 <= ratio <= 1.0):
         raise ExportError(f"ratio must lie in [0, 1], got {ratio}")
-    total = sum(ref.weight for ref in spec.finetuning)
+    if weights is None and (spec.mixes is not None or spec.mix_search is not None):
+        raise ExportError(
+            "this sweep's candidates are k-domain mixes, which a ratio alone does not name; "
+            "export its recommended mix (leave out ratio=)"
+        )
+    named = weights if weights is not None else ratio_weights(spec, ratio)
+    pretraining = {ref.name for ref in spec.pretraining_sets}
     refs: list[tuple[Any, Literal["pretraining", "finetuning"], float]] = [
-        (spec.pretraining, "pretraining", ratio),
-        *((ref, "finetuning", (1.0 - ratio) * ref.weight / total) for ref in spec.finetuning),
+        (ref, "pretraining" if ref.name in pretraining else "finetuning", named.get(ref.name, 0.0))
+        for ref in spec.direction_sets()
     ]
     counts = sources or {}
     rows: list[SourceShare] = []
@@ -105,11 +119,11 @@ def shares(
         )
     warnings: list[str] = []
     if all(row.tokens_per_example for row in rows):
-        weights = [row.token_share / (row.tokens_per_example or 1.0) for row in rows]
-        total = sum(weights)
+        per_example = [row.token_share / (row.tokens_per_example or 1.0) for row in rows]
+        total = sum(per_example)
         rows = [
             SourceShare(**{**vars(row), "example_share": w / total})
-            for row, w in zip(rows, weights, strict=True)
+            for row, w in zip(rows, per_example, strict=True)
         ]
     else:
         warnings.append(
@@ -127,6 +141,7 @@ def render_export(
     ratio: float,
     basis: str | None,
     sources: dict[str, Any] | None,
+    weights: dict[str, float] | None = None,
 ) -> ExportFile:
     """The export file of one format.
 
@@ -138,6 +153,7 @@ def render_export(
         basis: The recommendation's basis (``first_step``/``trajectory``), or None for a ratio
             the caller chose.
         sources: The sweep's recorded ``{name: {"tokens", "documents"}}``, if any.
+        weights: The mix's share per set (a k-domain recommendation's), see `shares`.
 
     Raises:
         ExportError: An unknown format, a ratio outside [0, 1], or an example-share format for
@@ -145,7 +161,7 @@ def render_export(
     """
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    rows, warnings = shares(spec, ratio, sources)
+    rows, warnings = shares(spec, ratio, sources, weights)
     if fmt in _EXAMPLE_FORMATS and rows[0].example_share is None:
         raise ExportError(
             f"format {fmt} samples examples, and this sweep has no token counts of its data "

@@ -100,7 +100,11 @@ def sweep_fingerprint(spec: SweepSpec, settings: Settings) -> dict[str, str]:
         OSError: when a file cannot be read.
     """
     parts = {"model": _model_part(spec, settings)}
-    fields = {spec.pretraining.name: "pretraining"}
+    listed = isinstance(spec.pretraining, list)
+    fields = {
+        ref.name: f"pretraining[{i}]" if listed else "pretraining"
+        for i, ref in enumerate(spec.pretraining_sets)
+    }
     for group in ("finetuning", "retention", "targets"):
         for i, ref in enumerate(getattr(spec, group)):
             fields[ref.name] = f"{group}[{i}]"

@@ -77,9 +77,7 @@ def check_paths(spec: SweepSpec, settings: Settings) -> None:
         InvalidRequestError: naming the first field at fault.
     """
     roots = settings.roots
-    refs: list[tuple[str, DataRef]] = [("pretraining", spec.pretraining)]
-    for group in ("finetuning", "retention", "targets"):
-        refs += [(f"{group}[{i}]", ref) for i, ref in enumerate(getattr(spec, group))]
+    refs = _data_refs(spec)
     if spec.model.path is not None:
         resolve_under_roots(spec.model.path, roots, field="model.path")
     if spec.model.optimizer_state is not None:
@@ -110,15 +108,25 @@ def check_files(spec: SweepSpec, settings: Settings) -> None:
         )
         with _os_errors("model.optimizer_state"):
             _check_safetensors(state, "model.optimizer_state")
-    refs: list[tuple[str, DataRef]] = [("pretraining", spec.pretraining)]
-    for group in ("finetuning", "retention", "targets"):
-        refs += [(f"{group}[{i}]", ref) for i, ref in enumerate(getattr(spec, group))]
+    refs = _data_refs(spec)
     for prefix, ref in refs:
         if ref.path is None:
             continue
         location = resolve_under_roots(ref.path, roots, field=f"{prefix}.path")
         with _os_errors(f"{prefix}.path"):
             _check_data(location, ref.text_field, prefix)
+
+
+def _data_refs(spec: SweepSpec) -> list[tuple[str, DataRef]]:
+    """Every data set with its field: each pre-training source, then the other groups."""
+    listed = isinstance(spec.pretraining, list)
+    refs: list[tuple[str, DataRef]] = [
+        (f"pretraining[{i}]" if listed else "pretraining", ref)
+        for i, ref in enumerate(spec.pretraining_sets)
+    ]
+    for group in ("finetuning", "retention", "targets"):
+        refs += [(f"{group}[{i}]", ref) for i, ref in enumerate(getattr(spec, group))]
+    return refs
 
 
 @contextmanager

@@ -33,7 +33,7 @@ def render_trajectory_plot(spec: SweepSpec, data: TrajectoriesOut) -> bytes:
     figure = Figure(figsize=(11, 4.6), dpi=100)
     FigureCanvasAgg(figure)
     drift_axes, sharp_axes = figure.subplots(1, 2)
-    name = spec.pretraining.name
+    name = spec.pretraining_sets[0].name  # the first source stands for pre-training
     drift_axes.axhspan(-1e9, spec.tolerance, color="tab:green", alpha=0.08, lw=0)
     drift_axes.axhline(spec.tolerance, color="tab:green", ls="--", lw=1, label="tolerance")
     last_step = 0
@@ -43,7 +43,12 @@ def render_trajectory_plot(spec: SweepSpec, data: TrajectoriesOut) -> bytes:
         points = [p for p in entry.points if p.eval_set == name and p.drift is not None]
         if not points:
             continue
-        label = f"r = {entry.ratio:g}" + (" (pruned)" if entry.pruned else "")
+        mix = (  # a listed k-domain mix is named by its shares, not only its ratio
+            ", ".join(f"{n} {w:.2g}" for n, w in entry.weights.items())
+            if entry.weights is not None
+            else f"r = {entry.ratio:g}"
+        )
+        label = mix + (" (pruned)" if entry.pruned else "")
         steps = [p.step for p in points]
         drifts = [p.drift or 0.0 for p in points]
         last_step = max(last_step, *steps)

@@ -432,7 +432,7 @@ def _sweeps_trials(args: argparse.Namespace, settings: Settings) -> int:
     ]
     rows = [
         [
-            f"{t.ratio:g}",
+            _ratio_or_mix(t.ratio, t.weights),
             t.eval_set,
             t.role,
             t.status,
@@ -449,6 +449,13 @@ def _sweeps_trials(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _ratio_or_mix(ratio: float, weights: dict[str, float] | None) -> str:
+    """A ratio, with its mix's shares when more than two sets make it (k-domain mixes)."""
+    if weights is None or len(weights) <= 2:
+        return f"{ratio:g}"
+    return f"{ratio:g} (" + ", ".join(f"{n} {w:.3g}" for n, w in weights.items()) + ")"
+
+
 def _sweeps_recommendation(args: argparse.Namespace, settings: Settings) -> int:
     with _client(args, settings) as client:
         rec = client.recommendation(args.sweep_id)
@@ -460,6 +467,8 @@ def _sweeps_recommendation(args: argparse.Namespace, settings: Settings) -> int:
         f"recommended pre-training ratio: {answer} (objective {rec.objective}, "
         f"confidence {rec.confidence})"
     )
+    if rec.weights is not None and len(rec.weights) > 2:
+        print(f"  recommended mix: {_ratio_or_mix(rec.ratio or 0.0, rec.weights)}")
     print(f"  {rec.reason}")
     print(
         f"  flat rule {_num(rec.flat_ratio)}, balanced {_num(rec.balanced_ratio)}, loss-change "

@@ -51,7 +51,7 @@ class GradientStore:
         basis = {
             "fingerprint": fingerprint,
             # The order of the direction sets is the order of the gradients.
-            "directions": [spec.pretraining.name, *(ref.name for ref in spec.finetuning)],
+            "directions": [ref.name for ref in spec.direction_sets()],
             "dtype": str(dtype),
             "device": torch.device(device).type,
         }

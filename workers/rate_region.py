@@ -131,12 +131,20 @@ def _stable(
 
 
 def _pretraining_changes(spec: SweepSpec, rows: list[RateRow]) -> list[tuple[float, float]]:
-    row = next((r for r in rows if r.eval_set == spec.pretraining.name), None)
-    pairs: Sequence[Sequence[float | None]] | None = getattr(row, "rate_loss_changes", None)
+    """Per rate, the one-step loss change of the pre-training set (the largest over several)."""
+    names = {ref.name for ref in spec.pretraining_sets}
+    by_rate: dict[float, list[float]] = {}
+    for row in rows:
+        if row.eval_set not in names:
+            continue
+        pairs: Sequence[Sequence[float | None]] | None = getattr(row, "rate_loss_changes", None)
+        for lr, change in pairs or ():
+            if lr is not None:
+                values = by_rate.setdefault(float(lr), [])
+                values.append(math.nan if change is None else float(change))
     return [
-        (float(lr), math.nan if change is None else float(change))
-        for lr, change in pairs or ()
-        if lr is not None
+        (lr, max((v for v in values if math.isfinite(v)), default=math.nan))
+        for lr, values in sorted(by_rate.items())
     ]
 
 

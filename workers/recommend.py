@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from contract.mix import ratio_weights
 from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
 from contract.spec import RETENTION_ROLES, SweepSpec
 from workers.rate_region import rate_region
@@ -61,6 +62,7 @@ class TrajectoryRow(Protocol):
 class _Ratio:
     ratio: float
     rows: dict[str, MeasurementRow]
+    weights: dict[str, float] | None = None  # a k-domain mix's own (None: the ratio form's)
 
     def retention_low(self) -> float:
         """Smallest lower bound of eta_c over pre-training and retention sets (0: rises at once)."""
@@ -114,7 +116,13 @@ def recommend(
         The recommendation with its evidence.
     """
     measurements = list(measurements)
-    first = _first_step(spec, measurements, noise)
+    if spec.mixes is not None or spec.mix_search is not None:
+        # Imported here: recommend_mix builds on this module's helpers.
+        from workers.recommend_mix import recommend_mixes
+
+        first = recommend_mixes(spec, measurements, noise=noise)
+    else:
+        first = _first_step(spec, measurements, noise)
     if not trajectories and spec.trajectory is None:
         answer = first
     else:
@@ -139,13 +147,16 @@ def _first_step(
 
     ranking = []
     for entry in ratios:
-        pt_row = entry.rows.get(spec.pretraining.name)
+        pt_lows = [_low(row) for row in entry.rows.values() if row.role == "pretraining"]
         ranking.append(
             RatioRank(
                 ratio=entry.ratio,
+                weights=entry.weights
+                if entry.weights is not None
+                else ratio_weights(spec, entry.ratio),
                 pretraining_loss_change=entry.loss_change(("pretraining",), weights),
                 finetuning_loss_change=entry.loss_change(("finetuning",), weights),
-                eta_c_pretraining_low=_low(pt_row) if pt_row is not None else None,
+                eta_c_pretraining_low=min(pt_lows) if pt_lows else None,
                 min_eta_c=entry.min_eta_c(),
                 in_basin=entry.retention_low() > lr,
             )
@@ -188,6 +199,7 @@ def _first_step(
     return Recommendation(
         objective=spec.objective,
         ratio=chosen,
+        weights=ratio_weights(spec, chosen) if chosen is not None else None,
         reason=reason,
         basis="first_step",
         learning_rate=lr,
@@ -362,6 +374,8 @@ def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
         gain = -sum(weights.get(f.eval_set, 1.0) * (f.drift or 0.0) for f in tuning) / total
     return TrajectoryVerdict(
         ratio=row.ratio if row.ratio is not None else math.nan,
+        # A listed k-domain mix's task row carries its weights (rows of ratio sweeps have none).
+        weights=getattr(row, "weights", None),
         steps_done=row.steps_done,
         pruned=row.pruned,
         retention_drift=drift,
@@ -375,7 +389,14 @@ def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
 def _on_trajectories(
     spec: SweepSpec, first: Recommendation, rows: Sequence[TrajectoryRow]
 ) -> Recommendation:
-    verdicts = sorted((_verdict(spec, row) for row in rows), key=lambda v: v.ratio)
+    # By ratio (rounded: 0.1 + 0.2 is 0.3), then the least drift: mixes can share a ratio.
+    verdicts = sorted(
+        (_verdict(spec, row) for row in rows),
+        key=lambda v: (
+            round(v.ratio, 9),
+            v.retention_drift_high if v.retention_drift_high is not None else math.inf,
+        ),
+    )
     chosen = next((v for v in verdicts if v.within_tolerance), None)
     n, tol = spec.planned_steps, spec.tolerance
     if not verdicts:
@@ -412,6 +433,9 @@ def _on_trajectories(
             if chosen.ratio >= 1.0
             else f"ratio {chosen.ratio:g}"
         )
+        if chosen.weights is not None:
+            named = ", ".join(f"{n} {w:.3g}" for n, w in chosen.weights.items())
+            share = f"the mix {named} (ratio {chosen.ratio:g})"
         gain = (
             f", while the fine-tuning loss falls by a forecast {chosen.finetuning_gain:.3g} nats"
             if chosen.finetuning_gain is not None
@@ -433,14 +457,15 @@ def _on_trajectories(
     return first.model_copy(
         update={
             "ratio": chosen.ratio if chosen is not None else None,
+            "weights": _weights_of(spec, chosen),
             "reason": reason,
             "basis": "trajectory",
             "forecast_drift": chosen.retention_drift if chosen else None,
             "forecast_drift_high": chosen.retention_drift_high if chosen else None,
             "finetuning_gain": chosen.finetuning_gain if chosen else None,
             "trajectories": verdicts,
-            "in_basin": _first_in_basin(first, chosen.ratio) if chosen else None,
-            "max_stable_lr": _first_stable(first, chosen.ratio) if chosen else None,
+            "in_basin": _first_in_basin(first, chosen) if chosen else None,
+            "max_stable_lr": _first_stable(first, chosen) if chosen else None,
             "confidence": _trajectory_confidence(chosen, spec),
             "warnings": warnings,
         }
@@ -451,13 +476,26 @@ def _nats(value: float | None) -> str:
     return "unbounded" if value is None else f"{value:+.3g} nats"
 
 
-def _first_in_basin(first: Recommendation, ratio: float) -> bool | None:
-    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+def _weights_of(spec: SweepSpec, chosen: TrajectoryVerdict | None) -> dict[str, float] | None:
+    if chosen is None:
+        return None
+    return chosen.weights if chosen.weights is not None else ratio_weights(spec, chosen.ratio)
+
+
+def _rank_of(first: Recommendation, verdict: TrajectoryVerdict) -> RatioRank | None:
+    # A listed mix is found by its weights (mixes can share a ratio), a ratio by its value.
+    if verdict.weights is not None:
+        return next((r for r in first.ranking if r.weights == verdict.weights), None)
+    return next((r for r in first.ranking if r.ratio == verdict.ratio), None)
+
+
+def _first_in_basin(first: Recommendation, verdict: TrajectoryVerdict) -> bool | None:
+    rank = _rank_of(first, verdict)
     return rank.in_basin if rank is not None else None
 
 
-def _first_stable(first: Recommendation, ratio: float) -> float | None:
-    rank = next((r for r in first.ranking if r.ratio == ratio), None)
+def _first_stable(first: Recommendation, verdict: TrajectoryVerdict) -> float | None:
+    rank = _rank_of(first, verdict)
     return rank.eta_c_pretraining_low if rank is not None else None
 
 

@@ -4,6 +4,9 @@ The study is named after the sweep (``sharpmix-<id>``), so ``optuna trials --stu
 --storage $SHARPMIX_DATABASE_URL`` and optuna-dashboard open it. Each task of a sweep is one trial:
 
 - a candidate list fixes the trial's ratio (``PartialFixedSampler``); a range lets TPE choose it;
+- k-domain mixes: a listed mix fixes the trial's weights (``w:<set>``, by the task's slot); a
+  ``mix_search`` lets TPE choose stick-breaking numbers (``u<j>``) that `contract.mix` maps into
+  the bounded simplex; either way the task's ratio is the mix's pre-training total;
 - objective ``flat_pretraining``: minimise the ratio subject to the flat-pre-training constraint
   ``log10(lr / lower bound of eta_c on retention sets) <= 0`` (feasible = in the basin); an
   infeasible trial's value is ``1 + margin``, so the best trial is the smallest feasible ratio;
@@ -33,11 +36,13 @@ from optuna.samplers import BaseSampler, PartialFixedSampler, TPESampler
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from contract.mix import MixShare, domains, explicit_mix, search_dimensions, searched_mix
 from contract.results import MeasurementResult, PointResult, TrialRecords
 from contract.spec import RETENTION_ROLES, SweepSpec
 from workers.trajectory import RISING_OVER, Trajectory
 
 RATIO = "ratio"
+WEIGHT = "w:"  # a listed mix's parameter per set: w:<name>
 CONSTRAINT_ATTR = "flat_pretraining_constraint"
 CONSTRAINTS_KEY = "constraints"
 CLEARLY_OUT_OF_BASIN = math.log10(4.0)
@@ -105,12 +110,28 @@ def open_study(
 
 
 def ask(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.Trial, float]:
-    """Start the task's trial and read its ratio."""
+    """Start the task's trial and read its ratio (a :class:`MixShare` for k-domain mixes)."""
     trial = study.ask()
+    if spec.mixes is not None or spec.mix_search is not None:
+        return trial, ask_mix(trial, spec)
     low, high = (
         (0.0, 1.0) if spec.ratio_range is None else (spec.ratio_range.low, spec.ratio_range.high)
     )
     return trial, trial.suggest_float(RATIO, low, high)
+
+
+def ask_mix(trial: optuna.Trial, spec: SweepSpec) -> MixShare:
+    """The trial's mix: a listed one (its weights fixed by the sampler as ``w:<set>``) or a
+    searched one (``u<j>`` stick-breaking numbers, `contract.mix.searched_mix`); the weights are
+    stored as user attributes ``weight:<set>`` for optuna-dashboard."""
+    if spec.mixes is not None:
+        weights = {d.name: trial.suggest_float(WEIGHT + d.name, 0.0, 1.0) for d in domains(spec)}
+    else:
+        u = [trial.suggest_float(f"u{j}", 0.0, 1.0) for j in range(search_dimensions(spec))]
+        weights = searched_mix(spec, u)
+    for name, share in weights.items():
+        trial.set_user_attr(f"weight:{name}", share)
+    return MixShare(spec, weights)
 
 
 def report(trial: optuna.Trial, spec: SweepSpec, step: int, results: dict[str, float]) -> bool:
@@ -277,7 +298,8 @@ def open_trajectory_study(
         study_name=f"{name}-trajectory",
         storage=store,
         direction="minimize",
-        sampler=_sampler(spec, slot, ratio),
+        # The trajectory's ratio, also for a listed k-domain mix (the task's ratio carries it).
+        sampler=_with_fixed(spec, slot, {RATIO: ratio}),
         pruner=DriftPruner(spec.tolerance, burn_in=_burn_in(spec)),
         load_if_exists=True,
     )
@@ -347,19 +369,30 @@ def _burn_in(spec: SweepSpec) -> int:
 
 
 def _sampler(spec: SweepSpec, slot: int, ratio: float | None) -> BaseSampler:
+    """The measurement study's sampler for the task in ``slot``."""
+    fixed: dict[str, Any] | None = {RATIO: ratio} if ratio is not None else None
+    if spec.mixes is not None:
+        # A listed mix is the slot's, whatever ratio its task row holds.
+        fixed = {WEIGHT + name: w for name, w in explicit_mix(spec, slot).items()}
+    elif spec.mix_search is not None:
+        fixed = None
+    return _with_fixed(spec, slot, fixed)
+
+
+def _with_fixed(spec: SweepSpec, slot: int, fixed: dict[str, Any] | None) -> BaseSampler:
     # TPE reads the flat-pre-training constraint that `tell` sets on each trial.
     base = TPESampler(seed=spec.seed + slot, n_startup_trials=max(2, min(5, spec.slots // 3)))
-    if ratio is None:
+    if fixed is None:
         return base
     with warnings.catch_warnings():  # experimental since Optuna 2.4, stable in use since
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return PartialFixedSampler({RATIO: ratio}, base)
+        return PartialFixedSampler(fixed, base)
 
 
 def _pruner(spec: SweepSpec) -> BasePruner:
     if spec.objective == "flat_pretraining":
         return BasinPruner()
-    if spec.objective == "balanced" and spec.ratio_range is not None:
+    if spec.objective == "balanced" and (spec.ratio_range or spec.mix_search) is not None:
         return MedianPruner(n_startup_trials=3, n_warmup_steps=1)
     return NopPruner()
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from contract.mix import MixShare, ratio_weights
 from contract.results import BatchResult, MeasurementResult, Status
 from contract.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
@@ -93,7 +94,7 @@ class PreparedSweep:
     model: nn.Module
     eval_batches: dict[str, Tensor]  # name -> (B, sequences, seq_len) token ids
     loss0: dict[str, list[float]]  # name -> L_e(theta) per evaluation batch
-    gradients: list[DomainGradients]  # per direction batch: [pretraining, finetuning...]
+    gradients: list[DomainGradients]  # per direction batch: spec.direction_sets() in order
     transform: DirectionFn
     micro_batch: int
     backwards: int
@@ -120,7 +121,8 @@ class PreparedSweep:
         """Measure eta_c and the one-step loss change at the planned rate for one ratio.
 
         Args:
-            ratio: Fraction of pre-training tokens in the mix.
+            ratio: Fraction of pre-training tokens in the mix; a :class:`MixShare` carries the
+                weights of a k-domain mix (``mixes``, ``mix_search``) as well.
             on_batch: Called after each direction batch; returning False prunes the ratio (the
                 batches done so far are kept). It may raise :class:`TaskAbortedError`.
 
@@ -128,7 +130,8 @@ class PreparedSweep:
             One measurement per evaluation set.
         """
         spec = self.spec
-        weights = mix_weights(spec, ratio)
+        named = named_weights(spec, ratio)
+        weights = [named[ref.name] for ref in spec.direction_sets()]
         names = [ref.name for ref in spec.eval_sets()]
         per_set: dict[str, list[CriticalLR]] = {name: [] for name in names}
         changes: dict[str, list[float]] = {name: [] for name in names}
@@ -169,7 +172,7 @@ class PreparedSweep:
                 pruned = True
                 break
         measurements = [
-            _summary(spec, name, per_set[name], changes[name], self.loss0[name], pruned)
+            _summary(spec, name, per_set[name], changes[name], self.loss0[name], pruned, named)
             for name in names
         ]
         if rates:
@@ -206,9 +209,16 @@ class PreparedSweep:
 
 
 def mix_weights(spec: SweepSpec, ratio: float) -> list[float]:
-    """Simplex weights over [pre-training, fine-tuning sets...] for a pre-training ratio."""
-    total = sum(ref.weight for ref in spec.finetuning)
-    return [ratio, *((1.0 - ratio) * ref.weight / total for ref in spec.finetuning)]
+    """Simplex weights over ``spec.direction_sets()`` for a pre-training ratio (or a mix)."""
+    named = named_weights(spec, ratio)
+    return [named[ref.name] for ref in spec.direction_sets()]
+
+
+def named_weights(spec: SweepSpec, ratio: float) -> dict[str, float]:
+    """The mix's share per direction set: a :class:`MixShare`'s own, else the ratio form's."""
+    if isinstance(ratio, MixShare):
+        return dict(ratio.weights)
+    return ratio_weights(spec, ratio)
 
 
 def prepare(
@@ -266,7 +276,7 @@ def prepare(
     check_model_fits(model.config, tokenizer, seq_len=spec.seq_len)
     check()
     sequences = spec.sequences_per_batch
-    direction_sets = [spec.pretraining, *spec.finetuning]
+    direction_sets = spec.direction_sets()
     direction_names = {ref.name for ref in direction_sets}
 
     groups = field_names(spec)
@@ -473,7 +483,11 @@ def data_source(ref: DataRef) -> DataSource:
 
 def field_names(spec: SweepSpec) -> dict[str, str]:
     """Each data set's field in the spec (``finetuning[0]``), for error messages."""
-    names = {spec.pretraining.name: "pretraining"}
+    listed = isinstance(spec.pretraining, list)
+    names = {
+        ref.name: f"pretraining[{i}]" if listed else "pretraining"
+        for i, ref in enumerate(spec.pretraining_sets)
+    }
     for group in ("finetuning", "retention", "targets"):
         for i, ref in enumerate(getattr(spec, group)):
             names[ref.name] = f"{group}[{i}]"
@@ -487,6 +501,7 @@ def _summary(
     changes: list[float],
     loss0: list[float],
     pruned: bool,
+    weights: dict[str, float],
 ) -> MeasurementResult:
     stats = summarize(results, warn=False)
     point, low, high = eta_estimate(results, stats)
@@ -515,6 +530,7 @@ def _summary(
             )
             for b, r in enumerate(results)
         ],
+        weights=weights,
     )
 
 
@@ -533,6 +549,7 @@ __all__ = [
     "default_micro_batch_tokens",
     "field_names",
     "mix_weights",
+    "named_weights",
     "optimizer_hyper",
     "prepare",
 ]

@@ -396,7 +396,7 @@ class _Streams:
         self.size = spec.sequences_per_batch
         self.device = next(prepared.model.parameters()).device
         self.weights = mix_weights(spec, ratio)
-        refs = [spec.pretraining, *spec.finetuning]
+        refs = spec.direction_sets()
         groups = field_names(spec)
         # Rows 0 .. 2B*S-1 of each direction set's seeded order are its direction and
         # evaluation batches (workers.sweep.prepare); training starts after them.

@@ -88,6 +88,7 @@ def trial_out(row: Measurement) -> TrialOut:
             if row.rate_loss_changes is not None
             else None
         ),
+        weights=row.weights,
     )
 
 
@@ -127,6 +128,7 @@ def trajectories_out(
         ratios=[
             RatioTrajectory(
                 ratio=task.ratio,
+                weights=task.weights,
                 state=task.state.value,
                 pruned=task.pruned,
                 steps_done=task.steps_done,

@@ -155,6 +155,9 @@ class SweepTask(Base):
     steps_done: Mapped[int] = mapped_column(Integer, default=0)
     pruned: Mapped[bool] = mapped_column(Boolean, default=False)
     forecast: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # A listed k-domain mix's share per set (its trajectory task steps on it); None: the ratio
+    # says the mix.
+    weights: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
@@ -190,6 +193,9 @@ class Measurement(Base):
     per_batch: Mapped[list[Any]] = mapped_column(JSON)
     # Issue 11, part 2: [[rate, mean one-step loss change], ...] over the spec's rate grid.
     rate_loss_changes: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # The measured mix: share per pre-training source and fine-tuning set (None: measured
+    # before revision 0007, when a ratio alone said it).
+    weights: Mapped[dict[str, float] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.mix import MixShare
 from contract.recommendation import Recommendation
 from contract.results import (
     BatchResult,
@@ -148,6 +149,7 @@ def claim_task(
                 SweepTask.attempts,
                 SweepTask.optuna_trial_number,
                 SweepTask.kind,
+                SweepTask.weights,
             )
         ).one_or_none()
         if row is None:
@@ -159,15 +161,17 @@ def claim_task(
             .values(state=SweepState.running, started_at=now, updated_at=now)
         )
         sweep = session.get_one(Sweep, row.sweep_id)
+        spec = SweepSpec.model_validate(sweep.spec)
         claimed = ClaimedTask(
             task_id=row.id,
             sweep_id=row.sweep_id,
             slot=row.slot,
-            ratio=row.ratio,
+            # A listed k-domain mix's task: its ratio carries the mix (contract.mix.MixShare).
+            ratio=MixShare(spec, row.weights) if row.weights is not None else row.ratio,
             attempts=row.attempts,
             optuna_trial_number=row.optuna_trial_number,
             study_name=sweep.study_name,
-            spec=SweepSpec.model_validate(sweep.spec),
+            spec=spec,
             kind=TaskKind(row.kind),
             fingerprint=sweep.fingerprint,
         )
@@ -625,6 +629,7 @@ def _measurement_row(task: ClaimedTask, ratio: float, m: MeasurementResult) -> M
             if m.rate_loss_changes is not None
             else None
         ),
+        weights=m.weights,
     )
 
 
@@ -651,6 +656,7 @@ def _as_result(row: Measurement) -> MeasurementResult:
             if row.rate_loss_changes is not None
             else None
         ),
+        weights=row.weights,
     )
 
 

@@ -74,7 +74,16 @@ def add_candidates(
             )
         spec = SweepSpec.model_validate(sweep.spec)
         if not isinstance(spec.ratios, list):
-            kind = "'ratios: auto'" if spec.ratios == "auto" else "'ratio_range'"
+            kind = next(
+                f"'{name}'"
+                for name, value in (
+                    ("ratios: auto", spec.ratios),
+                    ("ratio_range", spec.ratio_range),
+                    ("mixes", spec.mixes),
+                    ("mix_search", spec.mix_search),
+                )
+                if value is not None
+            )
             raise ConflictError(
                 f"sweep {sweep_id} has {kind}, not a list of ratios; candidates can be added to a "
                 "sweep of listed ratios (submit a new sweep with warm_start_from instead)"

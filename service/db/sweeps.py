@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from contract.mix import explicit_mix, pretraining_share
 from contract.recommendation import Recommendation
 from contract.spec import SweepSpec
 from contract.states import SweepState, TaskKind, TaskState
@@ -120,7 +121,20 @@ def _add_sweep_without_commit(
         SweepTask(slot=slot, ratio=ratio, kind=TaskKind.measure, state=TaskState.queued)
         for slot, ratio in enumerate(ratios)
     ]
-    if spec.trajectory is not None and spec.ratios != "auto":
+    if spec.trajectory is not None and spec.mixes is not None:
+        # Listed k-domain mixes: each steps on its own weights (queue.claim_task hands them on).
+        mixes = [explicit_mix(spec, slot) for slot in range(len(spec.mixes))]
+        sweep.tasks += [
+            SweepTask(
+                slot=spec.slots + i,
+                ratio=pretraining_share(spec, mix),
+                weights=mix,
+                kind=TaskKind.trajectory,
+                state=TaskState.queued,
+            )
+            for i, mix in enumerate(mixes)
+        ]
+    elif spec.trajectory is not None and spec.ratios != "auto":
         # Listed ratios: every one gets a trajectory at once. For 'auto' the screen chooses them
         # when its last measurement lands (queue.complete_task).
         sweep.tasks += [

@@ -7,8 +7,10 @@ The run (experiment ``SHARPMIX_MLFLOW_EXPERIMENT``, named ``sweep-<id>``) holds:
 - metrics: per ratio and evaluation set ``eta_c/<set>``, ``eta_c_low/<set>``, ``eta_c_high/<set>``,
   ``sharpness/<set>``, ``loss/<set>`` and ``loss_change/<set>``, logged at step
   ``round(1000 * ratio)`` so MLflow's charts draw them against the ratio (in thousandths), and
-  the answer: ``recommended_ratio``, ``max_stable_lr``, the planned ``learning_rate``, the cost;
-- artifacts: ``plot.png`` (the lambda_c plot of the API), ``recommendation.json``, ``spec.json``;
+  the answer: ``recommended_ratio`` (and, for k-domain mixes, ``recommended_weight/<set>``),
+  ``max_stable_lr``, the planned ``learning_rate``, the cost;
+- artifacts: ``plot.png`` (the API's plot: lambda_c, or the table of k-domain mixes),
+  ``recommendation.json``, ``spec.json``;
 - tags: ``sharpmix.sweep_id``, ``sharpmix.state``, ``sharpmix.delivery_id``, and
   ``sharpmix.complete`` once everything above is written.
 
@@ -34,6 +36,7 @@ from service import plot
 from service.config import Settings
 from service.db.deliveries import DueDelivery, Outcome
 from service.db.models import Measurement, Sweep
+from service.mix_plot import render_mix_plot
 
 __all__ = ["flatten_params", "log_sweep", "public_spec", "ratio_step"]
 
@@ -97,6 +100,9 @@ def _metrics(
     if sweep.recommendation is not None:
         summary["recommended_ratio"] = sweep.recommendation.get("ratio")
         summary["max_stable_lr"] = sweep.recommendation.get("max_stable_lr")
+        # k-domain answers: the recommended mix's share of each set, beside its ratio.
+        for name, share in (sweep.recommendation.get("weights") or {}).items():
+            summary[f"recommended_weight/{name}"] = share
     out += [
         (key, float(value), 0)
         for key, value in summary.items()
@@ -116,7 +122,10 @@ def _write_artifacts(folder: Path, sweep: Sweep, measurements: list[Measurement]
         files[-1].write_text(json.dumps(sweep.recommendation, indent=2, sort_keys=True))
     if measurements:
         files.append(folder / "plot.png")
-        files[-1].write_bytes(plot.render_sweep_plot(spec, measurements, recommendation))
+        if spec.mixes is not None or spec.mix_search is not None:
+            files[-1].write_bytes(render_mix_plot(spec, measurements, recommendation))
+        else:
+            files[-1].write_bytes(plot.render_sweep_plot(spec, measurements, recommendation))
     return files
 
 

@@ -2,7 +2,8 @@
 
 optuna-dashboard (and ``optuna.load_study(...).user_attrs``) then shows, beside the trials, what
 the sweep concluded: ``answer_ratio`` (the recommended fraction of pre-training tokens, or None),
-``answer_trial`` (the number of the trial that measured it), ``objective``, ``planned_lr``,
+``answer_weights`` (the recommended mix's share of each set), ``answer_trial`` (the number of
+the trial that measured it), ``objective``, ``planned_lr``,
 ``reason``, ``flat_ratio``, ``balanced_ratio``, ``least_forgetting_ratio``, ``max_stable_lr``,
 ``in_basin``, ``confidence``, ``warnings`` and ``sweep_id``. Setting an attribute twice is
 harmless, so a retried delivery simply writes them again.
@@ -23,6 +24,7 @@ from service.db.models import Sweep
 __all__ = ["annotate_study", "study_attrs"]
 
 RATIO_PARAM = "ratio"  # the parameter name the workers' studies use
+WEIGHT_ATTR = "weight:"  # a k-domain trial's user attribute per set: weight:<name>
 
 
 def study_attrs(sweep: Sweep, answer_trial: int | None) -> dict[str, Any]:
@@ -31,6 +33,7 @@ def study_attrs(sweep: Sweep, answer_trial: int | None) -> dict[str, Any]:
     return {
         "sweep_id": sweep.id,
         "answer_ratio": rec.get("ratio"),
+        "answer_weights": rec.get("weights"),
         "answer_trial": answer_trial,
         "objective": rec.get("objective"),
         "planned_lr": rec.get("learning_rate"),
@@ -43,6 +46,13 @@ def study_attrs(sweep: Sweep, answer_trial: int | None) -> dict[str, Any]:
         "confidence": rec.get("confidence"),
         "warnings": list(rec.get("warnings") or []),
     }
+
+
+def _same_mix(attrs: dict[str, Any], weights: dict[str, float]) -> bool:
+    return bool(weights) and all(
+        abs(float(attrs.get(f"{WEIGHT_ATTR}{name}", -1.0)) - share) < 1e-9
+        for name, share in weights.items()
+    )
 
 
 def annotate_study(delivery: DueDelivery, sweep: Sweep, store: RDBStorage) -> Outcome:
@@ -61,10 +71,16 @@ def annotate_study(delivery: DueDelivery, sweep: Sweep, store: RDBStorage) -> Ou
         if answer is not None:
             # Any state: the worker that finished the sweep may not have told its trial yet
             # (it writes the result first), but the trial holds its ratio from the start.
+            weights = (sweep.recommendation or {}).get("weights") or {}
             matching = [
                 t
                 for t in study.get_trials(deepcopy=False)
-                if t.params.get(RATIO_PARAM) == answer and t.state != TrialState.FAIL
+                if t.state != TrialState.FAIL
+                and (
+                    t.params.get(RATIO_PARAM) == answer
+                    # A k-domain trial has no ratio parameter: its mix is in its user attributes.
+                    or (RATIO_PARAM not in t.params and _same_mix(t.user_attrs, weights))
+                )
             ]
             matching.sort(key=lambda t: (t.state != TrialState.COMPLETE, t.number))
             trial = matching[0].number if matching else None

@@ -59,3 +59,32 @@ def test_the_example_demo_spec_is_the_demo_s_request() -> None:
     example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "demo.yaml").read_text())
     rel = Path("demo")
     assert example == demo_spec(rel / "model", rel / "general.jsonl", rel / "math.jsonl")
+
+
+def test_the_k3_demo_sweep_names_the_recommended_mix(
+    sweep_assets: SweepAssets, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from contract.spec import SweepSpec
+    from sharpmix.demo import DEMO_MIXES, demo_mix_spec, demo_sweeps
+
+    root = sweep_assets.root
+    spec = demo_mix_spec(
+        root / sweep_assets.model_dir, root / sweep_assets.general, root / "held.jsonl", root / "m"
+    )
+    assert SweepSpec.model_validate(spec).slots == len(DEMO_MIXES)
+    # The same request on the test's tiny assets (held-out text: the general file once more).
+    spec |= {
+        "pretraining": [
+            {"name": "general", "path": sweep_assets.general},
+            {"name": "general_heldout", "path": sweep_assets.general, "max": 0.5},
+        ],
+        "finetuning": [{"name": "math", "path": sweep_assets.math}],
+        "model": {"path": sweep_assets.model_dir},
+        "seq_len": 32,
+        "batch_tokens": 512,
+    }
+    settings = Settings(home=tmp_path / "home", allowed_roots=[root], device="cpu")
+    assert demo_sweeps(settings, [spec], plot_dir=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "k = 3 mixes" in out and "recommended mix:" in out
+    assert "3 backward passes" in out  # one per source and the fine-tuning set, for three mixes

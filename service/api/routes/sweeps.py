@@ -30,6 +30,7 @@ from service.db.models import Sweep
 from service.db.reads import SweepReader
 from service.export import ExportError, Format, render_export
 from service.fingerprint import fingerprint_or_none
+from service.mix_plot import render_mix_plot
 from service.notify import check_notify_url
 from service.preflight import check_files, check_limits, check_paths
 from service.trajectory_plot import render_trajectory_plot
@@ -192,7 +193,8 @@ def get_recommendation(sweep_id: str, tenant: TenantDep, session: SessionDep) ->
 )
 def get_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     """Critical sharpness against ratio per evaluation set, the 2/learning_rate line and the
-    recommended ratio; drawn from what exists, so a running sweep has one too."""
+    recommended ratio; for k-domain mixes a table of the mixes and their parallel coordinates
+    instead. Drawn from what exists, so a running sweep has one too."""
     sweep = sweeps.get_sweep(session, tenant.id, sweep_id)
     measurements = sweeps.list_measurements(session, tenant.id, sweep_id)
     if not measurements:
@@ -204,7 +206,11 @@ def get_plot(sweep_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     recommendation = None
     if sweep.state == SweepState.succeeded and sweep.recommendation is not None:
         recommendation = Recommendation.model_validate(sweep.recommendation)
-    png = plot.render_sweep_plot(SweepSpec.model_validate(sweep.spec), measurements, recommendation)
+    spec = SweepSpec.model_validate(sweep.spec)
+    if spec.mixes is not None or spec.mix_search is not None:  # k-domain: no line over a ratio
+        png = render_mix_plot(spec, measurements, recommendation)
+    else:
+        png = plot.render_sweep_plot(spec, measurements, recommendation)
     return Response(png, media_type="image/png")
 
 
@@ -255,6 +261,7 @@ def export_mix(
     the measured mean tokens per example of each data set."""
     sweep = sweeps.get_sweep(session, tenant.id, sweep_id)
     basis: str | None = None
+    weights: dict[str, float] | None = None
     if ratio is None:
         recommendation = sweeps.get_recommendation(session, tenant.id, sweep_id)
         if recommendation.ratio is None:
@@ -264,6 +271,7 @@ def export_mix(
                 "ratio= to export one of its candidates anyway",
             )
         ratio, basis = recommendation.ratio, recommendation.basis
+        weights = recommendation.weights
     try:
         exported = render_export(
             format,
@@ -272,6 +280,7 @@ def export_mix(
             ratio=ratio,
             basis=basis,
             sources=sweep.sources,
+            weights=weights,
         )
     except ExportError as error:
         raise HTTPException(status_code=409, detail=str(error)) from error

@@ -187,6 +187,9 @@ function renderRecommendation(sweep, rec) {
       el("strong", { id: "answer" }, rec.ratio === null ? "none qualifies" : num(rec.ratio)),
       ` (objective ${rec.objective}, confidence ${rec.confidence})`),
     el("p", { id: "reason" }, rec.reason));
+  if (rec.weights && rec.ratio !== null) {
+    box.append(el("p", { id: "answer-mix" }, "Recommended mix: ", el("strong", {}, mixLabel(rec.weights))));
+  }
   const pairs = [
     ["Planned learning rate", num(rec.learning_rate)],
     ["Largest stable learning rate for this mix", num(rec.max_stable_lr)],
@@ -246,7 +249,87 @@ function setsInOrder(trials) {
   return seen.sort((a, b) => (rank[a.role] ?? 9) - (rank[b.role] ?? 9));
 }
 
+function isMixSweep(spec) {
+  return Boolean(spec.mixes || spec.mix_search);
+}
+
+function mixLabel(weights) {
+  return weights ? Object.entries(weights).map(([name, share]) => `${name} ${num(share)}`).join(", ") : "–";
+}
+
+// k-domain mixes: one line per mix across parallel axes (its share of every set, then
+// log10(eta_c / lr) of its most fragile guarded set), as the server's plot draws them.
+function renderMixes(sweep, trials, rec) {
+  const lr = sweep.spec.learning_rate;
+  $("sharpness-heading").textContent = "Critical sharpness by mix";
+  $("sharpness-note").textContent = "One line per mix: its share of every pre-training source and " +
+    "fine-tuning set, then log10(eta_c / learning rate) of its most fragile pre-training or " +
+    "retention set (above the dash the first step stays in the basin).";
+  $("chart-sharpness").setAttribute("aria-label", "Each mix's shares and first-step margin on parallel axes");
+  const names = [];
+  const mixes = new Map();
+  for (const t of trials) {
+    if (!t.weights || t.status === "pruned") continue;
+    for (const name of Object.keys(t.weights)) if (!names.includes(name)) names.push(name);
+    const key = JSON.stringify(t.weights);
+    if (!mixes.has(key)) mixes.set(key, { weights: t.weights, lows: [] });
+    if (t.role === "pretraining" || t.role === "retention") {
+      mixes.get(key).lows.push(t.status === "increases_immediately" ? 0 : (t.eta_c_low ?? t.eta_c ?? 0));
+    }
+  }
+  const rows = [...mixes.values()].map((m) => {
+    const low = m.lows.length ? Math.min(...m.lows) : 0;
+    return { weights: m.weights, margin: Math.log10(Math.max(low, 1e-30) / lr) };
+  });
+  const chosen = rec !== null && rec.weights ? JSON.stringify(rec.weights) : null;
+  const span = Math.max(1, ...rows.map((r) => Math.abs(r.margin)).filter((v) => v < 20));
+  // Plain SVG lines (plotly's parcoords needs WebGL, which not every browser has): x is the
+  // axis index, the margin axis maps [-span, span] decades onto [0, 1] like a share.
+  const axes = [...names, "log10(eta_c / lr)"];
+  const kinds = [
+    ["out of the basin", "#d62728", 1.5, (r, best) => !best && r.margin <= 0],
+    ["first step in the basin", "#2ca02c", 1.5, (r, best) => !best && r.margin > 0],
+    ["recommended mix", "#000000", 4, (r, best) => best],
+  ];
+  const traces = kinds.map(([label, color, width, keep]) => {
+    const xs = [];
+    const ys = [];
+    const text = [];
+    for (const r of rows) {
+      if (!keep(r, chosen === JSON.stringify(r.weights))) continue;
+      const scaled = Math.max(0, Math.min(1, 0.5 + r.margin / (2 * span)));
+      xs.push(...axes.map((_, i) => i), null);
+      ys.push(...names.map((name) => r.weights[name] ?? 0), scaled, null);
+      text.push(...names.map((name) => num(r.weights[name] ?? 0)), num(r.margin), null);
+    }
+    return {
+      type: "scatter", mode: "lines+markers", name: label, x: xs, y: ys, text,
+      line: { color, width }, marker: { color, size: 6 }, connectgaps: false,
+      hovertemplate: "%{text}<extra>%{fullData.name}</extra>",
+    };
+  }).filter((t) => t.x.length);
+  Plotly.react($("chart-sharpness"), traces, {
+    margin: { t: 30, r: 20, b: 50, l: 70 }, font: { color: "#222" },
+    xaxis: { tickvals: axes.map((_, i) => i), ticktext: axes, range: [-0.2, axes.length - 0.8], zeroline: false },
+    yaxis: { title: { text: "share of the mix" }, range: [-0.03, 1.03] },
+    shapes: [{ type: "line", x0: names.length - 0.15, x1: names.length + 0.15, y0: 0.5, y1: 0.5, line: { color: "#000", dash: "dash", width: 1.5 } }],
+    annotations: [{ x: names.length, y: 0, yanchor: "top", text: `±${num(span)} decades; eta_c = lr at the dash`, showarrow: false, font: { size: 11 } }],
+    legend: { orientation: "h", y: -0.22 },
+  }, PLOT_CONFIG);
+}
+
+// The section's words for ratio sweeps, kept to put back after a mix sweep was shown.
+const SHARPNESS_WORDS = {};
+
 function renderSharpness(sweep, trials, rec) {
+  for (const id of ["sharpness-heading", "sharpness-note"]) SHARPNESS_WORDS[id] ??= $(id).textContent;
+  SHARPNESS_WORDS.label ??= $("chart-sharpness").getAttribute("aria-label");
+  if (isMixSweep(sweep.spec)) {
+    renderMixes(sweep, trials, rec);
+    return;
+  }
+  for (const id of ["sharpness-heading", "sharpness-note"]) $(id).textContent = SHARPNESS_WORDS[id];
+  $("chart-sharpness").setAttribute("aria-label", SHARPNESS_WORDS.label);
   const line = 2 / sweep.spec.learning_rate;
   const sets = setsInOrder(trials).map(({ name, role }) => ({
     name,
@@ -349,7 +432,7 @@ function renderTrajectories(traj) {
   const lrByStep = new Map();
   ratios.forEach((r, index) => {
     const color = PALETTE[index % PALETTE.length];
-    const name = `ratio ${num(r.ratio)} (${r.state})`;
+    const name = `${r.weights ? mixLabel(r.weights) : `ratio ${num(r.ratio)}`} (${r.state})`;
     const points = r.points.filter(pre).sort((a, b) => a.step - b.step);
     points.forEach((p) => lrByStep.set(p.step, p.lr));
     driftTraces.push({ type: "scatter", mode: "lines+markers", name, legendgroup: name, x: points.map((p) => p.step), y: points.map((p) => p.drift), line: { color }, marker: { color, size: 6 } });
@@ -391,7 +474,8 @@ function renderTrajectories(traj) {
 function renderTrials(trials) {
   const body = $("trials").querySelector("tbody");
   body.replaceChildren(...trials.map((t) => el("tr", {},
-    el("td", {}, num(t.ratio)), el("td", {}, t.eval_set), el("td", {}, t.role), el("td", {}, t.status),
+    el("td", {}, t.weights && Object.keys(t.weights).length > 2 ? `${num(t.ratio)} (${mixLabel(t.weights)})` : num(t.ratio)),
+    el("td", {}, t.eval_set), el("td", {}, t.role), el("td", {}, t.status),
     el("td", {}, num(t.eta_c)), el("td", {}, `[${num(t.eta_c_low)}, ${num(t.eta_c_high)}]`),
     el("td", {}, num(t.sharpness)), el("td", {}, num(t.loss)), el("td", {}, num(t.loss_change)),
     el("td", {}, String(t.forwards)))));

@@ -216,6 +216,42 @@ def test_a_trajectory_sweep_draws_drift_and_sharpness_against_step(
     assert _axe_violations(page) == []
 
 
+def test_a_k_domain_sweep_draws_its_mixes_and_names_the_answer(
+    served: Served, page: Any, sweep_assets: SweepAssets, tmp_path: Path
+) -> None:
+    mixes = [{"general": 0.4, "again": 0.1, "math": 0.5}, {"general": 0.1, "math": 0.9}]
+    body = sweep_assets.spec(
+        pretraining=[
+            {"name": "general", "path": sweep_assets.general},
+            {"name": "again", "path": sweep_assets.general, "max": 0.5},
+        ],
+        ratios=None,
+        mixes=mixes,
+        batches=1,
+    )
+    with SharpmixClient(served.url, served.key) as client:
+        sweep = client.submit(body)
+        done = client.wait(sweep.id, timeout=120, poll=0.2, max_poll=1.0)
+        assert done.state == "succeeded", done.error
+        answer = client.recommendation(sweep.id)
+    _enter_key(page, served.url, served.key)
+    page.goto(f"{served.url}/sweeps/{sweep.id}")
+    page.locator("#answer").wait_for()
+    page.locator("#chart-sharpness .main-svg").first.wait_for()
+    # One line per mix across the sets' axes and the margin axis, drawn without WebGL.
+    assert page.locator("#chart-sharpness .scatterlayer .trace").count() >= 1
+    assert page.locator("#chart-sharpness .no-webgl").count() == 0
+    axes = page.locator("#chart-sharpness").inner_text()
+    assert all(name in axes for name in ("general", "again", "math", "log10(eta_c / lr)"))
+    if answer.weights is not None:
+        assert "general" in page.locator("#answer-mix").inner_text()
+    assert page.locator("#trials tbody tr").count() == 2 * 3  # 2 mixes x 3 evaluation sets
+    assert "math 0.9" in page.locator("#trials").inner_text()
+    page.screenshot(path=str(tmp_path / "mix-page.png"), full_page=True)
+    assert _axe_violations(page) == []
+    assert page.problems == []
+
+
 def test_a_refused_key_is_asked_again_and_another_tenant_sees_nothing(
     served: Served, page: Any
 ) -> None:
