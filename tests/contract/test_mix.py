@@ -237,3 +237,22 @@ def test_a_mix_share_keeps_its_weights_through_copies_and_pickles() -> None:
     share = MixShare(spec, explicit_mix(spec, 0))
     for other in (copy.copy(share), copy.deepcopy(share), pickle.loads(pickle.dumps(share))):
         assert isinstance(other, MixShare) and other == share and other.weights == share.weights
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"learning_rates": [1e-5, 1e-4]},
+        {"learning_rate_range": {"low": 1e-5, "high": 1e-3, "points": 3}},
+        {"warm_start_from": "0123456789abcdef0123456789abcdef"},
+    ],
+)
+def test_rate_grids_and_warm_starts_are_for_ratio_sweeps(extra: dict[str, Any]) -> None:
+    # Both read a sweep by its ratio; two mixes of one ratio would be one point to them.
+    with pytest.raises(ValidationError) as raised:
+        SweepSpec.model_validate(body(**extra))
+    assert next(iter(extra)) in str(raised.value) and "'ratios'" in str(raised.value)
+    ratio_sweep = body(**extra, mixes=None, ratios=[0.2, 0.5])
+    ratio_sweep["pretraining"] = [{"name": "web", "path": "w"}, {"name": "code", "path": "c"}]
+    ratio_sweep["finetuning"] = [{"name": "math", "path": "f"}]
+    SweepSpec.model_validate(ratio_sweep)

@@ -100,6 +100,10 @@ def test_only_a_succeeded_sweep_of_listed_ratios_with_unchanged_files(api: Api) 
     response = add(api, ranged, [0.75])
     assert response.status_code == 409 and "ratio_range" in response.json()["detail"]
 
+    mixed = finished(api, ratios=None, mixes=[{"web": 0.5, "code": 0.5}, {"web": 0.2, "code": 0.8}])
+    response = add(api, mixed, [0.75])
+    assert response.status_code == 409 and "'mixes'" in response.json()["detail"]
+
     sweep_id = finished(api)
     (api.root / "data" / "code.jsonl").write_text('{"text": "changed"}\n' * 3)
     response = add(api, sweep_id, [0.75])
