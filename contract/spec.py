@@ -589,6 +589,18 @@ class SweepSpec(_Strict):
         """The pre-training sources, one or several."""
         return self.pretraining if isinstance(self.pretraining, list) else [self.pretraining]
 
+    def field_names(self) -> dict[str, str]:
+        """Each data set's field in the spec (``finetuning[0]``), for error messages."""
+        listed = isinstance(self.pretraining, list)
+        names = {
+            ref.name: f"pretraining[{i}]" if listed else "pretraining"
+            for i, ref in enumerate(self.pretraining_sets)
+        }
+        for group in ("finetuning", "retention", "targets"):
+            for i, ref in enumerate(getattr(self, group)):
+                names[ref.name] = f"{group}[{i}]"
+        return names
+
     def direction_sets(self) -> list[PretrainingRef | FinetuneRef]:
         """The sets whose gradients make a mix: pre-training sources, then fine-tuning sets."""
         return [*self.pretraining_sets, *self.finetuning]

@@ -100,14 +100,7 @@ def sweep_fingerprint(spec: SweepSpec, settings: Settings) -> dict[str, str]:
         OSError: when a file cannot be read.
     """
     parts = {"model": _model_part(spec, settings)}
-    listed = isinstance(spec.pretraining, list)
-    fields = {
-        ref.name: f"pretraining[{i}]" if listed else "pretraining"
-        for i, ref in enumerate(spec.pretraining_sets)
-    }
-    for group in ("finetuning", "retention", "targets"):
-        for i, ref in enumerate(getattr(spec, group)):
-            fields[ref.name] = f"{group}[{i}]"
+    fields = spec.field_names()
     for ref in spec.eval_sets():
         parts[f"data.{ref.name}"] = _data_part(ref, settings, f"{fields[ref.name]}.path")
     parts["batches"] = _digest(

@@ -483,15 +483,7 @@ def data_source(ref: DataRef) -> DataSource:
 
 def field_names(spec: SweepSpec) -> dict[str, str]:
     """Each data set's field in the spec (``finetuning[0]``), for error messages."""
-    listed = isinstance(spec.pretraining, list)
-    names = {
-        ref.name: f"pretraining[{i}]" if listed else "pretraining"
-        for i, ref in enumerate(spec.pretraining_sets)
-    }
-    for group in ("finetuning", "retention", "targets"):
-        for i, ref in enumerate(getattr(spec, group)):
-            names[ref.name] = f"{group}[{i}]"
-    return names
+    return spec.field_names()
 
 
 def _summary(
