@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,6 @@ from sharpmix.cli import main
 from tests.service.support import Api, finish, sweep_body
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def environment(monkeypatch: pytest.MonkeyPatch, api: Api, db_url: str) -> Iterator[None]:
-    """The CLI reads its settings from the environment: point them at the test database."""
-    monkeypatch.setenv("SHARPMIX_HOME", str(api.root))
-    monkeypatch.setenv("SHARPMIX_DATABASE_URL", db_url)
-    monkeypatch.setenv("SHARPMIX_ALLOWED_ROOTS", str(api.root))
-    monkeypatch.delenv("SHARPMIX_API_KEY", raising=False)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def create_key(capsys: pytest.CaptureFixture[str], tenant: str) -> str:

@@ -4,28 +4,16 @@ grid's lines of `sharpmix sweeps recommendation` (part 2), against a real server
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
 from contract.rates import RateRegion, RatioMaxRate
 from contract.recommendation import Recommendation
 from contract.states import SweepState
-from service.config import get_settings
 from sharpmix.cli import EXIT_NOT_READY, EXIT_REFUSED, main
 from tests.service.support import Api, add_measurement, finish, set_state
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def environment(monkeypatch: pytest.MonkeyPatch, api: Api, db_url: str) -> Iterator[None]:
-    monkeypatch.setenv("SHARPMIX_HOME", str(api.root))
-    monkeypatch.setenv("SHARPMIX_DATABASE_URL", db_url)
-    monkeypatch.delenv("SHARPMIX_API_KEY", raising=False)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

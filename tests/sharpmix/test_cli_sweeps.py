@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,17 +16,6 @@ from sharpmix.cli import main
 from tests.service.support import Api, add_measurement, finish, set_state
 
 pytestmark = pytest.mark.db
-
-
-@pytest.fixture
-def environment(monkeypatch: pytest.MonkeyPatch, api: Api, db_url: str) -> Iterator[None]:
-    """The CLI reads its settings from the environment: point them at the test database."""
-    monkeypatch.setenv("SHARPMIX_HOME", str(api.root))
-    monkeypatch.setenv("SHARPMIX_DATABASE_URL", db_url)
-    monkeypatch.delenv("SHARPMIX_API_KEY", raising=False)
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.fixture
