@@ -103,3 +103,40 @@ def test_a_measured_step_is_the_forecast() -> None:
     points = [Point(s, "math", "finetuning", -0.01 * s) for s in range(0, 51, 10)]
     (forecast,) = forecast_drift(spec, points)
     assert forecast.measured and forecast.drift == forecast.low == forecast.high == -0.5
+
+
+def test_a_rising_drift_may_accelerate() -> None:
+    spec = _spec()
+    points = [
+        Point(s, "general", "pretraining", 0.01 * (s / 100) ** 1.5) for s in range(0, 101, 10)
+    ]
+    (forecast,) = forecast_drift(spec, points)
+    assert forecast.drift == pytest.approx(0.01 * 3.0**1.5, rel=1e-6)
+    assert "left out" not in forecast.method
+
+
+def test_a_falling_drift_is_not_extrapolated_faster_than_linearly() -> None:
+    # A recovery that happens to follow an accelerating law over the trajectory: the forecast
+    # uses exponents up to 1 only, so it lies at or above the linear extrapolation.
+    spec = _spec()
+    points = [
+        Point(s, "general", "pretraining", 0.05 - 0.02 * (s / 100) ** 1.5)
+        for s in range(0, 101, 10)
+    ]
+    (forecast,) = forecast_drift(spec, points)
+    accelerating = 0.05 - 0.02 * 3.0**1.5
+    assert forecast.drift > accelerating + 0.02
+    assert "exponents above 1 are left out" in forecast.method
+    assert "^1.5" not in forecast.method and "^1.25" not in forecast.method
+
+
+def test_run_8s_easing_mix_is_not_forecast_below_zero() -> None:
+    # docs/evidence.md, run 8: lr 1e-3, ratio 0.5, the grid's held-out documents. The drift eased
+    # from +0.17 to +0.12 over steps 20-100; the grid measured +0.102 at step 300. With
+    # accelerating exponents the forecast was -0.087.
+    spec = _spec(learning_rate=1e-3)
+    measured = [0.0, 0.146, 0.1736, 0.158, 0.1607, 0.1446, 0.1428, 0.1487, 0.1436, 0.1215, 0.1157]
+    points = [Point(10 * i, "general", "pretraining", d) for i, d in enumerate(measured)]
+    (forecast,) = forecast_drift(spec, points)
+    assert forecast.drift > 0.0
+    assert forecast.low <= 0.102 <= forecast.high
