@@ -70,8 +70,8 @@ class TrajectoryVerdict(BaseModel):
         description="Forecast fall of the (weighted) fine-tuning loss at N (positive: it learns)."
     )
     within_tolerance: bool = Field(
-        description="Not pruned, and the upper end of every retention forecast is within the "
-        "tolerance."
+        description="Not pruned, and every retention forecast is within the tolerance: its "
+        "point forecast, or the upper end of its interval with trajectory.accept 'interval'."
     )
     forecasts: list[SetForecast] = Field(default_factory=list)
 

@@ -328,6 +328,14 @@ class TrajectorySpec(_Strict):
         description="How the steps are computed: bf16 autocast over float32 master weights "
         "(auto on a GPU), or float32 throughout (auto on a CPU).",
     )
+    accept: Literal["forecast", "interval"] = Field(
+        default="forecast",
+        description="Which forecast must stay within the tolerance for a ratio to be "
+        "recommended: 'forecast', the point forecast of every guarded set's drift at N (the "
+        "best estimate; a warning says when its interval reaches past the tolerance), or "
+        "'interval', the upper end of each forecast's interval (the cautious answer: fewer "
+        "ratios pass, so it tends to more pre-training data than needed).",
+    )
 
     @model_validator(mode="after")
     def _every(self) -> TrajectorySpec:

@@ -4,10 +4,11 @@ Pure rules over the rows a sweep measured; no database, no model.
 
 When the sweep ran trajectories, the answer rests on them (``basis: trajectory``): the smallest
 ratio whose trajectory was not pruned and whose forecast drift at ``planned_steps`` stays within
-the tolerance on the pre-training and every retention set, the upper end of each forecast's
-interval included. Otherwise (``basis: first_step``) three answers are computed from the
-measurements at theta0 and the objective picks which one is *the* ratio; each is a first-step
-verdict:
+the tolerance on the pre-training and every retention set: the point forecast by default, the
+upper end of each forecast's interval with ``trajectory.accept: interval`` (the cautious answer;
+a warning names it when the two differ). Otherwise (``basis: first_step``) three answers are
+computed from the measurements at theta0 and the objective picks which one is *the* ratio; each
+is a first-step verdict:
 
 - flat pre-training (default): the smallest ratio whose lower confidence bound of eta_c on the
   pre-training set, and on every retention set, is above the planned learning rate;
@@ -381,21 +382,41 @@ def _verdict(spec: SweepSpec, row: TrajectoryRow) -> TrajectoryVerdict:
         retention_drift=drift,
         retention_drift_high=high,
         finetuning_gain=gain,
-        within_tolerance=not row.pruned and high is not None and high <= spec.tolerance,
+        within_tolerance=_passes(row.pruned, drift, high, spec.tolerance, _accept(spec)),
         forecasts=forecasts,
     )
+
+
+def _accept(spec: SweepSpec) -> Literal["forecast", "interval"]:
+    return spec.trajectory.accept if spec.trajectory is not None else "forecast"
+
+
+def _passes(
+    pruned: bool,
+    drift: float | None,
+    high: float | None,
+    tolerance: float,
+    accept: Literal["forecast", "interval"],
+) -> bool:
+    """Whether a trajectory's forecast keeps every guarded set within the tolerance at N."""
+    judged = drift if accept == "forecast" else high
+    # A forecast with an unbounded interval (too few points) is no answer under either rule.
+    return not pruned and high is not None and judged is not None and judged <= tolerance
+
+
+def _judged(verdict: TrajectoryVerdict, accept: Literal["forecast", "interval"]) -> float:
+    value = verdict.retention_drift if accept == "forecast" else verdict.retention_drift_high
+    return value if value is not None else math.inf
 
 
 def _on_trajectories(
     spec: SweepSpec, first: Recommendation, rows: Sequence[TrajectoryRow]
 ) -> Recommendation:
+    accept = _accept(spec)
     # By ratio (rounded: 0.1 + 0.2 is 0.3), then the least drift: mixes can share a ratio.
     verdicts = sorted(
         (_verdict(spec, row) for row in rows),
-        key=lambda v: (
-            round(v.ratio, 9),
-            v.retention_drift_high if v.retention_drift_high is not None else math.inf,
-        ),
+        key=lambda v: (round(v.ratio, 9), _judged(v, accept)),
     )
     chosen = next((v for v in verdicts if v.within_tolerance), None)
     n, tol = spec.planned_steps, spec.tolerance
@@ -414,14 +435,10 @@ def _on_trajectories(
             "try ratios with more pre-training data."
         )
     elif chosen is None:
-        best = min(
-            verdicts,
-            key=lambda v: (
-                v.retention_drift_high if v.retention_drift_high is not None else math.inf
-            ),
-        )
+        best = min(verdicts, key=lambda v: _judged(v, accept))
         reason = (
-            f"No trajectory keeps the pre-training and retention losses within {tol:g} nats over "
+            f"No trajectory's {_rule_words(accept)} keeps the pre-training and retention losses "
+            f"within {tol:g} nats over "
             f"the planned {n} steps at lr {spec.learning_rate:g}: the least drift was ratio "
             f"{best.ratio:g} with a forecast of {_nats(best.retention_drift)} (up to "
             f"{_nats(best.retention_drift_high)}). Try ratios with more pre-training data, a "
@@ -444,11 +461,31 @@ def _on_trajectories(
         how = "measured" if all(f.measured for f in chosen.forecasts) else "forecast"
         reason = (
             f"At lr {spec.learning_rate:g} over the planned {n} steps, {share} is the smallest "
-            f"ratio whose trajectory keeps the pre-training and every retention loss within "
-            f"{tol:g} nats: {how} drift {_nats(chosen.retention_drift)} (up to "
-            f"{_nats(chosen.retention_drift_high)}) after {chosen.steps_done} real steps{gain}."
+            f"ratio whose trajectory's {_rule_words(accept)} keeps the pre-training and every "
+            f"retention loss within {tol:g} nats: {how} drift "
+            f"{_nats(chosen.retention_drift)} (up to {_nats(chosen.retention_drift_high)}) "
+            f"after {chosen.steps_done} real steps{gain}."
         )
     warnings = list(first.warnings)
+    if (
+        chosen is not None
+        and accept == "forecast"
+        and (chosen.retention_drift_high is None or chosen.retention_drift_high > tol)
+    ):
+        cautious = next(
+            (
+                v
+                for v in verdicts
+                if _passes(v.pruned, v.retention_drift, v.retention_drift_high, tol, "interval")
+            ),
+            None,
+        )
+        warnings.append(
+            f"the forecast interval of ratio {chosen.ratio:g} reaches "
+            f"{_nats(chosen.retention_drift_high)}, above the tolerance; the cautious answer "
+            "(trajectory.accept 'interval': every interval within the tolerance) is "
+            + (f"ratio {cautious.ratio:g}" if cautious is not None else "none of the ratios tried")
+        )
     if first.ratio is not None and chosen is not None and chosen.ratio > first.ratio:
         warnings.append(
             f"the first-step screen alone would have answered {first.ratio:g}; its trajectory "
@@ -470,6 +507,10 @@ def _on_trajectories(
             "warnings": warnings,
         }
     )
+
+
+def _rule_words(accept: Literal["forecast", "interval"]) -> str:
+    return "forecast" if accept == "forecast" else "forecast interval"
 
 
 def _nats(value: float | None) -> str:

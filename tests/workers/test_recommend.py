@@ -185,6 +185,21 @@ def test_trajectory_basis_picks_the_smallest_ratio_within_tolerance() -> None:
         Traj(0.5, 100, False, _forecast(0.005, 0.012, 0.6)),
         Traj(0.75, 40, True, _forecast(0.5, 0.6, 0.3)),
     ]
+    # Default: the point forecast decides; the interval reaching past the tolerance is a warning.
+    rec = recommend(s, curves(), trajectories=trajectories)
+    assert rec.basis == "trajectory" and rec.ratio == 0.25
+    assert rec.forecast_drift == pytest.approx(0.015)
+    assert rec.forecast_drift_high == pytest.approx(0.025)
+    assert [v.within_tolerance for v in rec.trajectories] == [False, True, True, False]
+    assert "trajectory's forecast keeps" in rec.reason
+    assert any("cautious answer" in w and "is ratio 0.5" in w for w in rec.warnings)
+    assert rec.confidence == "low"
+    # The cautious rule: every interval's upper end within the tolerance.
+    s = spec(
+        trajectory={"steps": 100, "measure_every": 10, "accept": "interval"},
+        planned_steps=300,
+        tolerance=0.02,
+    )
     rec = recommend(s, curves(), trajectories=trajectories)
     assert rec.basis == "trajectory" and rec.ratio == 0.5
     assert rec.forecast_drift == pytest.approx(0.005)
@@ -192,6 +207,8 @@ def test_trajectory_basis_picks_the_smallest_ratio_within_tolerance() -> None:
     assert rec.finetuning_gain == pytest.approx(0.6)
     assert [v.within_tolerance for v in rec.trajectories] == [False, False, True, False]
     assert "0.5" in rec.reason and "300 steps" in rec.reason
+    assert "trajectory's forecast interval keeps" in rec.reason
+    assert not any("cautious answer" in w for w in rec.warnings)
 
 
 def test_trajectory_basis_overrides_an_optimistic_first_step() -> None:
