@@ -16,9 +16,12 @@ from bench.science.analyze_trajectory import (
     smallest_flat,
 )
 from bench.science.debian_corpora import Document, excluded, held_out, write_jsonl_gz
+from bench.science.replay_answers import replay
 from bench.science.trajectory_truth import TruthConfig, cell_rows, read_jsonl_gz
 
 pytestmark = pytest.mark.unit
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "science" / "results" / "trajectory"
 
 
 def test_cell_rows_take_the_ratio_share_and_walk_one_order_per_seed() -> None:
@@ -212,3 +215,19 @@ def test_replay_prunes_on_the_pretraining_rows_unless_only_held_out_sets_count()
     held = replay(entry, 0.02, table, [0.5], 1e-4, 300, truth, heldout_only=True)
     assert held["per_ratio"]["0.5"]["pruned_at"] is None
     assert held["heldout_point_rule"]["ratio"] == 0.5
+
+
+def test_replay_of_run_8_answers_by_the_point_forecast_and_cautiously_by_the_interval() -> None:
+    # docs/evidence.md, run 8: the recorded trajectories read again by today's rules.
+    recorded = json.loads((RESULTS / "service_run8.json").read_text())
+    answers = {
+        accept: {
+            key: entry["trajectory"]["ratio"]
+            for key, entry in replay(recorded, accept=accept)["rates"].items()
+        }
+        for accept in ("forecast", "interval")
+    }
+    assert answers["forecast"] == {"3e-05": 0.35, "0.0001": 0.5, "0.0003": 0.5, "0.001": None}
+    assert answers["interval"] == {"3e-05": 0.5, "0.0001": 0.5, "0.0003": None, "0.001": None}
+    as_run = {key: entry["trajectory"]["ratio"] for key, entry in recorded["rates"].items()}
+    assert as_run == answers["interval"]  # the rule run 8 ran under
