@@ -3,8 +3,8 @@
 States:
 - a sweep is ``queued`` until a worker first claims one of its tasks, ``running`` until its last
   task is done, then ``succeeded``; ``failed`` when a task fails for good, ``cancelled`` on request.
-  A succeeded sweep goes back to ``running`` when candidates are added to it (then succeeds again);
-  failed and cancelled are final for good.
+  A succeeded sweep goes back to ``running`` when candidates are added to it (then succeeds again,
+  or fails, or is cancelled, as its next edition); failed and cancelled are final for good.
 - a task (one Optuna trial's worth of work: one ratio, all evaluation sets) is ``queued`` until a
   worker claims it, ``running`` while the worker heartbeats, ``done`` when its measurements are
   written. A running task whose heartbeat is older than the lease goes back to ``queued``.

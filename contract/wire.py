@@ -54,6 +54,10 @@ class SweepOut(BaseModel):
     error: str | None = Field(description="Why the sweep failed, when it did.")
     cancel_requested: bool
     study_name: str = Field(description="The sweep's Optuna study, in the same database.")
+    edition: int = Field(
+        description="1, plus one each time added candidates reopened the succeeded sweep; each "
+        "edition's final state is delivered (webhook, MLflow) on its own."
+    )
 
 
 class SweepPage(BaseModel):

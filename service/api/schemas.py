@@ -61,6 +61,7 @@ def sweep_out(sweep: Sweep, spec: SweepSpec | None = None) -> SweepOut:
         error=sweep.error,
         cancel_requested=sweep.cancel_requested,
         study_name=sweep.study_name,
+        edition=sweep.edition,
     )
 
 
