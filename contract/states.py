@@ -84,12 +84,16 @@ def task_may_move(source: TaskState, target: TaskState) -> bool:
 
 
 class DeliveryState(enum.StrEnum):
-    """Lifecycle of one delivery of a finished sweep (a webhook POST or an MLflow run)."""
+    """Lifecycle of one delivery of a finished sweep's edition (a webhook POST, an MLflow run or
+    the answer in the Optuna study)."""
 
     pending = "pending"  # due at ``next_attempt_at``; also while an attempt is in flight
     delivered = "delivered"
     failed = "failed"  # every attempt was spent, or the target is refused for good
     skipped = "skipped"  # nothing to deliver to (no notify_url and no tenant default)
+    # Not sent: added candidates reopened the sweep before it went out; the sweep's next edition
+    # is delivered when it ends.
+    superseded = "superseded"
 
 
 __all__ = [

@@ -147,6 +147,7 @@ def delivery_out(row: SweepDelivery) -> DeliveryOut:
     return DeliveryOut(
         id=row.id,
         channel=row.channel,
+        edition=row.edition,
         event=row.event,
         target=row.target,
         state=row.state,
