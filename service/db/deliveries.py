@@ -272,8 +272,8 @@ def supersede(
     """
     now = utcnow()
     error = (
-        f"not sent: added candidates reopened the sweep after edition {delivery.edition} ended "
-        f"(it is at edition {edition}); the edition it is at is delivered when it ends"
+        f"not sent: added candidates reopened the sweep after edition {delivery.edition} ended; "
+        f"its edition {edition} is delivered when it ends"
     )
     with _session(sessions, "supersede a delivery") as session:
         row = _claimed_row(session, delivery)
@@ -319,9 +319,9 @@ def _log_attempt(
 def load_sweep(sessions: sessionmaker[Session], sweep_id: str) -> tuple[Sweep, list[Measurement]]:
     """A sweep and its measurements, read in one short transaction, for building a delivery.
 
-    The measurements are read first: on PostgreSQL each statement sees what was committed before
-    it, so a sweep still at a delivery's edition here had not been reopened when its measurements
-    were read, and none of a later edition is among them.
+    The measurements are read first: where each statement sees what was committed before it
+    (PostgreSQL's read committed), a sweep still at a delivery's edition here had not been
+    reopened when its measurements were read, so none of a later edition is among them.
     """
     with _session(sessions, "read the sweep for its delivery") as session:
         measurements = list(

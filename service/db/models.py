@@ -251,7 +251,7 @@ class SweepDelivery(Base):
     sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))
     # The sweep's edition this row delivers (``Sweep.edition`` when the loop queued it).
-    edition: Mapped[int] = mapped_column(Integer, default=1)
+    edition: Mapped[int] = mapped_column(Integer)
     event: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(2048))
     state: Mapped[DeliveryState] = mapped_column(
