@@ -82,7 +82,11 @@ def test_each_edition_of_a_reopened_sweep_is_a_run_of_its_own(
     hooks_api: ApiFactory, tmp_path: Path
 ) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    api = hooks_api(mlflow_tracking_uri=store, mlflow_experiment="mixing")
+    api = hooks_api(
+        mlflow_tracking_uri=store,
+        mlflow_experiment="mixing",
+        mlflow_artifact_location=str(tmp_path / "artifacts"),
+    )
     sweep = api.submit(ratios=[0.0, 0.25, 0.5])
     for ratio, eta in ((0.0, 1e-4), (0.25, 2e-3), (0.5, 3e-3)):
         add_measurement(api, sweep["id"], ratio, "web", eta)
