@@ -3,8 +3,8 @@
 States:
 - a sweep is ``queued`` until a worker first claims one of its tasks, ``running`` until its last
   task is done, then ``succeeded``; ``failed`` when a task fails for good, ``cancelled`` on request.
-  A succeeded sweep goes back to ``running`` when candidates are added to it (then succeeds again);
-  failed and cancelled are final for good.
+  A succeeded sweep goes back to ``running`` when candidates are added to it (then succeeds again,
+  or fails, or is cancelled, as its next edition); failed and cancelled are final for good.
 - a task (one Optuna trial's worth of work: one ratio, all evaluation sets) is ``queued`` until a
   worker claims it, ``running`` while the worker heartbeats, ``done`` when its measurements are
   written. A running task whose heartbeat is older than the lease goes back to ``queued``.
@@ -84,12 +84,16 @@ def task_may_move(source: TaskState, target: TaskState) -> bool:
 
 
 class DeliveryState(enum.StrEnum):
-    """Lifecycle of one delivery of a finished sweep (a webhook POST or an MLflow run)."""
+    """Lifecycle of one delivery of a finished sweep's edition (a webhook POST, an MLflow run or
+    the answer in the Optuna study)."""
 
     pending = "pending"  # due at ``next_attempt_at``; also while an attempt is in flight
     delivered = "delivered"
     failed = "failed"  # every attempt was spent, or the target is refused for good
     skipped = "skipped"  # nothing to deliver to (no notify_url and no tenant default)
+    # Not sent: added candidates reopened the sweep before it went out; the sweep's next edition
+    # is delivered when it ends.
+    superseded = "superseded"
 
 
 __all__ = [

@@ -54,6 +54,10 @@ class SweepOut(BaseModel):
     error: str | None = Field(description="Why the sweep failed, when it did.")
     cancel_requested: bool
     study_name: str = Field(description="The sweep's Optuna study, in the same database.")
+    edition: int = Field(
+        description="1, plus one each time added candidates reopened the succeeded sweep; each "
+        "edition's final state is delivered (webhook, MLflow) on its own."
+    )
 
 
 class SweepPage(BaseModel):
@@ -184,15 +188,26 @@ class DeliveryAttempt(BaseModel):
 
 
 class DeliveryOut(BaseModel):
-    """A webhook POST or an MLflow run of a finished sweep, with every attempt so far."""
+    """A webhook POST, an MLflow run or the Optuna annotation of a finished sweep's edition, with
+    every attempt so far."""
 
-    id: str = Field(description="Idempotency id: the same on every attempt of this delivery.")
-    channel: str = Field(description="'webhook' or 'mlflow'.")
+    id: str = Field(
+        description="Idempotency id: the same on every attempt of this delivery; each edition's "
+        "delivery has its own."
+    )
+    channel: str = Field(description="'webhook', 'optuna' or 'mlflow'.")
+    edition: int = Field(
+        description="The sweep's edition delivered: 1 for its first final state, one more for "
+        "each time added candidates reopened it."
+    )
     event: str = Field(description="sweep.succeeded, sweep.failed or sweep.cancelled.")
-    target: str = Field(description="The URL posted to, or the MLflow tracking URI.")
+    target: str = Field(
+        description="The URL posted to, the Optuna study's name, or the MLflow tracking URI."
+    )
     state: DeliveryState = Field(
         description="pending (due again at next_attempt_at), delivered, failed (attempts spent "
-        "or target refused) or skipped (no target configured)."
+        "or target refused), skipped (no target configured) or superseded (not sent: added "
+        "candidates reopened the sweep first; its next edition is delivered)."
     )
     attempts: int
     next_attempt_at: datetime | None = Field(description="When a pending delivery is tried next.")

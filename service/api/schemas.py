@@ -61,6 +61,7 @@ def sweep_out(sweep: Sweep, spec: SweepSpec | None = None) -> SweepOut:
         error=sweep.error,
         cancel_requested=sweep.cancel_requested,
         study_name=sweep.study_name,
+        edition=sweep.edition,
     )
 
 
@@ -146,6 +147,7 @@ def delivery_out(row: SweepDelivery) -> DeliveryOut:
     return DeliveryOut(
         id=row.id,
         channel=row.channel,
+        edition=row.edition,
         event=row.event,
         target=row.target,
         state=row.state,

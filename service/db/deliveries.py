@@ -1,10 +1,16 @@
-"""The delivery outbox: one row per (finished sweep, channel), claimed and retried by the delivery
-loop (``service/notify``).
+"""The delivery outbox: one row per (finished sweep, channel, edition), claimed and retried by the
+delivery loop (``service/notify``).
 
 A sweep's final state is already durable in ``sweeps``; the loop turns each such sweep into a
 delivery row the first time it sees it (``enqueue_finished``), so nothing has to be written at the
 places where a sweep ends, and a process that dies between the sweep's end and the POST loses
 nothing: the next loop finds the sweep without a row, or the row still pending.
+
+Adding candidates reopens a succeeded sweep and raises its ``edition``; when it ends again, that
+edition has no row yet and gets its own, with its own id. A row whose sweep has moved past its
+edition before it went out is not sent (`supersede`): its answer is no longer the sweep's, and the
+new edition is delivered when it ends. An edition that was reopened before the loop saw it gets
+no row at all, for the same reason.
 
 Attempts are claimed like the job queue's tasks: one statement bumps ``attempts`` and pushes
 ``next_attempt_at`` past the attempt's lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), then the
@@ -39,13 +45,14 @@ MAX_LOGGED_ATTEMPTS = 50
 
 @dataclass(frozen=True)
 class FinishedSweep:
-    """A sweep in a final state that has no delivery row on a channel yet."""
+    """An edition of a sweep in a final state that has no delivery row on a channel yet."""
 
     sweep_id: str
     tenant: str
     state: SweepState
     spec: dict[str, Any]
     study_name: str
+    edition: int
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class DueDelivery:
     id: str
     sweep_id: str
     channel: str
+    edition: int
     event: str
     target: str
     attempt: int
@@ -92,7 +100,8 @@ def enqueue_finished(
     since: datetime,
     limit: int = 100,
 ) -> int:
-    """Give every sweep that ended after ``since`` and has no row on ``channel`` its row.
+    """Give every sweep that ended after ``since`` and has no row on ``channel`` for its current
+    edition its row.
 
     Args:
         sessions: Session factory.
@@ -108,26 +117,31 @@ def enqueue_finished(
     with _session(sessions, "queue deliveries") as session:
         has_row = (
             select(SweepDelivery.id)
-            .where(SweepDelivery.sweep_id == Sweep.id, SweepDelivery.channel == channel)
+            .where(
+                SweepDelivery.sweep_id == Sweep.id,
+                SweepDelivery.channel == channel,
+                SweepDelivery.edition == Sweep.edition,
+            )
             .exists()
         )
         # Every path to a final state sets finished_at; updated_at covers a row that lacks it.
         ended = func.coalesce(Sweep.finished_at, Sweep.updated_at)
         rows = session.execute(
-            select(Sweep.id, Tenant.name, Sweep.state, Sweep.spec, Sweep.study_name)
+            select(Sweep.id, Tenant.name, Sweep.state, Sweep.spec, Sweep.study_name, Sweep.edition)
             .join(Tenant, Tenant.id == Sweep.tenant_id)
             .where(Sweep.state.in_(FINAL_STATES), ended >= since, ~has_row)
             .order_by(ended)
             .limit(limit)
         ).all()
         now = utcnow()
-        for sweep_id, tenant, state, spec, study_name in rows:
-            target = resolve(FinishedSweep(sweep_id, tenant, state, spec, study_name))
+        for sweep_id, tenant, state, spec, study_name, edition in rows:
+            target = resolve(FinishedSweep(sweep_id, tenant, state, spec, study_name, edition))
             session.add(
                 SweepDelivery(
                     id=uuid.uuid4().hex,
                     sweep_id=sweep_id,
                     channel=channel,
+                    edition=edition,
                     event=f"sweep.{state.value}",
                     target=target or "",
                     state=DeliveryState.pending if target else DeliveryState.skipped,
@@ -140,7 +154,7 @@ def enqueue_finished(
         try:
             session.commit()
         except IntegrityError:
-            # Another API process queued the same sweeps between our read and our insert.
+            # Another API process queued the same editions between our read and our insert.
             session.rollback()
             return 0
         return len(rows)
@@ -176,6 +190,7 @@ def claim_due(
                 SweepDelivery.id,
                 SweepDelivery.sweep_id,
                 SweepDelivery.channel,
+                SweepDelivery.edition,
                 SweepDelivery.event,
                 SweepDelivery.target,
                 SweepDelivery.attempts,
@@ -195,6 +210,7 @@ def claim_due(
             id=row.id,
             sweep_id=row.sweep_id,
             channel=row.channel,
+            edition=row.edition,
             event=row.event,
             target=row.target,
             attempt=row.attempts,
@@ -228,29 +244,11 @@ def record_attempt(
     """
     now = utcnow()
     with _session(sessions, "record a delivery attempt") as session:
-        row = session.scalars(
-            select(SweepDelivery)
-            .where(
-                SweepDelivery.id == delivery.id,
-                SweepDelivery.attempts == delivery.attempt,
-                SweepDelivery.state == DeliveryState.pending,
-            )
-            .with_for_update()
-        ).one_or_none()
+        row = _claimed_row(session, delivery)
         if row is None:
             session.rollback()
             return None
-        entry = {
-            "attempt": delivery.attempt,
-            "at": now.isoformat() + "Z",
-            "status": outcome.status,
-            "ok": outcome.ok,
-            "error": outcome.error,
-            "seconds": round(outcome.seconds, 4),
-        }
-        row.attempts_log = [*row.attempts_log, entry][-MAX_LOGGED_ATTEMPTS:]
-        row.last_status = outcome.status
-        row.last_error = outcome.error
+        _log_attempt(row, delivery, outcome, now)
         if outcome.ok:
             row.state = DeliveryState.delivered
             row.delivered_at = now
@@ -263,10 +261,69 @@ def record_attempt(
     return state
 
 
+def supersede(
+    sessions: sessionmaker[Session], delivery: DueDelivery, edition: int
+) -> DeliveryState | None:
+    """End a claimed delivery unsent: added candidates reopened its sweep, which is at ``edition``
+    now, so the answer it would carry is not the sweep's any more.
+
+    Returns:
+        ``superseded``, or None when the row had moved on (as in `record_attempt`).
+    """
+    now = utcnow()
+    error = (
+        f"not sent: added candidates reopened the sweep after edition {delivery.edition} ended; "
+        f"its edition {edition} is delivered when it ends"
+    )
+    with _session(sessions, "supersede a delivery") as session:
+        row = _claimed_row(session, delivery)
+        if row is None:
+            session.rollback()
+            return None
+        _log_attempt(row, delivery, Outcome(ok=False, error=error, retry=False), now)
+        row.state = DeliveryState.superseded
+        session.commit()
+    return DeliveryState.superseded
+
+
+def _claimed_row(session: Session, delivery: DueDelivery) -> SweepDelivery | None:
+    # The row, locked, while it is still at the claimed attempt: a loop whose lease ran out finds
+    # None and writes nothing over the newer attempt.
+    return session.scalars(
+        select(SweepDelivery)
+        .where(
+            SweepDelivery.id == delivery.id,
+            SweepDelivery.attempts == delivery.attempt,
+            SweepDelivery.state == DeliveryState.pending,
+        )
+        .with_for_update()
+    ).one_or_none()
+
+
+def _log_attempt(
+    row: SweepDelivery, delivery: DueDelivery, outcome: Outcome, now: datetime
+) -> None:
+    entry = {
+        "attempt": delivery.attempt,
+        "at": now.isoformat() + "Z",
+        "status": outcome.status,
+        "ok": outcome.ok,
+        "error": outcome.error,
+        "seconds": round(outcome.seconds, 4),
+    }
+    row.attempts_log = [*row.attempts_log, entry][-MAX_LOGGED_ATTEMPTS:]
+    row.last_status = outcome.status
+    row.last_error = outcome.error
+
+
 def load_sweep(sessions: sessionmaker[Session], sweep_id: str) -> tuple[Sweep, list[Measurement]]:
-    """A sweep and its measurements, read in one short transaction, for building a delivery."""
+    """A sweep and its measurements, read in one short transaction, for building a delivery.
+
+    The measurements are read first: where each statement sees what was committed before it
+    (PostgreSQL's read committed), a sweep still at a delivery's edition here had not been
+    reopened when its measurements were read, so none of a later edition is among them.
+    """
     with _session(sessions, "read the sweep for its delivery") as session:
-        sweep = session.get_one(Sweep, sweep_id)
         measurements = list(
             session.scalars(
                 select(Measurement)
@@ -274,12 +331,13 @@ def load_sweep(sessions: sessionmaker[Session], sweep_id: str) -> tuple[Sweep, l
                 .order_by(Measurement.ratio, Measurement.eval_set)
             )
         )
+        sweep = session.get_one(Sweep, sweep_id)
         session.commit()
     return sweep, measurements
 
 
 def list_deliveries(session: Session, tenant_id: int, sweep_id: str) -> list[SweepDelivery]:
-    """The deliveries of one of the tenant's sweeps, oldest first.
+    """The deliveries of one of the tenant's sweeps, by edition, oldest first.
 
     Raises:
         NotFoundError: when the tenant has no such sweep.
@@ -291,7 +349,7 @@ def list_deliveries(session: Session, tenant_id: int, sweep_id: str) -> list[Swe
             session.scalars(
                 select(SweepDelivery)
                 .where(SweepDelivery.sweep_id == sweep_id)
-                .order_by(SweepDelivery.created_at, SweepDelivery.channel)
+                .order_by(SweepDelivery.edition, SweepDelivery.created_at, SweepDelivery.channel)
             )
         )
     return rows

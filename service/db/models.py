@@ -122,6 +122,9 @@ class Sweep(Base):
     fingerprint: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Each accepted addition of candidates: {"idempotency_key", "ratios", "at"}, oldest first.
     additions: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    # 1 at submit, one more each time candidates reopen the succeeded sweep: the final state
+    # and answer of each edition are delivered on their own (``sweep_deliveries.edition``).
+    edition: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
@@ -230,20 +233,25 @@ class TrajectoryPoint(Base):
 class SweepDelivery(Base):
     """One outbound delivery of a sweep's final state, kept until it is done (the outbox).
 
-    A row is written once per (sweep, channel) by the delivery loop when it first sees the sweep in
-    a final state; its ``id`` is the idempotency id receivers see on every attempt. ``attempts_log``
-    holds one entry per attempt (time, HTTP status or error), so the API can show them.
+    A row is written once per (sweep, channel, edition) by the delivery loop when it first sees
+    that edition of the sweep in a final state; its ``id`` is the idempotency id receivers see on
+    every attempt. ``attempts_log`` holds one entry per attempt (time, HTTP status or error), so
+    the API can show them.
     """
 
     __tablename__ = "sweep_deliveries"
     __table_args__ = (
-        UniqueConstraint("sweep_id", "channel", name="uq_sweep_deliveries_sweep_channel"),
+        UniqueConstraint(
+            "sweep_id", "channel", "edition", name="uq_sweep_deliveries_sweep_channel_edition"
+        ),
         Index("ix_sweep_deliveries_state_next", "state", "next_attempt_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
     channel: Mapped[str] = mapped_column(String(16))
+    # The sweep's edition this row delivers (``Sweep.edition`` when the loop queued it).
+    edition: Mapped[int] = mapped_column(Integer)
     event: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(2048))
     state: Mapped[DeliveryState] = mapped_column(

@@ -885,7 +885,8 @@ def end_sweep_without_commit(
 def reopen_sweep_without_commit(session: Session, sweep_id: str, added: int) -> bool:
     """Move a succeeded sweep back to ``running`` for ``added`` new tasks (candidates added), in
     the caller's transaction, guarded by the transition table. Its recommendation is dropped: it
-    is written again once the new tasks are done.
+    is written again once the new tasks are done. Its edition goes up by one in the same
+    statement, so the delivery loop tells the next final state from the one it has delivered.
 
     Returns:
         False when the sweep's state does not allow the move (nothing is written).
@@ -902,6 +903,7 @@ def reopen_sweep_without_commit(session: Session, sweep_id: str, added: int) -> 
             .values(
                 state=SweepState.running,
                 tasks_total=Sweep.tasks_total + added,
+                edition=Sweep.edition + 1,
                 recommendation=None,
                 finished_at=None,
                 updated_at=now,

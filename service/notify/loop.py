@@ -5,8 +5,12 @@ off) and does three things per pass, each in its own short transaction: queue a 
 every sweep that ended without one, claim the rows that are due, and write each attempt's outcome.
 The POST or the MLflow logging runs between those transactions, with no row lock held, and never
 on a worker, so a slow receiver cannot hold up GPU work. Several API processes may run the loop
-at once: claims skip each other's rows, and the outbox's unique (sweep, channel) key stops a sweep
-from being queued twice.
+at once: claims skip each other's rows, and the outbox's unique (sweep, channel, edition) key stops
+a sweep's edition from being queued twice.
+
+Each edition of a sweep (one more each time added candidates reopen it) is delivered on its own,
+so receivers hear the new answer. A claimed row whose sweep has been reopened since is not sent
+(``superseded``): what it would carry is no longer the sweep's answer.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from contract.states import DeliveryState, SweepState
 from service.config import Settings
 from service.db import deliveries
 from service.db.deliveries import DueDelivery, FinishedSweep, Outcome
-from service.db.models import utcnow
+from service.db.models import Measurement, Sweep, utcnow
 from service.errors import SharpmixError
 from service.notify import mlflow_runs, study_attrs, webhooks
 
@@ -92,33 +96,53 @@ class DeliveryLoop:
         lease = self.settings.notify_lease_seconds
         counts = dict.fromkeys(DeliveryState, 0)
         for due in deliveries.claim_due(self.sessions, lease_seconds=lease):
-            outcome = self._attempt(due)
-            state = deliveries.record_attempt(
-                self.sessions,
-                due,
-                outcome,
-                max_attempts=self.settings.webhook_max_attempts,
-                backoff=lambda n: backoff_seconds(self.settings, n),
-            )
+            state = self._deliver(due)
             if state is not None:
                 counts[state] += 1
-                level = logging.INFO if outcome.ok else logging.WARNING
-                log.log(
-                    level,
-                    "%s delivery %s of sweep %s, attempt %d: %s",
-                    due.channel,
-                    due.id,
-                    due.sweep_id,
-                    due.attempt,
-                    "delivered" if outcome.ok else f"{outcome.error} ({state.value})",
-                )
         return counts
 
-    def _attempt(self, due: DueDelivery) -> Outcome:
+    def _deliver(self, due: DueDelivery) -> DeliveryState | None:
+        """Send one claimed delivery, or end it unsent when its sweep has moved to a newer
+        edition, and record what happened; None when another loop has taken the row over."""
         try:
             sweep, measurements = deliveries.load_sweep(self.sessions, due.sweep_id)
         except SharpmixError as exc:
-            return Outcome(ok=False, error=str(exc))
+            outcome = Outcome(ok=False, error=str(exc))
+        else:
+            if sweep.edition != due.edition:
+                state = deliveries.supersede(self.sessions, due, sweep.edition)
+                if state is not None:
+                    log.info(
+                        "%s delivery %s of sweep %s, edition %d: superseded by edition %d",
+                        due.channel,
+                        due.id,
+                        due.sweep_id,
+                        due.edition,
+                        sweep.edition,
+                    )
+                return state
+            outcome = self._attempt(due, sweep, measurements)
+        state = deliveries.record_attempt(
+            self.sessions,
+            due,
+            outcome,
+            max_attempts=self.settings.webhook_max_attempts,
+            backoff=lambda n: backoff_seconds(self.settings, n),
+        )
+        if state is not None:
+            log.log(
+                logging.INFO if outcome.ok else logging.WARNING,
+                "%s delivery %s of sweep %s, edition %d, attempt %d: %s",
+                due.channel,
+                due.id,
+                due.sweep_id,
+                due.edition,
+                due.attempt,
+                "delivered" if outcome.ok else f"{outcome.error} ({state.value})",
+            )
+        return state
+
+    def _attempt(self, due: DueDelivery, sweep: Sweep, measurements: list[Measurement]) -> Outcome:
         if due.channel == MLFLOW:
             return mlflow_runs.log_sweep(due, sweep, measurements, self.settings)
         if due.channel == OPTUNA:

@@ -1,6 +1,7 @@
-"""MLflow: each finished sweep as one run in the operator's tracking store.
+"""MLflow: each finished edition of a sweep as one run in the operator's tracking store.
 
-The run (experiment ``SHARPMIX_MLFLOW_EXPERIMENT``, named ``sweep-<id>``) holds:
+The run (experiment ``SHARPMIX_MLFLOW_EXPERIMENT``, named ``sweep-<id>``, or ``sweep-<id>-e<n>``
+for edition n > 1) holds:
 
 - params: the spec, flattened to dotted keys (``finetuning.0.path``, ``optimizer.betas.1``, ...),
   without ``notify_url`` (webhook URLs often carry a token);
@@ -11,12 +12,19 @@ The run (experiment ``SHARPMIX_MLFLOW_EXPERIMENT``, named ``sweep-<id>``) holds:
   ``max_stable_lr``, the planned ``learning_rate``, the cost;
 - artifacts: ``plot.png`` (the API's plot: lambda_c, or the table of k-domain mixes),
   ``recommendation.json``, ``spec.json``;
-- tags: ``sharpmix.sweep_id``, ``sharpmix.state``, ``sharpmix.delivery_id``, and
-  ``sharpmix.complete`` once everything above is written.
+- tags: ``sharpmix.sweep_id``, ``sharpmix.edition``, ``sharpmix.state``, ``sharpmix.delivery_id``,
+  ``sharpmix.study_name``, and ``sharpmix.complete`` once everything above is written.
+
+A sweep reopened by added candidates that ends again (its next edition) gets a new run beside the
+first, rather than the first one rewritten: MLflow keeps a param's first value for good and a
+run's metrics as a history, so the grown spec and the new answer would mix with the old ones in
+one run, and a run is a record that others (a registered model, a comparison) may point at. The
+earlier run stays as the answer the sweep gave then; ``tags.sharpmix.sweep_id = '<id>'`` lists
+every edition, and the highest ``sharpmix.edition`` is the sweep's answer now.
 
 A retried delivery first looks for the run of its delivery id: a complete one means the earlier
 attempt got through (its answer was lost), an incomplete one is deleted and written again, so one
-sweep ends as one run. mlflow is an optional dependency (``pip install 'sharpmix[mlflow]'``,
+edition ends as one run. mlflow is an optional dependency (``pip install 'sharpmix[mlflow]'``,
 mlflow-skinny is enough) and is imported only here.
 """
 
@@ -38,7 +46,7 @@ from service.db.deliveries import DueDelivery, Outcome
 from service.db.models import Measurement, Sweep
 from service.mix_plot import render_mix_plot
 
-__all__ = ["flatten_params", "log_sweep", "public_spec", "ratio_step"]
+__all__ = ["flatten_params", "log_sweep", "public_spec", "ratio_step", "run_name"]
 
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 PARAMS_PER_BATCH = 100  # MLflow's limit per log_batch call
@@ -59,6 +67,11 @@ PRIVATE_FIELDS = ("notify_url",)
 def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec as logged to MLflow: without the fields in PRIVATE_FIELDS."""
     return {k: v for k, v in spec.items() if k not in PRIVATE_FIELDS}
+
+
+def run_name(sweep_id: str, edition: int) -> str:
+    """The MLflow run name of a sweep's edition: ``sweep-<id>``, then ``sweep-<id>-e<n>``."""
+    return f"sweep-{sweep_id}" if edition == 1 else f"sweep-{sweep_id}-e{edition}"
 
 
 def ratio_step(ratio: float) -> int:
@@ -132,11 +145,12 @@ def _write_artifacts(folder: Path, sweep: Sweep, measurements: list[Measurement]
 def log_sweep(
     delivery: DueDelivery, sweep: Sweep, measurements: list[Measurement], settings: Settings
 ) -> Outcome:
-    """Log one finished sweep as an MLflow run; never raises for what MLflow does.
+    """Log one finished edition of a sweep as an MLflow run; never raises for what MLflow does.
 
     Args:
-        delivery: The claimed delivery (its id makes retries idempotent).
-        sweep: The finished sweep.
+        delivery: The claimed delivery (its id makes retries idempotent; its edition names the
+            run).
+        sweep: The finished sweep, at the delivery's edition.
         measurements: Its measurements.
         settings: The tracking URI, experiment and artifact location.
     """
@@ -163,9 +177,10 @@ def log_sweep(
             client.delete_run(run.info.run_id)
         run = client.create_run(
             experiment_id,
-            run_name=f"sweep-{sweep.id}",
+            run_name=run_name(sweep.id, delivery.edition),
             tags={
                 "sharpmix.sweep_id": sweep.id,
+                "sharpmix.edition": str(delivery.edition),
                 "sharpmix.state": sweep.state.value,
                 "sharpmix.delivery_id": delivery.id,
                 "sharpmix.study_name": sweep.study_name,

@@ -5,8 +5,10 @@ the sweep concluded: ``answer_ratio`` (the recommended fraction of pre-training 
 ``answer_weights`` (the recommended mix's share of each set), ``answer_trial`` (the number of
 the trial that measured it), ``objective``, ``planned_lr``,
 ``reason``, ``flat_ratio``, ``balanced_ratio``, ``least_forgetting_ratio``, ``max_stable_lr``,
-``in_basin``, ``confidence``, ``warnings`` and ``sweep_id``. Setting an attribute twice is
-harmless, so a retried delivery simply writes them again.
+``in_basin``, ``confidence``, ``warnings``, ``sweep_id`` and ``edition`` (the sweep's edition
+the answer is of). Setting an attribute twice is harmless, so a retried delivery simply writes
+them again, and a sweep reopened by added candidates that succeeds again writes its new answer
+over the old one: the study is the sweep's, and holds its answer now.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def study_attrs(sweep: Sweep, answer_trial: int | None) -> dict[str, Any]:
     rec = sweep.recommendation or {}
     return {
         "sweep_id": sweep.id,
+        "edition": sweep.edition,
         "answer_ratio": rec.get("ratio"),
         "answer_weights": rec.get("weights"),
         "answer_trial": answer_trial,

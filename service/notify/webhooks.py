@@ -4,6 +4,11 @@ What a receiver gets (one JSON body, the same on every attempt of one delivery):
 
 - ``X-Sharpmix-Delivery`` and ``Idempotency-Key``: the delivery's id. Delivery is at least once
   (a retry after a lost answer sends it again), so receivers keep the ids they have handled.
+- ``edition`` in the body: 1 for the sweep's first final state, one more each time added
+  candidates reopened it (``POST /v1/sweeps/{id}/candidates``). Each edition is a delivery of its
+  own, with its own id, and carries that edition's recommendation: a known id is a retry, a new id
+  with a higher edition is a new answer. An edition reopened before it went out is not sent, so
+  editions may skip a number; a receiver acts on the highest it has seen.
 - ``X-Sharpmix-Event``: ``sweep.succeeded``, ``sweep.failed`` or ``sweep.cancelled``.
 - ``X-Sharpmix-Timestamp``: Unix seconds when this attempt was signed.
 - ``X-Sharpmix-Signature``: ``sha256=`` and the hex HMAC-SHA256 of ``"<timestamp>." + body`` under
@@ -137,6 +142,7 @@ def payload(delivery: DueDelivery, sweep: Sweep) -> dict[str, Any]:
     return {
         "id": delivery.id,
         "event": delivery.event,
+        "edition": delivery.edition,
         "sweep": {
             "id": sweep.id,
             "state": sweep.state.value,

@@ -20,6 +20,7 @@ from contract.states import SweepState, TaskState
 from service.config import Settings
 from service.db import tenants
 from service.db.models import Measurement, Sweep, SweepTask, utcnow
+from service.db.queue import finalize_sweep
 
 
 def write_model_dir(directory: Path) -> None:
@@ -101,9 +102,9 @@ def set_state(api: Api, sweep_id: str, state: SweepState, **values: Any) -> None
         session.commit()
 
 
-def finish(api: Api, sweep_id: str, ratio: float = 0.25) -> Recommendation:
-    """Mark the sweep succeeded with a stored recommendation for ``ratio``."""
-    recommendation = Recommendation(
+def recommendation_for(ratio: float) -> Recommendation:
+    """A recommendation of ``ratio`` as the rules would write it."""
+    return Recommendation(
         objective="flat_pretraining",
         ratio=ratio,
         reason="smallest ratio whose pre-training loss stays flat",
@@ -115,9 +116,39 @@ def finish(api: Api, sweep_id: str, ratio: float = 0.25) -> Recommendation:
         least_forgetting_ratio=ratio,
         confidence="high",
     )
+
+
+def finish(api: Api, sweep_id: str, ratio: float = 0.25) -> Recommendation:
+    """Mark the sweep succeeded with a stored recommendation for ``ratio``."""
+    recommendation = recommendation_for(ratio)
     set_state(
         api, sweep_id, SweepState.succeeded, recommendation=recommendation.model_dump(mode="json")
     )
+    return recommendation
+
+
+def add_candidates(api: Api, sweep_id: str, ratios: list[float]) -> dict[str, Any]:
+    """Reopen a succeeded sweep with new candidate ratios, through the API."""
+    response = api.client.post(
+        f"/v1/sweeps/{sweep_id}/candidates", json={"ratios": ratios}, headers=api.headers
+    )
+    assert response.status_code == 202, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def finish_reopened(api: Api, sweep_id: str, ratio: float) -> Recommendation:
+    """End a reopened sweep as its last worker would: every task done, then the recommendation
+    for ``ratio`` written by the queue's own writer (``finalize_sweep``, from ``running`` only)."""
+    with api.session() as session:
+        tasks = session.scalars(select(SweepTask).where(SweepTask.sweep_id == sweep_id)).all()
+        for task in tasks:
+            task.state = TaskState.done
+        session.get_one(Sweep, sweep_id).tasks_done = len(tasks)
+        session.commit()
+    recommendation = recommendation_for(ratio)
+    ended = finalize_sweep(api.app.state.session_factory, sweep_id, lambda *_, **__: recommendation)
+    assert ended, f"sweep {sweep_id} was not running with every task done"
     return recommendation
 
 

@@ -47,6 +47,7 @@ def test_added_candidates_reopen_the_sweep_once_per_key(api: Api) -> None:
     assert response.status_code == 202, response.text
     body = response.json()
     assert body["state"] == "running" and body["finished_at"] is None
+    assert body["edition"] == 2  # its next final state is delivered again
     assert body["spec"]["ratios"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert body["progress"]["tasks_total"] == 5
     new = [(t.slot, t.ratio, t.state) for t in tasks_of(api, sweep_id)][3:]
@@ -58,6 +59,7 @@ def test_added_candidates_reopen_the_sweep_once_per_key(api: Api) -> None:
     # A retry with the same key adds nothing, even after the sweep has finished again.
     again = add(api, sweep_id, [0.75, 1.0], key="more-1")
     assert again.status_code == 200 and again.json()["progress"]["tasks_total"] == 5
+    assert again.json()["edition"] == 2
     set_state(api, sweep_id, SweepState.succeeded)
     again = add(api, sweep_id, [0.75, 1.0], key="more-1")
     assert again.status_code == 200 and len(tasks_of(api, sweep_id)) == 5

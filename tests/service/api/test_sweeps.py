@@ -30,6 +30,7 @@ def test_submit_returns_the_queued_sweep(api: Api) -> None:
     }
     assert sweep["created_at"].endswith(("Z", "+00:00"))
     assert sweep["study_name"] == f"sharpmix-{sweep['id']}"
+    assert sweep["edition"] == 1
     got = api.client.get(f"/v1/sweeps/{sweep['id']}", headers=api.headers)
     assert got.status_code == 200
     assert got.json() == sweep

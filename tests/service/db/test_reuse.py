@@ -51,6 +51,8 @@ def test_only_a_succeeded_sweep_is_reopened(session: Session, state: SweepState)
     session.refresh(sweep)
     expected = SweepState.running if state == SweepState.succeeded else state
     assert sweep.state == expected and sweep.tasks_total == 2 + reopened
+    # The next final state is a new edition, delivered on its own.
+    assert sweep.edition == 1 + reopened
 
 
 def no_limit(spec: SweepSpec) -> None:

@@ -1,5 +1,6 @@
 """MLflow: a finished sweep becomes one run in a real local tracking store (SQLite file), with
-the spec as params, per-ratio results as metrics, and the plot and recommendation as artifacts."""
+the spec as params, per-ratio results as metrics, and the plot and recommendation as artifacts;
+a sweep reopened by added candidates gets a run per edition."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from service.notify import DeliveryLoop
-from service.notify.mlflow_runs import flatten_params, ratio_step
+from service.notify.mlflow_runs import flatten_params, ratio_step, run_name
 from tests.service.notify.conftest import ApiFactory
-from tests.service.support import add_measurement, finish
+from tests.service.support import add_candidates, add_measurement, finish, finish_reopened
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -75,6 +76,54 @@ def test_a_finished_sweep_is_logged_as_one_run(hooks_api: ApiFactory, tmp_path: 
     assert "t0ken" not in spec_file.read_text()
     png = Path(client.download_artifacts(run.info.run_id, "plot.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_edition_of_a_reopened_sweep_is_a_run_of_its_own(
+    hooks_api: ApiFactory, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    api = hooks_api(
+        mlflow_tracking_uri=store,
+        mlflow_experiment="mixing",
+        mlflow_artifact_location=str(tmp_path / "artifacts"),
+    )
+    sweep = api.submit(ratios=[0.0, 0.25, 0.5])
+    for ratio, eta in ((0.0, 1e-4), (0.25, 2e-3), (0.5, 3e-3)):
+        add_measurement(api, sweep["id"], ratio, "web", eta)
+    finish(api, sweep["id"], ratio=0.25)
+    loop = DeliveryLoop(api.app.state.settings, api.app.state.session_factory)
+    loop.run_once()
+    add_candidates(api, sweep["id"], [0.75])
+    add_measurement(api, sweep["id"], 0.75, "web", 4e-3)
+    finish_reopened(api, sweep["id"], ratio=0.75)
+    loop.run_once()
+    loop.run_once()  # nothing new: still one run per edition
+
+    rows = api.client.get(f"/v1/sweeps/{sweep['id']}/deliveries", headers=api.headers).json()
+    delivered = {r["edition"]: r["id"] for r in rows if r["channel"] == "mlflow"}
+    assert [r["state"] for r in rows if r["channel"] == "mlflow"] == ["delivered", "delivered"]
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("mixing")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`sharpmix.sweep_id` = '{sweep['id']}'"
+    )
+    by_edition = {int(run.data.tags["sharpmix.edition"]): run for run in runs}
+    assert sorted(by_edition) == [1, 2]
+    first, second = by_edition[1], by_edition[2]
+    assert first.info.run_name == run_name(sweep["id"], 1) == f"sweep-{sweep['id']}"
+    assert second.info.run_name == run_name(sweep["id"], 2) == f"sweep-{sweep['id']}-e2"
+    assert first.data.tags["sharpmix.delivery_id"] == delivered[1]
+    assert second.data.tags["sharpmix.delivery_id"] == delivered[2]
+    # The first run stays the answer the sweep gave then; the second holds the grown sweep.
+    assert first.data.metrics["recommended_ratio"] == 0.25
+    assert second.data.metrics["recommended_ratio"] == 0.75
+    assert "ratios.3" not in first.data.params and second.data.params["ratios.3"] == "0.75"
+    steps = [
+        sorted(m.step for m in client.get_metric_history(run.info.run_id, "eta_c/web"))
+        for run in (first, second)
+    ]
+    assert steps == [[0, 250, 500], [0, 250, 500, 750]]
+    assert {run.info.status for run in runs} == {"FINISHED"}
 
 
 def test_an_unreachable_tracking_server_is_retried(

@@ -1,6 +1,6 @@
 """Webhooks against a real local HTTP receiver: signed POSTs on final states, retries with
-backoff, at-least-once across a dead delivery process, tenant defaults, the deliveries endpoint and
-the submit-time checks of notify_url."""
+backoff, at-least-once across a dead delivery process, tenant defaults, each edition of a reopened
+sweep on its own, the deliveries endpoint and the submit-time checks of notify_url."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ from service.notify import DeliveryLoop, backoff_seconds, verify_signature
 from service.notify.webhooks import host_allowed
 from tests.service.notify.conftest import SECRET, ApiFactory
 from tests.service.notify.receiver import Receiver
-from tests.service.support import Api, finish, set_state, sweep_body
+from tests.service.support import (
+    Api,
+    add_candidates,
+    finish,
+    finish_reopened,
+    set_state,
+    sweep_body,
+)
 
 pytestmark = pytest.mark.db
 
@@ -278,11 +285,8 @@ def test_tenant_default_url_and_sweeps_without_a_target(
     assert response.status_code == 404
 
 
-def test_two_delivery_loops_post_each_sweep_once(hooks_api: ApiFactory, receiver: Receiver) -> None:
-    api = hooks_api()
-    ids = [api.submit(notify_url=receiver.url, seed=i)["id"] for i in range(5)]
-    for sweep_id in ids:
-        finish(api, sweep_id)
+def _race(api: Api) -> None:
+    """Two delivery loops (two API processes) running three passes each, at the same moment."""
     loops = [_loop(api), _loop(api)]
     barrier = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -300,13 +304,145 @@ def test_two_delivery_loops_post_each_sweep_once(hooks_api: ApiFactory, receiver
         thread.start()
     for thread in threads:
         thread.join()
-
     assert errors == []
+
+
+def test_two_delivery_loops_post_each_edition_once(
+    hooks_api: ApiFactory, receiver: Receiver
+) -> None:
+    api = hooks_api()
+    ids = [api.submit(notify_url=receiver.url, seed=i)["id"] for i in range(5)]
+    for sweep_id in ids:
+        finish(api, sweep_id, ratio=0.25)
+    _race(api)
     posted = sorted(json.loads(r.body)["sweep"]["id"] for r in receiver.requests)
     assert posted == sorted(ids)
+
+    # Candidates added to every sweep, measured, and a new answer: each sweep's second edition.
+    for sweep_id in ids:
+        add_candidates(api, sweep_id, [0.75])
+        finish_reopened(api, sweep_id, ratio=0.75)
+    _race(api)
+
+    bodies = [json.loads(r.body) for r in receiver.requests]
+    again = sorted((b["sweep"]["id"], b["edition"], b["recommendation"]["ratio"]) for b in bodies)
+    assert again == sorted([(i, 1, 0.25) for i in ids] + [(i, 2, 0.75) for i in ids])
+    assert len({b["id"] for b in bodies}) == 10  # a new idempotency id per edition
     with api.session() as session:
         rows = session.scalars(select(SweepDelivery).where(SweepDelivery.channel == "webhook"))
-        assert sorted(r.sweep_id for r in rows) == sorted(ids)
+        assert sorted((r.sweep_id, r.edition) for r in rows) == sorted(
+            [(i, 1) for i in ids] + [(i, 2) for i in ids]
+        )
+
+
+def test_a_reopened_sweep_is_delivered_again_as_its_next_edition(
+    hooks_api: ApiFactory, receiver: Receiver
+) -> None:
+    api = hooks_api()
+    sweep = api.submit(notify_url=receiver.url)
+    finish(api, sweep["id"], ratio=0.25)
+    _loop(api).run_once()
+    (first,) = receiver.requests
+    assert json.loads(first.body)["edition"] == 1
+
+    reopened = add_candidates(api, sweep["id"], [0.75])
+    assert reopened["edition"] == 2 and reopened["state"] == "running"
+    _loop(api).run_once()
+    assert len(receiver.requests) == 1  # nothing while the new candidates are measured
+
+    receiver.statuses = [500, 200]  # the second edition's first attempt fails: retried
+    recommendation = finish_reopened(api, sweep["id"], ratio=0.75)
+    both = ["delivered", "delivered"]
+    _run_until(api, lambda: [row["state"] for row in _deliveries(api, sweep["id"])] == both)
+    for _ in range(2):
+        _loop(api).run_once()  # delivered: not posted again
+
+    _, failed, retried = receiver.requests
+    assert failed.body == retried.body
+    assert failed.headers["idempotency-key"] == retried.headers["idempotency-key"]
+    assert retried.headers["idempotency-key"] != first.headers["idempotency-key"]
+    assert retried.headers["x-sharpmix-event"] == "sweep.succeeded"
+    assert verify_signature(
+        SECRET,
+        retried.body,
+        retried.headers["x-sharpmix-timestamp"],
+        retried.headers["x-sharpmix-signature"],
+    )
+    body = json.loads(retried.body)
+    assert body["id"] == retried.headers["idempotency-key"]
+    assert body["edition"] == 2
+    assert body["sweep"]["state"] == "succeeded"
+    assert body["recommendation"]["ratio"] == recommendation.ratio == 0.75
+
+    one, two = _deliveries(api, sweep["id"])
+    assert (one["edition"], one["state"], one["attempts"]) == (1, "delivered", 1)
+    assert (two["edition"], two["state"], two["attempts"]) == (2, "delivered", 2)
+    assert one["id"] == first.headers["idempotency-key"] and two["id"] == body["id"]
+    assert [entry["status"] for entry in two["log"]] == [500, 200]
+
+
+def test_an_edition_reopened_before_it_went_out_is_not_sent(
+    hooks_api: ApiFactory, receiver: Receiver
+) -> None:
+    api = hooks_api()
+    receiver.statuses = [500, 200]
+    retrying = api.submit(notify_url=receiver.url)
+    unseen = api.submit(notify_url=receiver.url, seed=1)
+    finish(api, retrying["id"], ratio=0.25)
+    _loop(api).run_once()
+    assert _deliveries(api, retrying["id"])[0]["state"] == "pending"  # answered 500: retried
+    # Reopened while its first answer waits for a retry, or before the loop saw it at all.
+    add_candidates(api, retrying["id"], [0.75])
+    finish(api, unseen["id"], ratio=0.25)
+    add_candidates(api, unseen["id"], [0.75])
+    time.sleep(0.2)  # past the backoff: the first edition's row is due again
+    _loop(api).run_once()
+
+    assert len(receiver.requests) == 1
+    (superseded,) = _deliveries(api, retrying["id"])
+    assert superseded["edition"] == 1 and superseded["state"] == "superseded"
+    assert superseded["next_attempt_at"] is None
+    assert "reopened" in superseded["last_error"] and "edition 2" in superseded["last_error"]
+    assert _deliveries(api, unseen["id"]) == []
+
+    for sweep in (retrying, unseen):
+        finish_reopened(api, sweep["id"], ratio=0.75)
+    _loop(api).run_once()
+    bodies = [json.loads(r.body) for r in receiver.requests[1:]]
+    assert sorted((b["sweep"]["id"], b["edition"]) for b in bodies) == sorted(
+        [(retrying["id"], 2), (unseen["id"], 2)]
+    )
+    assert {b["recommendation"]["ratio"] for b in bodies} == {0.75}
+    assert [row["state"] for row in _deliveries(api, retrying["id"])] == ["superseded", "delivered"]
+
+
+def test_a_reopened_sweep_cancelled_is_delivered_as_cancelled(
+    hooks_api: ApiFactory, receiver: Receiver
+) -> None:
+    api = hooks_api()
+    sweep = api.submit(notify_url=receiver.url)
+    finish(api, sweep["id"])
+    _loop(api).run_once()
+    add_candidates(api, sweep["id"], [0.75])
+    cancelled = api.client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=api.headers).json()
+    assert cancelled["state"] == "cancelled" and cancelled["edition"] == 2
+    _loop(api).run_once()
+
+    first, second = (json.loads(r.body) for r in receiver.requests)
+    assert (first["event"], first["edition"]) == ("sweep.succeeded", 1)
+    assert (second["event"], second["edition"]) == ("sweep.cancelled", 2)
+    assert second["recommendation"] is None
+    rows = api.client.get(f"/v1/sweeps/{sweep['id']}/deliveries", headers=api.headers).json()
+    # No answer to write into the study for a cancelled edition.
+    assert {(r["channel"], r["edition"], r["state"]) for r in rows if r["edition"] == 2} == {
+        ("webhook", 2, "delivered"),
+        ("optuna", 2, "skipped"),
+    }
+    # Cancelled is final for good (the transition table): no third edition.
+    response = api.client.post(
+        f"/v1/sweeps/{sweep['id']}/candidates", json={"ratios": [0.9]}, headers=api.headers
+    )
+    assert response.status_code == 409 and "cancelled" in response.json()["detail"]
 
 
 def test_a_redirect_is_not_followed(hooks_api: ApiFactory, receiver: Receiver) -> None:
