@@ -55,8 +55,10 @@ class SweepOut(BaseModel):
     cancel_requested: bool
     study_name: str = Field(description="The sweep's Optuna study, in the same database.")
     edition: int = Field(
+        default=1,  # a server from before editions sends none: its sweeps were never reopened
+        ge=1,
         description="1, plus one each time added candidates reopened the succeeded sweep; each "
-        "edition's final state is delivered (webhook, MLflow) on its own."
+        "edition's final state is delivered (webhook, MLflow) on its own.",
     )
 
 
