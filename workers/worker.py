@@ -31,6 +31,7 @@ from optuna.storages import RDBStorage
 from safetensors import SafetensorError
 from sqlalchemy.orm import Session, sessionmaker
 
+from contract.mix import Candidate
 from contract.recommendation import SetForecast
 from contract.results import PointResult, TaskResult, TrajectoryResult
 from contract.states import TaskKind
@@ -216,7 +217,8 @@ class Worker:
         if self.leader is not None:
             reuse = self._cached(task) is not None
             spec, kind = task.spec, task.kind
-            self.leader.assign(Order(task.task_id, task.sweep_id, kind, spec, task.ratio, reuse))
+            order = Order(task.task_id, task.sweep_id, kind, spec, task.candidate, reuse)
+            self.leader.assign(order)
         log.info(
             "task %s slot %d of sweep %s (try %d)",
             task.task_id,
@@ -294,8 +296,9 @@ class Worker:
         spec = task.spec
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
+        fixed = task.candidate.ratio if task.candidate is not None else None
         study = studies.open_study(
-            self._storage(), task.study_name, spec, slot=task.slot, ratio=task.ratio
+            self._storage(), task.study_name, spec, slot=task.slot, ratio=fixed
         )
         seeded = reuse.SEEDED_FROM in study.user_attrs
         if spec.warm_start_from is not None and (fresh or not seeded):
@@ -316,13 +319,13 @@ class Worker:
             own_previous=task.optuna_trial_number,
             older_than=timedelta(seconds=lease_seconds),
         )
-        trial, ratio = studies.ask(study, spec)
+        trial, candidate = studies.ask(study, spec)
 
-        def recorded() -> float:
+        def recorded() -> Candidate:
             if not queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number):
                 studies.abandon(study, trial)
                 raise TaskAbortedError(queue.Heartbeat.lost.value)
-            return ratio
+            return candidate
 
         self._agree(recorded)
 
@@ -335,13 +338,13 @@ class Worker:
             return self._agree(go_on)
 
         try:
-            measured = prepared.measure_ratio(ratio, on_batch)
+            measured = prepared.measure_ratio(candidate, on_batch)
         except BaseException:
             studies.abandon(study, trial)
             raise
         setup_forwards = prepared.setup_forwards if fresh else 0
         result = TaskResult(
-            ratio=ratio,
+            ratio=candidate.ratio,
             measurements=measured.measurements,
             forwards=measured.forwards + setup_forwards,
             backwards=prepared.backwards if fresh else 0,
@@ -356,18 +359,20 @@ class Worker:
             log.warning("task %s was taken over by another worker; result dropped", task.task_id)
             studies.abandon(study, trial)
             return
-        studies.finish(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
+        studies.finish(
+            study, trial, spec, candidate.ratio, measured.measurements, pruned=measured.pruned
+        )
         queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
 
     def _compute_trajectory(self, task: queue.ClaimedTask, lease: _Lease) -> None:
-        """K real steps on one ratio's mix; points are written as they are measured."""
+        """K real steps on one candidate's mix; points are written as they are measured."""
         spec = task.spec
-        assert task.ratio is not None  # trajectory tasks are created with their ratio
-        ratio = task.ratio
+        assert task.candidate is not None  # trajectory tasks are created with their candidate
+        candidate = task.candidate
         start = time.perf_counter()
         prepared, fresh = self._prepare(task, lease)
         study = studies.open_trajectory_study(
-            self._storage(), task.study_name, spec, slot=task.slot, ratio=ratio
+            self._storage(), task.study_name, spec, slot=task.slot, ratio=candidate.ratio
         )
         lease_seconds = self.settings.lease_seconds
         records = queue.trial_records(
@@ -397,7 +402,7 @@ class Worker:
         def on_measure(step: int, points: list[PointResult]) -> bool:
             def go_on() -> bool:
                 if not queue.record_points(
-                    self.sessions, task, self.worker_id, ratio, step, points
+                    self.sessions, task, self.worker_id, candidate.ratio, step, points
                 ):
                     lease.state = queue.Heartbeat.lost
                     raise TaskAbortedError("lost")
@@ -407,13 +412,13 @@ class Worker:
 
         try:
             measured = run_trajectory(
-                prepared, ratio, on_measure=on_measure, checkpoint=lambda: self._check(lease)
+                prepared, candidate, on_measure=on_measure, checkpoint=lambda: self._check(lease)
             )
         except BaseException:
             studies.abandon(study, trial)
             raise
         result = TrajectoryResult(
-            ratio=ratio,
+            ratio=candidate.ratio,
             steps_done=measured.steps_done,
             pruned=measured.pruned,
             forecast=[
