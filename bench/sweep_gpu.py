@@ -26,6 +26,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, Olmo2Config
 
+from contract.mix import Candidate
 from contract.spec import SweepSpec
 from sharpmix.assets.corpora import general_documents, math_documents
 from sharpmix.assets.vocab import train_tokenizer
@@ -128,7 +129,7 @@ def main() -> None:
         per_ratio = []
         for ratio in ratios:
             t0 = time.perf_counter()
-            measured = prepared.measure_ratio(ratio)
+            measured = prepared.measure_ratio(Candidate(ratio))
             if device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t0

@@ -10,7 +10,8 @@ A sweep asks for its mixes in one of four ways:
 - ``mix_search``: Optuna searches the simplex within each domain's ``min``/``max``/``share``.
 
 Whatever the form, a mix's *ratio* stays its total pre-training share, so every rule that speaks
-in ratios (the flat-pre-training objective, the task rows, exports) keeps its meaning.
+in ratios (the flat-pre-training objective, the task rows, exports) keeps its meaning. Through the
+worker loop a mix travels as a `Candidate`: its ratio, and a k-domain mix's weights beside it.
 
 The search samples the free coordinates by stick-breaking (uniform ``u`` in [0, 1) become a
 uniform Dirichlet point; Optuna's TPE models the ``u``), scales the point into the room the
@@ -192,29 +193,31 @@ def explicit_mix(spec: SweepSpec, slot: int) -> dict[str, float]:
     return {d.name: mix.get(d.name, 0.0) for d in domains(spec)}
 
 
-class MixShare(float):
-    """The pre-training share of a mix that also carries the mix's weights per domain.
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate mix as the worker loop, the task rows, the studies and the sweep worker pass
+    it from one to the next.
 
-    A float, so that the worker loop, the task rows and Optuna's objective, which all speak in
-    ratios, pass a k-domain mix through unchanged; the measurement reads ``weights``.
+    Every rule that speaks in ratios (the flat-pre-training objective, the task rows, exports)
+    reads ``ratio``; the measurement and the trajectory step along ``weights`` when a k-domain
+    mix gives them, else along the ratio form's weights (`ratio_weights`).
+
+    Attributes:
+        ratio: The mix's total pre-training share.
+        weights: A k-domain mix's share per domain (``mixes``, ``mix_search``), every domain of
+            the spec named in gradient order; None for the ratio form.
     """
 
-    weights: dict[str, float]
+    ratio: float
+    weights: dict[str, float] | None = None
 
-    def __new__(cls, spec: SweepSpec, weights: Mapping[str, float]) -> Self:
-        made = super().__new__(cls, pretraining_share(spec, weights))
-        made.weights = {d.name: float(weights.get(d.name, 0.0)) for d in domains(spec)}
-        return made
-
-    def __reduce__(self) -> tuple[Any, tuple[float, dict[str, float]]]:
-        # Copies and pickles keep the weights (float's own would call __new__ with one number).
-        return _restore_share, (float(self), dict(self.weights))
-
-
-def _restore_share(share: float, weights: dict[str, float]) -> MixShare:
-    made = float.__new__(MixShare, share)
-    made.weights = weights
-    return made
+    @classmethod
+    def of_mix(cls, spec: SweepSpec, weights: Mapping[str, float]) -> Candidate:
+        """A k-domain mix: its ratio is its pre-training total; a domain it leaves out weighs 0."""
+        return cls(
+            ratio=pretraining_share(spec, weights),
+            weights={d.name: float(weights.get(d.name, 0.0)) for d in domains(spec)},
+        )
 
 
 @dataclass(frozen=True)
@@ -382,10 +385,10 @@ _MIX_FIELDS = frozenset({"min", "max", "share", "weight"})
 
 __all__ = [
     "MIX_SUM_TOLERANCE",
+    "Candidate",
     "Domain",
     "MixBounds",
     "MixSearch",
-    "MixShare",
     "MixWeights",
     "PretrainingMix",
     "check_mix_spec",

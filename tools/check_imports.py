@@ -42,6 +42,7 @@ FORBIDDEN_WORKER_MODULES = (
     "workers.sweep",
     "workers.study",
     "workers.worker",
+    "workers.runner",
     "workers.recommend",
     "workers.trajectory",
     "workers.forecast",

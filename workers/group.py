@@ -1,11 +1,11 @@
 """The ranks of a worker that shards each model over several devices: rank 0 leads, the rest follow.
 
 Only rank 0 talks to the queue: it is the worker loop (`workers/worker.py`) given a `Leader`. It
-claims a task and sends the other ranks an `Order` (the task's kind, sweep, spec, ratio, and
-whether the sweep's prepared model is reused); then every rank runs the same `prepare(...,
+claims a task and sends the other ranks an `Order` (the task's kind, sweep, spec, candidate,
+and whether the sweep's prepared model is reused); then every rank runs the same `prepare(...,
 ranks=)` and `measure_ratio` or `run_trajectory` on its shards (`workers/curvature/
 distributed.py`). Whatever those ask their callbacks (the checkpoints between expensive steps,
-`on_batch`, `on_measure`) and the ratio Optuna asks for are decided by rank 0 alone, with the
+`on_batch`, `on_measure`) and the candidate Optuna asks for are decided by rank 0 alone, with the
 database and the study at hand, and told to the others as they are decided (`Leader.decide`):
 a value every rank goes on with, or a stop (shutdown, cancel, lost lease) that every rank raises
 as `TaskAbortedError` at the same point. So all ranks run the same forwards in the same order
@@ -36,6 +36,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from contract.mix import Candidate
 from contract.spec import SweepSpec
 from contract.states import TaskKind
 from workers.curvature.distributed import Ranks, join
@@ -59,7 +60,8 @@ class Order:
         sweep_id: Its sweep: a follower keeps the sweep's prepared model like rank 0 does.
         kind: ``measure`` or ``trajectory``.
         spec: The sweep's spec.
-        ratio: The trajectory's ratio; None for a measurement (Optuna's ask decides it later).
+        candidate: The trajectory's ratio or mix; None for a measurement (Optuna's ask decides
+            it later).
         reuse: Rank 0 reuses the sweep it prepared for an earlier task, so every rank does.
     """
 
@@ -67,7 +69,7 @@ class Order:
     sweep_id: str
     kind: TaskKind
     spec: SweepSpec
-    ratio: float | None
+    candidate: Candidate | None
     reuse: bool
 
 
@@ -263,15 +265,15 @@ class Follower:
     def _follow(self, order: Order) -> None:
         prepared = self._prepare(order)
         if order.kind == TaskKind.measure:
-            ratio = self._next()  # what Optuna asked rank 0 for
-            assert isinstance(ratio, int | float)
-            prepared.measure_ratio(float(ratio), lambda _step: bool(self._next()))
+            candidate = self._next()  # what Optuna asked rank 0 for
+            assert isinstance(candidate, Candidate)
+            prepared.measure_ratio(candidate, lambda _step: bool(self._next()))
             return
-        assert order.ratio is not None  # trajectory tasks are created with their ratio
+        assert order.candidate is not None  # trajectory tasks are created with their candidate
         self._checkpoint()  # rank 0 started the trial and the trajectory's row
         run_trajectory(
             prepared,
-            order.ratio,
+            order.candidate,
             on_measure=lambda _step, _points: bool(self._next()),
             checkpoint=self._checkpoint,
         )

@@ -36,7 +36,7 @@ from optuna.samplers import BaseSampler, PartialFixedSampler, TPESampler
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from contract.mix import MixShare, domains, explicit_mix, search_dimensions, searched_mix
+from contract.mix import Candidate, domains, explicit_mix, search_dimensions, searched_mix
 from contract.results import MeasurementResult, PointResult, TrialRecords
 from contract.spec import RETENTION_ROLES, SweepSpec
 from workers.trajectory import RISING_OVER, Trajectory
@@ -109,18 +109,18 @@ def open_study(
     )
 
 
-def ask(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.Trial, float]:
-    """Start the task's trial and read its ratio (a :class:`MixShare` for k-domain mixes)."""
+def ask(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.Trial, Candidate]:
+    """Start the task's trial and read its candidate: a ratio, or a k-domain mix's weights."""
     trial = study.ask()
     if spec.mixes is not None or spec.mix_search is not None:
         return trial, ask_mix(trial, spec)
     low, high = (
         (0.0, 1.0) if spec.ratio_range is None else (spec.ratio_range.low, spec.ratio_range.high)
     )
-    return trial, trial.suggest_float(RATIO, low, high)
+    return trial, Candidate(trial.suggest_float(RATIO, low, high))
 
 
-def ask_mix(trial: optuna.Trial, spec: SweepSpec) -> MixShare:
+def ask_mix(trial: optuna.Trial, spec: SweepSpec) -> Candidate:
     """The trial's mix: a listed one (its weights fixed by the sampler as ``w:<set>``) or a
     searched one (``u<j>`` stick-breaking numbers, `contract.mix.searched_mix`); the weights are
     stored as user attributes ``weight:<set>`` for optuna-dashboard."""
@@ -131,7 +131,7 @@ def ask_mix(trial: optuna.Trial, spec: SweepSpec) -> MixShare:
         weights = searched_mix(spec, u)
     for name, share in weights.items():
         trial.set_user_attr(f"weight:{name}", share)
-    return MixShare(spec, weights)
+    return Candidate.of_mix(spec, weights)
 
 
 def report(trial: optuna.Trial, spec: SweepSpec, step: int, results: dict[str, float]) -> bool:
@@ -298,7 +298,7 @@ def open_trajectory_study(
         study_name=f"{name}-trajectory",
         storage=store,
         direction="minimize",
-        # The trajectory's ratio, also for a listed k-domain mix (the task's ratio carries it).
+        # The trajectory's ratio, also for a listed k-domain mix (its candidate's ratio).
         sampler=_with_fixed(spec, slot, {RATIO: ratio}),
         pruner=DriftPruner(spec.tolerance, burn_in=_burn_in(spec)),
         load_if_exists=True,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
-from contract.mix import MixShare, ratio_weights
+from contract.mix import Candidate, ratio_weights
 from contract.results import BatchResult, MeasurementResult, Status
 from contract.spec import AdamWSpec, DataRef, SGDSpec, SweepSpec
 from workers.curvature import (
@@ -116,13 +116,13 @@ class PreparedSweep:
         return micro_batched_loss(model, batch, self.micro_batch)
 
     def measure_ratio(
-        self, ratio: float, on_batch: Callable[[BatchStep], bool] | None = None
+        self, candidate: Candidate, on_batch: Callable[[BatchStep], bool] | None = None
     ) -> RatioMeasurement:
-        """Measure eta_c and the one-step loss change at the planned rate for one ratio.
+        """Measure eta_c and the one-step loss change at the planned rate for one candidate.
 
         Args:
-            ratio: Fraction of pre-training tokens in the mix; a :class:`MixShare` carries the
-                weights of a k-domain mix (``mixes``, ``mix_search``) as well.
+            candidate: The mix: its fraction of pre-training tokens, and the weights of a
+                k-domain mix (``mixes``, ``mix_search``) when it has them.
             on_batch: Called after each direction batch; returning False prunes the ratio (the
                 batches done so far are kept). It may raise :class:`TaskAbortedError`.
 
@@ -130,7 +130,7 @@ class PreparedSweep:
             One measurement per evaluation set.
         """
         spec = self.spec
-        named = named_weights(spec, ratio)
+        named = named_weights(spec, candidate)
         weights = [named[ref.name] for ref in spec.direction_sets()]
         names = [ref.name for ref in spec.eval_sets()]
         per_set: dict[str, list[CriticalLR]] = {name: [] for name in names}
@@ -185,7 +185,7 @@ class PreparedSweep:
                 )
                 for m in measurements
             ]
-        return RatioMeasurement(ratio, measurements, forwards, pruned)
+        return RatioMeasurement(candidate.ratio, measurements, forwards, pruned)
 
     def _measure_one(
         self, direction: list[Tensor], params: list[Tensor], batch: Tensor, name: str, b: int
@@ -208,17 +208,17 @@ class PreparedSweep:
         )
 
 
-def mix_weights(spec: SweepSpec, ratio: float) -> list[float]:
-    """Simplex weights over ``spec.direction_sets()`` for a pre-training ratio (or a mix)."""
-    named = named_weights(spec, ratio)
+def mix_weights(spec: SweepSpec, candidate: Candidate) -> list[float]:
+    """Simplex weights over ``spec.direction_sets()`` for a candidate (a ratio or a mix)."""
+    named = named_weights(spec, candidate)
     return [named[ref.name] for ref in spec.direction_sets()]
 
 
-def named_weights(spec: SweepSpec, ratio: float) -> dict[str, float]:
-    """The mix's share per direction set: a :class:`MixShare`'s own, else the ratio form's."""
-    if isinstance(ratio, MixShare):
-        return dict(ratio.weights)
-    return ratio_weights(spec, ratio)
+def named_weights(spec: SweepSpec, candidate: Candidate) -> dict[str, float]:
+    """The mix's share per direction set: a k-domain mix's own, else the ratio form's."""
+    if candidate.weights is not None:
+        return dict(candidate.weights)
+    return ratio_weights(spec, candidate.ratio)
 
 
 def prepare(

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
+from contract.mix import Candidate
 from contract.results import PointResult, Status
 from contract.spec import AdamWSpec, SGDSpec, SweepSpec
 from workers.curvature import direction_params, update_direction
@@ -129,16 +130,17 @@ def _slope(points: Sequence[tuple[int, float]]) -> float:
 
 def run_trajectory(
     prepared: PreparedSweep,
-    ratio: float,
+    candidate: Candidate,
     *,
     on_measure: Callable[[int, list[PointResult]], bool] | None = None,
     checkpoint: Callable[[], None] | None = None,
 ) -> Trajectory:
-    """Step on the mix at ``ratio`` and measure as it goes; the model is restored afterwards.
+    """Step on the candidate's mix and measure as it goes; the model is restored afterwards.
 
     Args:
         prepared: The worker's sweep (model, held-out batches, tokenizer and loading policy).
-        ratio: Fraction of pre-training tokens in every batch.
+        candidate: The mix: its fraction of pre-training tokens in every batch, and a k-domain
+            mix's weights when it has them.
         on_measure: Called with the step and its points after each measurement (to write them
             and report them to Optuna); returning False prunes the ratio there.
         checkpoint: Called before every step; it may raise to abort (lease lost, cancel).
@@ -157,10 +159,10 @@ def run_trajectory(
     model = prepared.model
     device = next(model.parameters()).device
     autocast = _autocast(spec, device)
-    streams = _Streams(prepared, ratio)
+    streams = _Streams(prepared, candidate)
     measure_at = set(planned_measure_steps(spec))
     last = max(measure_at)
-    result = Trajectory(ratio=ratio)
+    result = Trajectory(ratio=candidate.ratio)
     history: list[list[PointResult]] = []
     loss_start: dict[str, float] = {}
     warm: dict[str, float] = {}
@@ -387,15 +389,15 @@ def _restored(model: nn.Module) -> Iterator[None]:
 
 
 class _Streams:
-    """Mixed training batches at a pre-training share ``ratio``, from rows no evaluation uses."""
+    """Mixed training batches at a candidate's weights, from rows no evaluation uses."""
 
-    def __init__(self, prepared: PreparedSweep, ratio: float) -> None:
+    def __init__(self, prepared: PreparedSweep, candidate: Candidate) -> None:
         spec = prepared.spec
         if prepared.tokenizer is None or prepared.policy is None:
             raise ValueError("the prepared sweep has no tokenizer or loading policy")
         self.size = spec.sequences_per_batch
         self.device = next(prepared.model.parameters()).device
-        self.weights = mix_weights(spec, ratio)
+        self.weights = mix_weights(spec, candidate)
         refs = spec.direction_sets()
         groups = field_names(spec)
         # Rows 0 .. 2B*S-1 of each direction set's seeded order are its direction and

@@ -1,5 +1,9 @@
 """The sweep worker: claim a task, compute it with no transaction open, write it, repeat.
 
+This is the loop: the housekeeping passes, the claim, the heartbeat and the lease, and every
+write to the queue. The task itself runs in a `TaskRunner` (`workers/runner.py`), which reads
+and writes the task's rows only through the `TaskRows` this loop binds to the claim (`_Rows`).
+
 A worker process runs one task at a time (one per GPU). While it computes, a heartbeat thread
 renews the task's lease; the heartbeat also learns when the user cancelled the sweep or when the
 lease was lost (the process stalled past the lease and another worker took the task over). Both,
@@ -7,22 +11,19 @@ and a shutdown request (SIGTERM), stop the computation at the next batch boundar
 sweep ends, a lost task is left to its new owner, and on shutdown the task is handed back.
 
 Over several devices (``SHARPMIX_DEVICES``), this loop is rank 0 of the worker's group and the
-other ranks follow it (`workers/group.py`): it sends them each task it claims and every decision
-it takes (`_agree`), and it stops leading after a failed task, since the group may be spent.
+other ranks follow it (`workers/group.py`): it sends them each task it claims, its runner sends
+every decision it takes, and it stops leading after a failed task, since the group may be spent.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TypeVar
 
 import datasets
 import torch
@@ -31,33 +32,28 @@ from optuna.storages import RDBStorage
 from safetensors import SafetensorError
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.recommendation import SetForecast
-from contract.results import PointResult, TaskResult, TrajectoryResult
+from contract.results import (
+    MeasurementResult,
+    PointResult,
+    TaskResult,
+    TrajectoryResult,
+    TrialRecords,
+)
 from contract.states import TaskKind
-from contract.wire import finite
 from service.config import Settings
 from service.db import queue
 from service.db.engine import Timeouts, make_engine, make_session_factory
 from service.errors import DatabaseError, InvalidRequestError
-from workers import reuse
 from workers import study as studies
 from workers.curvature import CurvatureError
 from workers.data import DataError, LoadPolicy
 from workers.gradient_store import GradientStore
 from workers.group import Leader, Order
 from workers.recommend import plan_trajectories, recommend
-from workers.sweep import (
-    BatchStep,
-    PreparedSweep,
-    TaskAbortedError,
-    default_micro_batch_tokens,
-    prepare,
-)
-from workers.trajectory import run_trajectory
+from workers.runner import TaskRunner
+from workers.sweep import TaskAbortedError, default_micro_batch_tokens
 
 log = logging.getLogger("sharpmix.worker")
-
-T = TypeVar("T")
 
 # Errors the user must fix: retrying the task cannot help, so the sweep fails with the message.
 USER_ERRORS = (DataError, CurvatureError, InvalidRequestError)
@@ -117,6 +113,53 @@ class _Lease:
     state: queue.Heartbeat = queue.Heartbeat.ok
 
 
+@dataclass
+class _Rows:
+    """The claimed task's rows as its run reads and writes them (`workers.runner.TaskRows`):
+    each call one short transaction, each write guarded by this worker's lease."""
+
+    sessions: sessionmaker[Session]
+    task: queue.ClaimedTask
+    worker_id: str
+    lease_seconds: float
+    lease: _Lease
+
+    def trial_records(self, kind: TaskKind) -> TrialRecords:
+        return queue.trial_records(
+            self.sessions,
+            self.task.sweep_id,
+            lease_seconds=self.lease_seconds,
+            task_id=self.task.task_id,
+            kind=kind,
+        )
+
+    def measured_points(self, sweep_id: str) -> list[tuple[float, list[MeasurementResult]]]:
+        return queue.measured_points(self.sessions, sweep_id)
+
+    def record_trial(self, number: int) -> bool:
+        return queue.record_trial(self.sessions, self.task.task_id, self.worker_id, number)
+
+    def start_trajectory(self) -> bool:
+        return queue.start_trajectory(self.sessions, self.task, self.worker_id)
+
+    def record_points(self, ratio: float, step: int, points: list[PointResult]) -> bool:
+        if queue.record_points(self.sessions, self.task, self.worker_id, ratio, step, points):
+            return True
+        self.lease.state = queue.Heartbeat.lost  # the task is left to the worker that has it
+        return False
+
+    def complete(self, result: TaskResult) -> bool:
+        return queue.complete_task(
+            self.sessions, self.task, self.worker_id, result, plan=plan_trajectories
+        )
+
+    def complete_trajectory(self, result: TrajectoryResult) -> bool:
+        return queue.complete_trajectory(self.sessions, self.task, self.worker_id, result)
+
+    def finalize(self) -> None:
+        queue.finalize_sweep(self.sessions, self.task.sweep_id, recommend)
+
+
 class Worker:
     """Claims and runs sweep tasks from the database until told to stop.
 
@@ -145,17 +188,20 @@ class Worker:
         self.sessions: sessionmaker[Session] = make_session_factory(self.engine)
         self.leader = leader
         self.spent = False  # leading a group whose ranks may be stuck after a failed task
-        self.device = leader.crew.device if leader else resolve_device(settings.device)
-        self.dtype = torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32
-        self.micro_batch_tokens = settings.micro_batch_tokens or default_micro_batch_tokens(
-            self.device
-        )
-        self.policy = load_policy(settings)
-        self._prepared: tuple[str, PreparedSweep] | None = None
-        self.gradient_store = GradientStore(
-            settings.cache_dir / "gradients", settings.gradient_store_bytes
-        )
         self._optuna: RDBStorage | None = None  # made on the first task, then reused
+        device = leader.crew.device if leader else resolve_device(settings.device)
+        self.runner = TaskRunner(
+            device=device,
+            dtype=torch.bfloat16 if settings.dtype == "bfloat16" else torch.float32,
+            micro_batch_tokens=settings.micro_batch_tokens or default_micro_batch_tokens(device),
+            policy=load_policy(settings),
+            gradient_store=GradientStore(
+                settings.cache_dir / "gradients", settings.gradient_store_bytes
+            ),
+            storage=self._storage,
+            lease_seconds=settings.lease_seconds,
+            leader=leader,
+        )
         # Progress bars of model loading and tokenisation are noise in a service's log.
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
@@ -170,8 +216,8 @@ class Worker:
         log.info(
             "worker %s on %s (%s) polling %s",
             self.worker_id,
-            self.device,
-            self.dtype,
+            self.runner.device,
+            self.runner.dtype,
             self.engine.url.render_as_string(hide_password=True),
         )
         while not self.stop.is_set() and not self.spent:
@@ -193,7 +239,7 @@ class Worker:
 
     def close(self) -> None:
         """Release the database connections and the cached model."""
-        self._prepared = None
+        self.runner.forget()
         if self._optuna is not None:
             self._optuna.engine.dispose()
             self._optuna = None
@@ -214,9 +260,10 @@ class Worker:
                 self.leader.idle()
             return False
         if self.leader is not None:
-            reuse = self._cached(task) is not None
+            reuse = self.runner.reuses(task)
             spec, kind = task.spec, task.kind
-            self.leader.assign(Order(task.task_id, task.sweep_id, kind, spec, task.ratio, reuse))
+            order = Order(task.task_id, task.sweep_id, kind, spec, task.candidate, reuse)
+            self.leader.assign(order)
         log.info(
             "task %s slot %d of sweep %s (try %d)",
             task.task_id,
@@ -229,7 +276,7 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, args=(task, lease, beating), daemon=True)
         beat.start()
         try:
-            self._compute(task, lease)
+            self._run(task, lease)
         except TaskAbortedError:
             self._aborted(task, lease)
         except Exception as exc:
@@ -287,215 +334,14 @@ class Worker:
             self._optuna = studies.storage(self.url)
         return self._optuna
 
-    def _compute(self, task: queue.ClaimedTask, lease: _Lease) -> None:
-        if task.kind == TaskKind.trajectory:
-            self._compute_trajectory(task, lease)
-            return
-        spec = task.spec
-        start = time.perf_counter()
-        prepared, fresh = self._prepare(task, lease)
-        study = studies.open_study(
-            self._storage(), task.study_name, spec, slot=task.slot, ratio=task.ratio
-        )
-        seeded = reuse.SEEDED_FROM in study.user_attrs
-        if spec.warm_start_from is not None and (fresh or not seeded):
-            # Issue 11, part 5: the earlier sweep seeds the study once, and the first guesses.
-            earlier = queue.measured_points(self.sessions, spec.warm_start_from)
-            reuse.seed_study(study, spec, earlier)
-            if fresh and self.leader is None:
-                # Sharded, every rank must probe alike: the followers never see these guesses.
-                prepared.warm.update(reuse.eta_guesses(earlier))
-        lease_seconds = self.settings.lease_seconds
-        records = queue.trial_records(
-            self.sessions, task.sweep_id, lease_seconds=lease_seconds, task_id=task.task_id
-        )
-        studies.close_orphans(
-            study,
-            spec,
-            records,
-            own_previous=task.optuna_trial_number,
-            older_than=timedelta(seconds=lease_seconds),
-        )
-        trial, ratio = studies.ask(study, spec)
-
-        def recorded() -> float:
-            if not queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number):
-                studies.abandon(study, trial)
-                raise TaskAbortedError(queue.Heartbeat.lost.value)
-            return ratio
-
-        self._agree(recorded)
-
-        def on_batch(step: BatchStep) -> bool:
-            def go_on() -> bool:
-                self._check_here(lease)
-                etas = {name: result.eta for name, result in step.results.items()}
-                return studies.report(trial, spec, step.batch, etas)
-
-            return self._agree(go_on)
-
-        try:
-            measured = prepared.measure_ratio(ratio, on_batch)
-        except BaseException:
-            studies.abandon(study, trial)
-            raise
-        setup_forwards = prepared.setup_forwards if fresh else 0
-        result = TaskResult(
-            ratio=ratio,
-            measurements=measured.measurements,
-            forwards=measured.forwards + setup_forwards,
-            backwards=prepared.backwards if fresh else 0,
-            seconds=time.perf_counter() - start,
-            optuna_trial_number=trial.number,
-            sources=prepared.sources,
-        )
-        studies.annotate(trial, spec, measured.measurements)
-        if not queue.complete_task(
-            self.sessions, task, self.worker_id, result, plan=plan_trajectories
-        ):
-            log.warning("task %s was taken over by another worker; result dropped", task.task_id)
-            studies.abandon(study, trial)
-            return
-        studies.finish(study, trial, spec, ratio, measured.measurements, pruned=measured.pruned)
-        queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
-
-    def _compute_trajectory(self, task: queue.ClaimedTask, lease: _Lease) -> None:
-        """K real steps on one ratio's mix; points are written as they are measured."""
-        spec = task.spec
-        assert task.ratio is not None  # trajectory tasks are created with their ratio
-        ratio = task.ratio
-        start = time.perf_counter()
-        prepared, fresh = self._prepare(task, lease)
-        study = studies.open_trajectory_study(
-            self._storage(), task.study_name, spec, slot=task.slot, ratio=ratio
-        )
-        lease_seconds = self.settings.lease_seconds
-        records = queue.trial_records(
-            self.sessions,
-            task.sweep_id,
-            lease_seconds=lease_seconds,
-            task_id=task.task_id,
-            kind=TaskKind.trajectory,
-        )
-        studies.close_trajectory_orphans(
-            study,
-            records,
-            own_previous=task.optuna_trial_number,
-            older_than=timedelta(seconds=lease_seconds),
-        )
-        trial = study.ask()
-        trial.suggest_float(studies.RATIO, 0.0, 1.0)
-
-        def started() -> None:
-            recorded = queue.record_trial(self.sessions, task.task_id, self.worker_id, trial.number)
-            if not recorded or not queue.start_trajectory(self.sessions, task, self.worker_id):
-                studies.abandon(study, trial)
-                raise TaskAbortedError(queue.Heartbeat.lost.value)
-
-        self._agree(started)
-
-        def on_measure(step: int, points: list[PointResult]) -> bool:
-            def go_on() -> bool:
-                if not queue.record_points(
-                    self.sessions, task, self.worker_id, ratio, step, points
-                ):
-                    lease.state = queue.Heartbeat.lost
-                    raise TaskAbortedError("lost")
-                return studies.report_trajectory(trial, spec, step, points)
-
-            return self._agree(go_on)
-
-        try:
-            measured = run_trajectory(
-                prepared, ratio, on_measure=on_measure, checkpoint=lambda: self._check(lease)
-            )
-        except BaseException:
-            studies.abandon(study, trial)
-            raise
-        result = TrajectoryResult(
-            ratio=ratio,
-            steps_done=measured.steps_done,
-            pruned=measured.pruned,
-            forecast=[
-                SetForecast(
-                    eval_set=f.eval_set,
-                    role=f.role,
-                    steps=f.steps,
-                    drift=finite(f.drift),
-                    low=finite(f.low),
-                    high=finite(f.high),
-                    measured=f.measured,
-                    method=f.method,
-                )
-                for f in measured.forecast
-            ],
-            forwards=measured.forwards + (prepared.setup_forwards if fresh else 0),
-            backwards=measured.backwards + (prepared.backwards if fresh else 0),
-            seconds=time.perf_counter() - start,
-            optuna_trial_number=trial.number,
-        )
-        studies.annotate_trajectory(trial, spec, measured)
-        if not queue.complete_trajectory(self.sessions, task, self.worker_id, result):
-            log.warning("task %s was taken over by another worker; result dropped", task.task_id)
-            studies.abandon(study, trial)
-            return
-        studies.finish_trajectory(study, trial, measured.ratio, pruned=measured.pruned)
-        queue.finalize_sweep(self.sessions, task.sweep_id, recommend)
-
-    def _cached(self, task: queue.ClaimedTask) -> PreparedSweep | None:
-        """The sweep prepared for an earlier task, when it serves this one too."""
-        if self._prepared is not None and self._prepared[0] == task.sweep_id:
-            cached = self._prepared[1]
-            if cached.gradients or task.kind != TaskKind.measure:
-                return cached
-        return None
-
-    def _prepare(self, task: queue.ClaimedTask, lease: _Lease) -> tuple[PreparedSweep, bool]:
-        cached = self._cached(task)
-        if cached is not None:
-            return cached, False
-        self._prepared = None  # one sweep's model and gradients in memory at a time
-        need_gradients = task.kind == TaskKind.measure
-        # Issue 11, part 5: gradients of the same files kept on disk are read back, not recomputed.
-        # Sharded, every rank must run the same backward passes: no store (one rank's disk).
-        key = (
-            None
-            if self.leader is not None
-            else self.gradient_store.key(task.fingerprint, task.spec, self.dtype, self.device)
-        )
-        stored = need_gradients and key is not None and self.gradient_store.has(key)
-        prepared = self._load(task, lease, gradients=need_gradients and not stored)
-        if stored and key is not None:
-            kept = self.gradient_store.load(key, prepared.model)
-            if kept is not None:
-                prepared.gradients = kept
-            else:  # unreadable after all: compute them
-                prepared = self._load(task, lease, gradients=True)
-        elif key is not None and need_gradients:
-            self.gradient_store.save(key, prepared.model, prepared.gradients)
-        self._prepared = (task.sweep_id, prepared)
-        return prepared, True
-
-    def _load(self, task: queue.ClaimedTask, lease: _Lease, *, gradients: bool) -> PreparedSweep:
-        return prepare(
-            task.spec,
-            self.policy,
-            device=self.device,
-            dtype=self.dtype,
-            micro_batch_tokens=self.micro_batch_tokens,
-            checkpoint=lambda: self._check(lease),
-            gradients=gradients,
-            ranks=self.leader.ranks if self.leader is not None else None,
-        )
-
-    def _agree(self, decide: Callable[[], T]) -> T:
-        """A decision every rank takes alike: here alone, or here and told to the other ranks."""
-        return decide() if self.leader is None else self.leader.decide(decide)
+    def _run(self, task: queue.ClaimedTask, lease: _Lease) -> None:
+        """Hand the task to the runner, with its rows and the lease's checkpoint."""
+        rows = _Rows(self.sessions, task, self.worker_id, self.settings.lease_seconds, lease)
+        run = self.runner.trajectory if task.kind == TaskKind.trajectory else self.runner.measure
+        run(task, rows, functools.partial(self._check, lease))
 
     def _check(self, lease: _Lease) -> None:
-        self._agree(lambda: self._check_here(lease))
-
-    def _check_here(self, lease: _Lease) -> None:
+        """Stop the task here when its lease is lost, its sweep cancelled or the worker stopping."""
         if lease.state != queue.Heartbeat.ok:
             raise TaskAbortedError(lease.state.value)
         if self.stop.is_set():

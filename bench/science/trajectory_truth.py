@@ -551,6 +551,7 @@ def service_answers(
     tokens per step, so a trajectory step is a grid step; fresh AdamW (0.9, 0.95, no decay);
     constant schedule, ``planned_steps`` N, ``trajectory`` K and m, ``tolerance``.
     """
+    from contract.mix import Candidate
     from contract.spec import (
         AdamWSpec,
         DataRef,
@@ -625,7 +626,7 @@ def service_answers(
         screen = []
         t0 = time.perf_counter()
         for ratio in cfg.ratios:
-            measured = prepared.measure_ratio(ratio)
+            measured = prepared.measure_ratio(Candidate(ratio))
             screen.append(_json_ready(measured))
             rows += [
                 _Row(
@@ -652,7 +653,7 @@ def service_answers(
         planned = plan_trajectories(spec, rows) if plan is not None else list(cfg.ratios)
         entry["planned_ratios"] = planned
         for ratio in planned:
-            trajectories.append(run_trajectory(prepared, ratio))
+            trajectories.append(run_trajectory(prepared, Candidate(ratio)))
             print(
                 f"service lr {lr:g} ratio {ratio:g}: {trajectories[-1].steps_done} steps, "
                 f"{trajectories[-1].seconds:.1f}s",
@@ -704,6 +705,7 @@ def ablation_answers(
     on the same documents. As for trajectory tasks, ``prepare`` skips the direction gradients.
     """
     import workers.trajectory as runner
+    from contract.mix import Candidate
     from contract.spec import (
         AdamWSpec,
         DataRef,
@@ -773,7 +775,7 @@ def ablation_answers(
             if time.perf_counter() > deadline:
                 entry["stopped_by_deadline"] = True
                 break
-            trajectories.append(runner.run_trajectory(prepared, ratio))
+            trajectories.append(runner.run_trajectory(prepared, Candidate(ratio)))
             print(
                 f"ablation lr {lr:g} ratio {ratio:g}: {trajectories[-1].steps_done} steps, "
                 f"{trajectories[-1].seconds:.1f}s",

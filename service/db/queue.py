@@ -38,7 +38,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import ColumnElement, CursorResult, Result, case, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from contract.mix import MixShare
+from contract.mix import Candidate
 from contract.recommendation import Recommendation
 from contract.results import (
     BatchResult,
@@ -65,7 +65,9 @@ class ClaimedTask:
     task_id: int
     sweep_id: str
     slot: int
-    ratio: float | None
+    # The task's own candidate (a listed ratio, a trajectory's ratio or mix); None when the
+    # study's ask picks it (a range, a search, or a listed mix: the sampler fixes it by slot).
+    candidate: Candidate | None
     attempts: int
     optuna_trial_number: int | None
     study_name: str
@@ -166,8 +168,7 @@ def claim_task(
             task_id=row.id,
             sweep_id=row.sweep_id,
             slot=row.slot,
-            # A listed k-domain mix's task: its ratio carries the mix (contract.mix.MixShare).
-            ratio=MixShare(spec, row.weights) if row.weights is not None else row.ratio,
+            candidate=_candidate(spec, row.ratio, row.weights),
             attempts=row.attempts,
             optuna_trial_number=row.optuna_trial_number,
             study_name=sweep.study_name,
@@ -177,6 +178,15 @@ def claim_task(
         )
         session.commit()
         return claimed
+
+
+def _candidate(
+    spec: SweepSpec, ratio: float | None, weights: dict[str, float] | None
+) -> Candidate | None:
+    """A task row's candidate: a k-domain mix's when the row has weights, else its ratio's."""
+    if weights is not None:
+        return Candidate.of_mix(spec, weights)
+    return Candidate(ratio) if ratio is not None else None
 
 
 def heartbeat(sessions: sessionmaker[Session], task_id: int, worker_id: str) -> Heartbeat:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from contract.errors import LimitError
 from contract.mix import (
-    MixShare,
+    Candidate,
     domains,
     explicit_mix,
     project,
@@ -41,8 +41,9 @@ def test_a_k3_spec_lists_its_domains_and_mixes() -> None:
     assert [d.field for d in domains(spec)] == ["pretraining[0]", "pretraining[1]", "finetuning[0]"]
     assert spec.slots == 2 and spec.role("code") == "pretraining" and spec.guarded("code")
     assert explicit_mix(spec, 1) == {"web": 0.1, "code": 0.0, "math": 0.9}
-    share = MixShare(spec, explicit_mix(spec, 0))
-    assert share == pytest.approx(0.6) and share.weights["code"] == 0.1
+    candidate = Candidate.of_mix(spec, explicit_mix(spec, 0))
+    assert candidate.ratio == pytest.approx(0.6) and candidate.weights is not None
+    assert candidate.weights["code"] == 0.1
 
 
 def test_listed_mixes_each_get_a_trajectory() -> None:
@@ -229,14 +230,16 @@ def test_the_readme_k_domain_example_is_valid() -> None:
     assert spec.slots == 3 and [d.name for d in domains(spec)] == ["dclm", "code", "math"]
 
 
-def test_a_mix_share_keeps_its_weights_through_copies_and_pickles() -> None:
+def test_a_candidate_keeps_its_weights_through_copies_and_pickles() -> None:
+    # The worker over several devices sends candidates to its other ranks as pickles.
     import copy
     import pickle
 
     spec = SweepSpec.model_validate(body())
-    share = MixShare(spec, explicit_mix(spec, 0))
-    for other in (copy.copy(share), copy.deepcopy(share), pickle.loads(pickle.dumps(share))):
-        assert isinstance(other, MixShare) and other == share and other.weights == share.weights
+    mix = Candidate.of_mix(spec, explicit_mix(spec, 0))
+    for other in (copy.copy(mix), copy.deepcopy(mix), pickle.loads(pickle.dumps(mix))):
+        assert isinstance(other, Candidate) and other == mix and other.weights == mix.weights
+        assert other.ratio == mix.ratio
 
 
 @pytest.mark.parametrize(

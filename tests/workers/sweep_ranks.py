@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from contract.mix import Candidate
 from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from tests.workers.curvature.distributed_ranks import init
@@ -65,7 +66,7 @@ def measure_rank(
     try:
         prepared = _prepare(ranks, out, assets, body, micro_batch_tokens, gradients=True)
         before = [t.clone() for t in local_tensors(list(prepared.model.parameters()))]
-        measured = [prepared.measure_ratio(ratio) for ratio in ratios]
+        measured = [prepared.measure_ratio(Candidate(ratio)) for ratio in ratios]
         after = local_tensors(list(prepared.model.parameters()))
         seen = {
             "loss0": prepared.loss0,
@@ -100,7 +101,7 @@ def trajectory_rank(
         prepared = _prepare(ranks, out, assets, body, micro_batch_tokens, gradients=False)
         model = prepared.model
         before = [t.clone() for t in local_tensors(list(model.parameters()))]
-        result = run_trajectory(prepared, ratio)
+        result = run_trajectory(prepared, Candidate(ratio))
         after = local_tensors(list(model.parameters()))
         seen = {
             "points": [dataclasses.asdict(p) for p in result.points],

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from contract.mix import MixShare, domains
+from contract.mix import domains
 from contract.spec import SweepSpec
 from workers import study as studies
 from workers.recommend import recommend
@@ -39,11 +39,10 @@ def test_each_slot_asks_its_listed_mix(tmp_path: Path) -> None:
     try:
         for slot in (2, 0, 1):  # tasks are claimed in any order
             study = studies.open_study(store, "s", spec, slot=slot, ratio=None)
-            trial, ratio = studies.ask(study, spec)
-            assert isinstance(ratio, MixShare)
+            trial, candidate = studies.ask(study, spec)
             want = {d.name: spec.mixes[slot].get(d.name, 0.0) for d in domains(spec)}  # type: ignore[index]
-            assert ratio.weights == want
-            assert ratio == pytest.approx(want["web"] + want["code"])
+            assert candidate.weights == want
+            assert candidate.ratio == pytest.approx(want["web"] + want["code"])
             assert trial.user_attrs["weight:math"] == want["math"]
     finally:
         store.engine.dispose()
@@ -56,13 +55,13 @@ def test_a_search_asks_mixes_within_the_bounds(tmp_path: Path) -> None:
     try:
         for slot in range(6):
             study = studies.open_study(store, "s", spec, slot=slot, ratio=None)
-            trial, ratio = studies.ask(study, spec)
-            assert isinstance(ratio, MixShare)
-            w = ratio.weights
+            trial, candidate = studies.ask(study, spec)
+            w = candidate.weights
+            assert w is not None
             assert sum(w.values()) == pytest.approx(1.0)
             assert w["code"] <= 0.3 + 1e-9 and w["math"] >= 0.2 - 1e-9
             seen.add(round(w["math"], 6))
-            studies.finish(study, trial, spec, ratio, [], pruned=False)
+            studies.finish(study, trial, spec, candidate.ratio, [], pruned=False)
     finally:
         store.engine.dispose()
     assert len(seen) == 6

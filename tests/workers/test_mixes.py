@@ -12,7 +12,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from contract.mix import MixShare, explicit_mix
+from contract.mix import Candidate, explicit_mix
 from contract.spec import SweepSpec
 from contract.states import SweepState, TaskKind
 from service.db.engine import make_engine, make_session_factory
@@ -72,7 +72,7 @@ def test_k3_mixes_cost_one_backward_per_domain_and_step_along_the_weighted_sum(
     handle = next(prepared.model.parameters()).register_hook(count)
     try:
         measured = [
-            prepared.measure_ratio(MixShare(spec, explicit_mix(spec, slot)))
+            prepared.measure_ratio(Candidate.of_mix(spec, explicit_mix(spec, slot)))
             for slot in range(len(MIXES))
         ]
     finally:
@@ -173,8 +173,8 @@ def test_a_trajectory_steps_on_a_mix_of_two_pre_training_sources(
     policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
     prepared = prepare(spec, policy, device="cpu", dtype=torch.float32, gradients=False)
     # The pre-training half splits 1:3 between the sources, as 'weight' asks.
-    assert _Streams(prepared, 0.5).weights == pytest.approx([0.125, 0.375, 0.5])
-    result = run_trajectory(prepared, 0.5)
+    assert _Streams(prepared, Candidate(0.5)).weights == pytest.approx([0.125, 0.375, 0.5])
+    result = run_trajectory(prepared, Candidate(0.5))
     assert result.steps_done == 2
     # Every source and the fine-tuning set is measured along the way, each source a guarded set.
     assert {p.eval_set for p in result.points} == {"general", "web", "math"}

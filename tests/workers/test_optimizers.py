@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from contract.mix import Candidate
 from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from workers.data import DataError, LoadPolicy
@@ -104,7 +105,7 @@ def test_trajectories_step_with_every_optimizer(
 ) -> None:
     spec = _spec(sweep_assets, optimizer)
     prepared = _prepare(sweep_assets, tmp_path, spec)
-    result = run_trajectory(prepared, 0.5)
+    result = run_trajectory(prepared, Candidate(0.5))
     assert result.steps_done == 2
     assert any(p.eta_c is not None for p in result.points if p.step == 0)
 
@@ -117,7 +118,7 @@ def test_adam_state_with_amsgrad_is_used_and_a_mismatch_is_refused(
     kinds = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     path, _ = _state_file(sweep_assets, tmp_path, maker, kinds)
     amsgrad = _spec(sweep_assets, {"name": "adamw", "amsgrad": True}, path)
-    assert run_trajectory(_prepare(sweep_assets, tmp_path, amsgrad), 0.5).steps_done == 2
+    assert run_trajectory(_prepare(sweep_assets, tmp_path, amsgrad), Candidate(0.5)).steps_done == 2
     plain = _spec(sweep_assets, {"name": "adamw"}, path)
     with pytest.raises(DataError, match="amsgrad"):
         _prepare(sweep_assets, tmp_path, plain)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from contract.mix import Candidate
 from contract.recommendation import Recommendation
 from contract.spec import SweepSpec
 from contract.states import SweepState
@@ -34,9 +35,9 @@ def test_each_further_rate_costs_one_forward_and_matches_its_own_measurement(
     gridded = SweepSpec.model_validate({**body, "learning_rates": grid})
     policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
     prepared = prepare(plain, policy, device="cpu", dtype=torch.float32)
-    without = prepared.measure_ratio(0.5)
+    without = prepared.measure_ratio(Candidate(0.5))
     prepared.spec, prepared.warm = gridded, {}  # the same gradients and batches, with a grid
-    with_grid = prepared.measure_ratio(0.5)
+    with_grid = prepared.measure_ratio(Candidate(0.5))
 
     sets = len(plain.eval_sets())
     # eta_c is not searched again per rate: one extra forward per rate, set and batch.
@@ -52,7 +53,7 @@ def test_each_further_rate_costs_one_forward_and_matches_its_own_measurement(
     # The grid's own loss change at the planned rate, measured as a plain sweep at that rate.
     high = SweepSpec.model_validate({**body, "learning_rate": grid[1]})
     prepared.spec, prepared.warm = high, {}
-    at_high = prepared.measure_ratio(0.5)
+    at_high = prepared.measure_ratio(Candidate(0.5))
     for a, b in zip(at_high.measurements, with_grid.measurements, strict=True):
         assert b.rate_loss_changes is not None
         assert dict(b.rate_loss_changes)[grid[1]] == pytest.approx(a.loss_change, rel=1e-6)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from contract.mix import Candidate
 from contract.spec import SweepSpec
 from tests.conftest import SweepAssets
 from tests.workers.sweep_ranks import measure_rank
@@ -26,7 +27,7 @@ def test_reference_losses_share_the_probes_precision_path(
     policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
     prepared = prepare(spec, policy, device="cpu", dtype=dtype)
     grads = prepared.gradients[0]
-    direction = mixed_direction(grads, mix_weights(spec, 0.5), prepared.transform)
+    direction = mixed_direction(grads, mix_weights(spec, Candidate(0.5)), prepared.transform)
     for name, batches in prepared.eval_batches.items():
         own = measure(
             prepared.model,
@@ -52,7 +53,7 @@ def test_a_sweep_sharded_over_two_ranks_measures_what_one_process_does(
     half = spec.sequences_per_batch // 2 * spec.seq_len
     policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
     prepared = prepare(spec, policy, device="cpu", dtype=torch.float32, micro_batch_tokens=half)
-    one = [prepared.measure_ratio(r) for r in spec.ratios]
+    one = [prepared.measure_ratio(Candidate(r)) for r in spec.ratios]
     world = 2
     args = (world, str(tmp_path / "rendezvous"), str(tmp_path), sweep_assets, body)
     mp.spawn(measure_rank, args=(*args, list(spec.ratios), half), nprocs=world)

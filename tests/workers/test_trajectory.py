@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from contract.mix import Candidate
 from contract.results import PointResult, Status
 from contract.spec import Role, SweepSpec
 from tests.conftest import SweepAssets
@@ -77,7 +78,9 @@ def test_trajectory_steps_measures_and_restores_the_model(
     prepared = _prepared(sweep_assets, tmp_path, spec, dtype)
     before = {n: t.clone() for n, t in prepared.model.state_dict().items()}
     seen: list[int] = []
-    result = run_trajectory(prepared, 0.0, on_measure=lambda step, pts: seen.append(step) or True)
+    result = run_trajectory(
+        prepared, Candidate(0.0), on_measure=lambda step, pts: seen.append(step) or True
+    )
     assert seen == [0, 3, 6]
     assert result.steps_done == 6 and not result.pruned
     assert result.backwards == 6
@@ -104,8 +107,8 @@ def test_trajectory_mixes_pretraining_text_by_ratio(
 ) -> None:
     spec = _spec(sweep_assets)
     prepared = _prepared(sweep_assets, tmp_path, spec, torch.float32)
-    pure_ft = run_trajectory(prepared, 0.0)
-    pure_pt = run_trajectory(prepared, 1.0)
+    pure_ft = run_trajectory(prepared, Candidate(0.0))
+    pure_pt = run_trajectory(prepared, Candidate(1.0))
 
     def drift(result, name):  # type: ignore[no-untyped-def]
         return next(p.drift for p in result.points if p.step == 6 and p.eval_set == name)
@@ -193,7 +196,7 @@ def test_trajectory_on_two_ranks_is_the_one_process_trajectory(
     prepared = prepare(
         spec, policy, device="cpu", dtype=torch.float32, micro_batch_tokens=half, gradients=False
     )
-    one = run_trajectory(prepared, 0.5)
+    one = run_trajectory(prepared, Candidate(0.5))
     world = 2
     args = (world, str(tmp_path / "rendezvous"), str(tmp_path), sweep_assets, body, 0.5, half)
     mp.spawn(trajectory_rank, args=args, nprocs=world)

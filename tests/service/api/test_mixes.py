@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from contract.mix import MixShare
+from contract.mix import Candidate
 from contract.results import BatchResult, MeasurementResult, Status, TaskResult
 from contract.spec import Role, SweepSpec
 from service.db import queue
@@ -71,7 +71,7 @@ def test_every_pre_training_source_path_is_checked(api: Api) -> None:
     assert [d["loc"] for d in refused(api, body)] == [["body", "pretraining", 1, "path"]]
 
 
-def _result(spec: SweepSpec, ratio: MixShare, pt_low: float) -> TaskResult:
+def _result(spec: SweepSpec, mix: Candidate, pt_low: float) -> TaskResult:
     measurements = [
         MeasurementResult(
             eval_set=name,
@@ -87,11 +87,13 @@ def _result(spec: SweepSpec, ratio: MixShare, pt_low: float) -> TaskResult:
             forwards=10,
             batches=1,
             per_batch=[BatchResult(pt_low, pt_low, pt_low * 2, Status.ok, 10, 3.0, -0.01)],
-            weights=ratio.weights,
+            weights=mix.weights,
         )
         for name in ("web", "more", "code", "wiki")
     ]
-    return TaskResult(ratio=ratio, measurements=measurements, forwards=40, backwards=0, seconds=1)
+    return TaskResult(
+        ratio=mix.ratio, measurements=measurements, forwards=40, backwards=0, seconds=1
+    )
 
 
 def test_a_mix_goes_from_the_worker_through_the_database_to_the_answer(api: Api) -> None:
@@ -104,8 +106,8 @@ def test_a_mix_goes_from_the_worker_through_the_database_to_the_answer(api: Api)
     # with more fine-tuning data, keeps every retention rate above the planned 1e-3 too).
     for _ in MIXES:
         task = queue.claim_task(sessions, "w1", lease_seconds=30)
-        assert task is not None and task.ratio is None
-        mix = MixShare(spec, MIXES[task.slot])
+        assert task is not None and task.candidate is None
+        mix = Candidate.of_mix(spec, MIXES[task.slot])
         assert queue.complete_task(sessions, task, "w1", _result(spec, mix, 2e-3))
     assert queue.finalize_sweep(sessions, sweep_id, recommend)
 

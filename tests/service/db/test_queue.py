@@ -76,7 +76,7 @@ def add_sweep(sessions: sessionmaker[Session], ratios: list[float]) -> str:
 
 
 def result_for(task: queue.ClaimedTask) -> TaskResult:
-    assert task.ratio is not None
+    assert task.candidate is not None
     measurement = MeasurementResult(
         eval_set="pt",
         role=Role.pretraining,
@@ -93,7 +93,7 @@ def result_for(task: queue.ClaimedTask) -> TaskResult:
         per_batch=[BatchResult(1e-3, 9e-4, 1.1e-3, Status.ok, 6, 2.0, -0.01)],
     )
     return TaskResult(
-        ratio=task.ratio, measurements=[measurement], forwards=6, backwards=2, seconds=0.5
+        ratio=task.candidate.ratio, measurements=[measurement], forwards=6, backwards=2, seconds=0.5
     )
 
 
