@@ -49,16 +49,26 @@ in float32) and rounded to nearest-even in integer arithmetic: the numbers the G
 
 Block sizes are Hopper-sized guesses (`_launch_config`); autotuning is left for a GPU run
 (bench/measurement_cost.py times the call against bf16 and float32 SDPA, and a few block sizes).
+
+With a transformers model (`switch_attention`): a `"compensated"` `Perturbation` points every SDPA
+or eager config of the model at `"sharpmix_compensated"`, registered in transformers'
+`AttentionInterface` (this kernel) and `AttentionMaskInterface` (SDPA's masks, so a plain causal
+batch brings no mask at all), and puts the previous names back on exit. Calls the kernel cannot
+take (non-float32 inputs, dropout, soft-capping, sinks, sliding windows, paged caches) go to HF's
+SDPA function unchanged. `SHARPMIX_COMPENSATED_ATTENTION=0` leaves the model's attention alone;
+on CPU the switch needs `SHARPMIX_COMPENSATED_ATTENTION=interpret` (tests).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from functools import cache
 from typing import Any, no_type_check
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from workers.curvature.compensated import split_bf16
 from workers.curvature.errors import CurvatureError
@@ -70,16 +80,25 @@ except ImportError:  # pragma: no cover - CI installs triton
     triton = None
 
 __all__ = [
+    "ATTENTION_NAME",
     "compensated_attention",
     "float32_attention",
     "kernel_runs_on",
+    "restore_attention",
+    "switch_attention",
 ]
 
+ATTENTION_NAME = "sharpmix_compensated"
+MODE_VARIABLE = "SHARPMIX_COMPENSATED_ATTENTION"  # "0": off; "interpret": also CPU models (tests)
 _LOG2E = math.log2(math.e)
 _MASKED = -1e30  # a masked score in log2 units; finite, so a fully masked row gives no NaN
 # Triton decides when it is first imported whether kernels run compiled or interpreted
 # (TRITON_INTERPRET=1); tests/conftest.py sets it on machines without CUDA.
 _INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def _mode() -> str:
+    return os.environ.get(MODE_VARIABLE, "1").strip().lower()
 
 
 def kernel_runs_on(device: torch.device) -> bool:
@@ -282,15 +301,19 @@ def _check(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
         raise CurvatureError(f"compensated attention takes float32 q, k, v; got {q.dtype}")
     if not (q.device == k.device == v.device):
         raise CurvatureError("q, k and v must be on one device")
-    if mask is not None:
-        target = (*q.shape[:3], k.shape[2])  # (B, H, Tq, Tk)
-        dims = (1,) * (4 - mask.dim()) + tuple(mask.shape)  # right-aligned, as broadcasting
-        fits = len(dims) == 4 and all(m in (1, t) for m, t in zip(dims, target, strict=True))
-        if not fits or mask.device != q.device:
-            raise CurvatureError(
-                f"mask {tuple(mask.shape)} on {mask.device} does not broadcast to "
-                f"(B, H, Tq, Tk) = {target} on {q.device}"
-            )
+    if mask is not None and not _mask_fits(mask, q, k):
+        raise CurvatureError(
+            f"mask {tuple(mask.shape)} on {mask.device} does not broadcast to (B, H, Tq, Tk) = "
+            f"{(*q.shape[:3], k.shape[2])} on {q.device}"
+        )
+
+
+def _mask_fits(mask: Tensor, q: Tensor, k: Tensor) -> bool:
+    """Whether `mask` broadcasts to (B, H, Tq, Tk) on q's device."""
+    target = (*q.shape[:3], k.shape[2])
+    dims = (1,) * (4 - mask.dim()) + tuple(mask.shape)  # right-aligned, as broadcasting
+    fits = len(dims) == 4 and all(m in (1, t) for m, t in zip(dims, target, strict=True))
+    return fits and mask.device == q.device
 
 
 def compensated_attention(
@@ -342,3 +365,104 @@ def float32_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
+
+
+# -- transformers ------------------------------------------------------------------------------
+
+# Keyword arguments HF models pass that change nothing here (the rest, when set, go to SDPA).
+_HARMLESS = frozenset({"position_ids", "use_cache", "cache_position", "past_key_values"})
+
+
+def _hf_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """transformers' attention-function signature, as `sdpa_attention_forward`'s; q (B, H, T, D),
+    k, v (B, Hkv, Tk, D); returns (B, T, H, D) and no weights."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    extras = any(val not in (None, False) for name, val in kwargs.items() if name not in _HARMLESS)
+    usable = (
+        query.dtype == key.dtype == value.dtype == torch.float32
+        and kernel_runs_on(query.device)
+        and dropout == 0.0
+        and not extras
+        and query.shape[1] % key.shape[1] == 0
+        and (attention_mask is None or _mask_fits(attention_mask, query, key))
+    )
+    if not usable:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    # As HF's SDPA function: a mask, when present, already holds the causal pattern; one query
+    # (decoding) sees every key.
+    causal = bool(causal) and attention_mask is None and query.shape[2] > 1
+    out = compensated_attention(
+        query, key, value, causal=causal, scale=scaling, mask=attention_mask
+    )  # (B, H, T, D)
+    return out.transpose(1, 2).contiguous(), None
+
+
+@cache
+def _register() -> None:
+    """Make `ATTENTION_NAME` a transformers attention implementation (once per process)."""
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, _hf_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+
+
+def switch_attention(model: nn.Module) -> list[tuple[Any, str]]:
+    """Point `model`'s transformers configs that use SDPA or eager attention at the compensated
+    kernel, where it runs (CUDA with Triton, or the interpreter when asked) and is not switched
+    off (`SHARPMIX_COMPENSATED_ATTENTION=0`).
+
+    Returns:
+        (config, previous implementation) pairs for `restore_attention`; empty where nothing was
+        switched.
+    """
+    if _mode() in ("0", "off", "false", "no"):
+        return []
+    param = next(model.parameters(), None)
+    if param is None or not kernel_runs_on(param.device):
+        return []
+    if param.device.type != "cuda" and _mode() != "interpret":
+        return []  # the interpreter is for tests, which ask for it
+    configs: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_attn_implementation_internal", None) in ("sdpa", "eager"):
+            configs.setdefault(id(config), config)
+    # Eager models fall back to HF's SDPA function for the calls the kernel cannot take: only
+    # those whose class supports SDPA.
+    if not configs or not getattr(model, "_supports_sdpa", True):
+        return []
+    _register()
+    switched = []
+    for config in configs.values():
+        switched.append((config, config._attn_implementation_internal))
+        config._attn_implementation_internal = ATTENTION_NAME
+    return switched
+
+
+def restore_attention(switched: list[tuple[Any, str]]) -> None:
+    """Put back what `switch_attention` changed."""
+    for config, previous in reversed(switched):
+        config._attn_implementation_internal = previous
