@@ -246,17 +246,13 @@ def _triton_attention(
     causal: bool,
     scale: float,
     mask: Tensor | None,
-    block_m: int | None = None,
-    block_n: int | None = None,
+    config: dict[str, int] | None = None,
 ) -> Tensor:
+    """The kernel's launch; `config` overrides `_launch_config`'s block sizes, warps, stages."""
     B, H, t_q, D = q.shape
     t_k = k.shape[2]
     interpret = _INTERPRETED
-    config = _launch_config(D)
-    if block_m is not None:
-        config["BLOCK_M"] = block_m
-    if block_n is not None:
-        config["BLOCK_N"] = block_n
+    config = _launch_config(D) | (config or {})
     # k and v split once here: every query block of every head in a group reads them again.
     k_hi, k_lo = split_bf16(k)  # (B, Hkv, Tk, D) each
     v_hi, v_lo = split_bf16(v)

@@ -101,8 +101,9 @@ def test_many_blocks_without_causal_mask(device: torch.device) -> None:
     # Small blocks: 5 query blocks and 9 key blocks, so the running maximum moves many times.
     q, k, v = _qkv(1, 4, 1, 130, 32, device, seed=1)
     q = q * 3.0  # larger logits: weights far from uniform
+    blocks = {"BLOCK_M": 32, "BLOCK_N": 16}
     out = attention._triton_attention(
-        q, k, v, causal=False, scale=32**-0.5, mask=None, block_m=32, block_n=16
+        q, k, v, causal=False, scale=32**-0.5, mask=None, config=blocks
     )
     assert _error(out, _reference(q, k, v, causal=False)) <= 4 * BOUND
 
