@@ -20,6 +20,13 @@ Random-init Llama-3-shaped models (SDPA, bf16 weights) measured through `workers
   memory, wall time against the same number of plain bf16 forwards, MFU, and the extrapolation to
   the whole default sweep (10 ratios, 2 evaluation sets, 4 batches).
 
+- `attention`: one layer's causal attention call per shape (the forward's micro-batch, the same
+  q, k, v): bf16 SDPA, float32 SDPA (what the compensated path ran before) and
+  `compensated_attention` (the Triton kernel of workers/curvature/attention.py) with its default
+  blocks and a few candidate block sizes (autotuning data), and its error against float32 SDPA.
+  The `llama1b`/`llama8b` sections also time one probe of the compensated path with the
+  attention hook on and off (`SHARPMIX_COMPENSATED_ATTENTION`) on the same direction.
+
 Every section writes the JSON again when it ends; one failing section keeps the others.
 
     PYTHONUNBUFFERED=1 python3 bench/measurement_cost.py --out $OUT/measurement_cost.json
@@ -34,8 +41,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import json
 import math
+import os
 import statistics
 import time
 import traceback
@@ -49,8 +58,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from workers.curvature import (
     CriticalLR,
+    LossChange,
     Precision,
     adamw_direction,
+    attention,
     domain_gradients,
     line_slope,
     loss_change,
@@ -437,6 +448,10 @@ def section_shape(
         run |= {"loss_change_at_plan": lc.delta, "loss_change_s": round(lc_s, 4)}
         runs.append(run)
         print(name, json.dumps(run), flush=True)
+        if ratio == 0.5:
+            report["attention_hook"] = probe_with_and_without_hook(
+                model, lm, params, d, data["pt_eval"], plain_s
+            )
         if ratio == 0.5 and r.status == "ok":
             # Round one's protocol: a warm guess 10% above eta_c, with and without the slope.
             for key, s in (("warm_10pct_off", slope), ("warm_10pct_off_no_slope", None)):
@@ -698,6 +713,150 @@ def section_sweep(
     save(out)
 
 
+def probe_with_and_without_hook(
+    model: nn.Module,
+    lm: Callable[[nn.Module, Tensor], Tensor],
+    params: Sequence[Tensor],
+    d: list[Tensor],
+    batch: Tensor,
+    plain_s: float,
+) -> dict[str, Any]:
+    """One compensated probe (the loss change at the plan rate, `L(theta)` given) with the
+    attention kernel and with float32 SDPA, on the same direction and batch."""
+    before = os.environ.get(attention.MODE_VARIABLE)
+    out: dict[str, Any] = {}
+    try:
+        on = "1" if batch.is_cuda else "interpret"  # on CPU: Triton's interpreter, if imported so
+        for label, mode in (("kernel", on), ("float32_sdpa", "0")):
+            os.environ[attention.MODE_VARIABLE] = mode
+            loss0 = measure_loss0(model, lm, list(params), batch, "compensated")
+
+            def probe(loss0: float = loss0) -> LossChange:
+                return loss_change(
+                    model,
+                    lm,
+                    d,
+                    batch,
+                    PLAN_LR,
+                    loss0=loss0,
+                    params=params,
+                    precision="compensated",
+                )
+
+            probe()
+            secs, lc = timed(probe, repeat=2)
+            out[label] = {
+                "probe_s": round(secs, 4),
+                "probe_plain_forwards": round(secs / plain_s, 2),
+                "loss0": loss0,
+                "loss_change_at_plan": lc.delta,
+            }
+    except Exception as exc:
+        traceback.print_exc()
+        out["error"] = repr(exc)[:400]
+    finally:
+        if before is None:
+            os.environ.pop(attention.MODE_VARIABLE, None)
+        else:
+            os.environ[attention.MODE_VARIABLE] = before
+    if "kernel" in out and "float32_sdpa" in out:
+        on, off = out["kernel"], out["float32_sdpa"]
+        out["probe_s_kernel_over_sdpa"] = round(on["probe_s"] / off["probe_s"], 3)
+        out["loss0_rel_diff"] = rel(on["loss0"], off["loss0"])
+        out["loss_change_rel_diff"] = rel(on["loss_change_at_plan"], off["loss_change_at_plan"])
+    out["kernel_ran"] = attention.kernel_runs_on(batch.device)
+    return out
+
+
+# Block sizes timed beside the default (BLOCK_M, BLOCK_N, num_warps, num_stages): what an
+# autotuning pass would start from; the best becomes `_launch_config`'s default.
+ATTENTION_CANDIDATES = [
+    (128, 64, 8, 2),
+    (128, 32, 8, 2),
+    (128, 64, 8, 3),
+    (64, 64, 4, 2),
+    (64, 32, 4, 3),
+]
+
+
+def attention_costs(spec: dict[str, Any], n: int, seq: int, device: str) -> dict[str, Any]:
+    """Seconds of one causal attention call of a layer of `spec` on `n` x `seq` tokens (the
+    forward's micro-batch), all on the same q, k, v: bf16 SDPA, float32 SDPA and the
+    compensated kernel (TF32 off, as during a measurement), with their errors against float32
+    SDPA (itself ~2**-23 off)."""
+    heads, kv_heads = spec["heads"], spec["kv_heads"]
+    D = spec["hidden"] // heads
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(n, heads, seq, D, device=device, generator=gen)  # (B, H, T, D)
+    k = torch.randn(n, kv_heads, seq, D, device=device, generator=gen)  # (B, Hkv, T, D)
+    v = torch.randn(n, kv_heads, seq, D, device=device, generator=gen)
+    bf16 = [t.bfloat16() for t in (q, k, v)]
+    out: dict[str, Any] = {
+        "q": [n, heads, seq, D],
+        "kv": [n, kv_heads, seq, D],
+        "kernel_ran": attention.kernel_runs_on(q.device),
+        "default_config": attention._launch_config(D),
+    }
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+
+        def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=True
+            )
+
+        ref = sdpa(q, k, v).double()
+        calls: dict[str, Callable[[], Tensor]] = {
+            "sdpa_bf16": lambda: sdpa(*bf16),
+            "sdpa_fp32": lambda: sdpa(q, k, v),
+            "compensated": lambda: attention.compensated_attention(q, k, v),
+        }
+        for name, fn in calls.items():
+            timed(fn)
+            secs, result = timed(fn, repeat=5)
+            out[f"{name}_s"] = round(secs, 6)
+            err = (result.double() - ref).abs().max() / ref.abs().max()
+            out[f"{name}_max_err_vs_fp32"] = float(err)
+        out["compensated_over_sdpa_bf16"] = round(out["compensated_s"] / out["sdpa_bf16_s"], 2)
+        out["compensated_over_sdpa_fp32"] = round(out["compensated_s"] / out["sdpa_fp32_s"], 3)
+        if out["kernel_ran"]:
+            tried: list[dict[str, Any]] = []
+            out["candidates"] = tried
+            for bm, bn, warps, stages in ATTENTION_CANDIDATES:
+                cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+
+                def kernel(cfg: dict[str, int] = cfg) -> Tensor:
+                    return attention._triton_attention(
+                        q, k, v, causal=True, scale=D**-0.5, mask=None, config=cfg
+                    )
+
+                try:
+                    timed(kernel)
+                    secs, result = timed(kernel, repeat=5)
+                    err = float((result.double() - ref).abs().max() / ref.abs().max())
+                    tried.append(cfg | {"s": round(secs, 6), "max_err_vs_fp32": err})
+                except Exception as exc:
+                    tried.append(cfg | {"error": repr(exc)[:300]})
+    finally:
+        torch.set_float32_matmul_precision(precision)
+    return out
+
+
+def section_attention(shapes: dict[str, tuple[Any, ...]], device: str, out: Path) -> None:
+    report: dict[str, Any] = {}
+    RESULTS["attention"] = report
+    for name, (spec, _n, seq, micro) in shapes.items():
+        try:
+            report[name] = attention_costs(spec, micro, seq, device)
+        except Exception as exc:
+            traceback.print_exc()
+            report[name] = {"error": repr(exc)[:400]}
+        save(out)
+        print("attention", name, json.dumps(report[name]), flush=True)
+        free()
+
+
 def sdpa_costs() -> dict[str, float]:
     """Seconds of one causal attention of the 8B shape's layer (4 x 2048 tokens, 32 query and
     8 key/value heads of 128) in bf16 and in float32 (what the exact paths run)."""
@@ -712,6 +871,13 @@ def sdpa_costs() -> dict[str, float]:
         timed(call)
         out[label] = round(timed(call, repeat=3)[0], 5)
     return out
+
+
+def triton_version() -> str | None:
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def llama_flops(spec: dict[str, Any], n: int, seq: int) -> float:
@@ -825,7 +991,7 @@ def main() -> None:
     parser.add_argument("--combine", nargs=2, type=Path, metavar=("RUN1", "RUN2"))
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU, to debug")
     parser.add_argument("--out", default="measurement_cost.json")
-    parser.add_argument("--sections", default="trained,llama8b,sweep8b,llama1b")
+    parser.add_argument("--sections", default="attention,trained,llama8b,sweep8b,llama1b")
     parser.add_argument("--budget", type=float, default=540.0, help="skip sections past this (s)")
     parser.add_argument("--sweep-ratios", type=int, default=2)
     args = parser.parse_args()
@@ -842,6 +1008,8 @@ def main() -> None:
             "tol": TOL,
             "plan_lr": PLAN_LR,
             "sections_skipped": [],
+            "triton": triton_version(),
+            "attention_hook": os.environ.get(attention.MODE_VARIABLE, "1"),
         }
     )
     if device == "cuda":
@@ -869,6 +1037,7 @@ def main() -> None:
         }
         sweep = (SHAPES["llama8b"], 32, 2048, 2, 1e-2)
     plan: dict[str, Callable[[], None]] = {
+        "attention": lambda: section_attention(shapes, device, out),
         "trained": lambda: section_trained(device, args.tiny, out),
         "llama1b": lambda: section_shape("llama1b", *shapes["llama1b"], device, out),
         "llama8b": lambda: section_shape("llama8b", *shapes["llama8b"], device, out),

@@ -23,6 +23,11 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Without CUDA, Triton kernels (workers/curvature/attention.py) run on CPU tensors through
+# Triton's interpreter, which Triton chooses when it is first imported: before any test imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 POSTGRES_ENV = "SHARPMIX_TEST_POSTGRES_URL"
 
 

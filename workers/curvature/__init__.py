@@ -6,6 +6,8 @@ Read in this order:
 - `search`: the line search for `eta_c = min{eta: L(theta - eta d) > L(theta)}`.
 - `perturb`: moving a model to `theta - eta d` exactly (also for bf16 models) and back.
 - `compensated`: bf16 products with 16-bit operands and float32 results, for `perturb`.
+- `attention`: causal attention on float32 q, k, v from those products (a Triton kernel), for
+  `perturb`; imported from `workers.curvature.attention`, not re-exported here.
 - `measure`: the line function on a real model and one batch; the one-step loss change; the
   line's slope from a gradient.
 - `mixture`: per-domain gradients mixed for any simplex weights (streamed in from CPU memory
@@ -19,8 +21,8 @@ Read in this order:
   group (per-domain gradients, directions and the exact perturbation on local shards, the loss
   all-reduced); imported from `workers.curvature.distributed`, not re-exported here.
 
-Imports only torch, transformers, datasets, numpy and the standard library, so it runs on a bare
-GPU box and inside someone else's training loop.
+Imports only torch, transformers, datasets, numpy and the standard library (and Triton, where
+installed, in `attention`), so it runs on a bare GPU box and inside someone else's training loop.
 """
 
 from workers.curvature.direction import (

@@ -47,9 +47,13 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
   across probes, so every probe lies on one line). On CUDA the products are bf16 tensor-core
   matmuls with a float32 output (`torch.mm(..., out_dtype=torch.float32)`), three times a plain
   linear layer; elsewhere the same bf16 parts are multiplied in float32 (the same numbers up to
-  summation order). Attention runs in float32 on the float32 projections (on an H200, float32
-  SDPA costs about 35x a bf16 flash-attention call; a version built from bf16 products, tried,
-  was no faster: bench/results/measurement_cost_h200.json).
+  summation order). Attention receives the float32 projections. Float32 SDPA costs about 40x a
+  bf16 flash-attention call on an H200 (bench/results/measurement_cost_h200.json; a version
+  built from bf16 products in PyTorch, tried, was no faster), so on CUDA with Triton installed a
+  transformers model's SDPA or eager attention is switched for the duration to the fused kernel
+  of attention.py (the same split into bf16 parts, three products each, online softmax in
+  float32; about 2**-16 of float32 attention) and switched back on exit;
+  `SHARPMIX_COMPENSATED_ATTENTION=0` keeps float32 SDPA.
   Measured on one H200 (random-init Llama-3 shapes, bench/measurement_cost.py): a probe costs
   5.3x a plain bf16 forward at 1.2 B parameters and 4.3x at 8 B, against 10.7x and 11.9x for
   `"fp32"`, with eta_c within 0.05% and the loss change at 3e-5 within 0.4% of `"fp32"`'s, and
@@ -61,7 +65,8 @@ During `"exact"`, `"fp32"` and `"compensated"` searches float32 matmuls run at f
 (TF32 off): TF32 rounds matmul inputs to 10 mantissa bits, the same trap one level down.
 
 On exit every parameter holds its original tensor again, bit for bit (also after an exception):
-`exact` copies back from the saved clone; `fp32` and `split` never wrote into the original tensors.
+`exact` copies back from the saved clone; `fp32` and `split` never wrote into the original tensors;
+`compensated` also puts back each config's attention implementation.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workers.curvature.attention import restore_attention, switch_attention
 from workers.curvature.compensated import addmm_f32_, mm_f32, split_bf16
 from workers.curvature.errors import CurvatureError
 
@@ -150,6 +156,7 @@ class Perturbation:
         self._swapped: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # (param, orig, work, d)
         self._overridden: list[tuple[nn.Module, Callable[..., Tensor] | None]] = []
         self._matmul_precision: str | None = None
+        self._attention: list[tuple[object, str]] = []  # (transformers config, implementation)
         self._cache: dict[int, Tensor] = {}  # per-search conversions (bf16 D, float32 biases)
 
     def __enter__(self) -> Perturbation:
@@ -195,6 +202,7 @@ class Perturbation:
             for module in self.model.modules():
                 if isinstance(module, nn.Linear | nn.Embedding):
                     handled |= self._override_compensated(module, by_id)
+            self._attention = switch_attention(self.model)
         for p, d in self._pairs:
             if id(p) in handled:
                 continue
@@ -334,7 +342,8 @@ class Perturbation:
             del module.__dict__["forward"]
             if previous is not None:
                 module.__dict__["forward"] = previous
-        self._saved, self._swapped, self._overridden = [], [], []
+        restore_attention(self._attention)
+        self._saved, self._swapped, self._overridden, self._attention = [], [], [], []
         self._cache = {}
         if self._matmul_precision is not None:
             torch.set_float32_matmul_precision(self._matmul_precision)
