@@ -986,9 +986,68 @@ def combine(run1: Path, run2: Path, out: Path) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def _warm_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The warm-measurement figures from a shape's ``ratios`` alone (a section that stopped
+    before writing its own medians, e.g. when the float32 reference ran out of memory)."""
+    warm = [r for r in report.get("ratios", [])[1:] if r.get("status") == "ok"]
+    if not warm:
+        return {}
+    return {
+        "forwards_per_warm_measurement": statistics.median(r["forwards"] for r in warm),
+        "forwards_per_warm_measurement_all": [r["forwards"] for r in warm],
+        "plain_forwards_per_warm_measurement": round(
+            statistics.median(r["plain_forwards"] for r in warm), 2
+        ),
+    }
+
+
+def summarize(raws: list[Path], out: Path) -> None:
+    """One summary per shape over device runs of the current code (attention kernel on):
+    what the issue asks per shape, the attention call against SDPA, and one probe with the
+    kernel against float32 SDPA on the same direction."""
+    summary: dict[str, Any] = {}
+    runs = {raw.stem: json.loads(raw.read_text()) for raw in raws}
+    calls = {
+        name: call
+        for report in runs.values()
+        for name, call in report.get("attention", {}).items()
+        if isinstance(call, dict)
+    }
+    for stem, report in runs.items():
+        for name in ("llama1b", "llama8b"):
+            shape = report.get(name)
+            if not shape or "plain_forward_s" not in shape:
+                continue
+            entry = _warm_summary(shape) | {
+                k: v for k, v in shape_summary(shape).items() if v is not None
+            }
+            if "error" in shape:
+                entry["stopped"] = shape["error"][:160]
+            entry["attention_hook"] = shape.get("attention_hook")
+            if name in calls:
+                entry["attention_call"] = {
+                    k: calls[name].get(k)
+                    for k in (
+                        "sdpa_bf16_s",
+                        "sdpa_fp32_s",
+                        "compensated_s",
+                        "compensated_over_sdpa_bf16",
+                        "compensated_over_sdpa_fp32",
+                        "compensated_max_err_vs_fp32",
+                        "sdpa_bf16_max_err_vs_fp32",
+                    )
+                }
+            summary[name] = entry | {"machine": report.get("machine"), "run": stem}
+    out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
+    print(json.dumps(summary, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--combine", nargs=2, type=Path, metavar=("RUN1", "RUN2"))
+    parser.add_argument(
+        "--summarize", nargs="+", type=Path, metavar="RAW", help="summarise device runs into --out"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU, to debug")
     parser.add_argument("--out", default="measurement_cost.json")
     parser.add_argument("--sections", default="attention,trained,llama8b,sweep8b,llama1b")
@@ -998,6 +1057,9 @@ def main() -> None:
     out = Path(args.out)
     if args.combine:
         combine(*args.combine, out)
+        return
+    if args.summarize:
+        summarize(args.summarize, out)
         return
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     RESULTS.update(

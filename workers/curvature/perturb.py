@@ -54,10 +54,12 @@ it back to `theta` and the search sees no change at all (method.md §6: "41 forw
   of attention.py (the same split into bf16 parts, three products each, online softmax in
   float32; about 2**-16 of float32 attention) and switched back on exit;
   `SHARPMIX_COMPENSATED_ATTENTION=0` keeps float32 SDPA.
-  Measured on one H200 (random-init Llama-3 shapes, bench/measurement_cost.py): a probe costs
-  5.3x a plain bf16 forward at 1.2 B parameters and 4.3x at 8 B, against 10.7x and 11.9x for
-  `"fp32"`, with eta_c within 0.05% and the loss change at 3e-5 within 0.4% of `"fp32"`'s, and
-  65 GB peak at 8 B on 8 k tokens (`"fp32"`: 95 GB).
+  Measured on one H200 with float32 SDPA (random-init Llama-3 shapes, bench/measurement_cost.py):
+  a probe costs 5.3x a plain bf16 forward at 1.2 B parameters and 4.3x at 8 B, against 10.7x
+  and 11.9x for `"fp32"`, with eta_c within 0.05% and the loss change at 3e-5 within 0.4% of
+  `"fp32"`'s, and 65 GB peak at 8 B on 8 k tokens (`"fp32"`: 95 GB). With the attention kernel,
+  on one H100: 2.9x at 1.2 B and 3.1x at 8 B (float32 SDPA in the same runs: 5.5x, 4.5x), the
+  loss change within 0.14% of the float32-SDPA probe's (bench/results/measurement_cost_h100.json).
 - `"auto"`: `"exact"` when every perturbed parameter is float32 or float64, `"compensated"` when
   any is bf16, else `"fp32"` (fp16 weights are not exact in bf16 parts).
 
