@@ -101,6 +101,9 @@ class PreparedSweep:
     setup_forwards: int
     setup_seconds: float
     warm: dict[str, float] = field(default_factory=dict)  # last eta_c per set: warm starts
+    # Last eta_c per (set, batch): the same batch's search of the neighbouring ratio is the
+    # closer start (a set's batches disagree by up to 5x on real text, docs/evidence.md).
+    warm_batch: dict[tuple[str, int], float] = field(default_factory=dict)
     # What a trajectory needs beside the model: the tokenizer and policy to read training rows.
     tokenizer: PreTrainedTokenizerBase | None = None
     policy: LoadPolicy | None = None
@@ -148,7 +151,7 @@ class PreparedSweep:
                 result, change = self._measure_one(direction, grads.params, batch, name, b)
                 forwards += result.forwards + change.forwards
                 if result.status == "ok":
-                    self.warm[name] = result.eta
+                    self.warm[name] = self.warm_batch[(name, b)] = result.eta
                 per_set[name].append(result)
                 changes[name].append(change.delta)
                 step.results[name] = result
@@ -193,7 +196,7 @@ class PreparedSweep:
         """eta_c along ``direction`` on one evaluation batch, warm-started, and the one-step
         loss change at the planned rate; on the shards when the model is sharded."""
         spec, loss0 = self.spec, self.loss0[name][b]
-        lr_guess = self.warm.get(name, spec.learning_rate)
+        lr_guess = self.warm_batch.get((name, b), self.warm.get(name, spec.learning_rate))
         return measure_and_change(
             self.model,
             self.loss_fn,

@@ -36,7 +36,7 @@ def test_each_further_rate_costs_one_forward_and_matches_its_own_measurement(
     policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
     prepared = prepare(plain, policy, device="cpu", dtype=torch.float32)
     without = prepared.measure_ratio(Candidate(0.5))
-    prepared.spec, prepared.warm = gridded, {}  # the same gradients and batches, with a grid
+    prepared.spec, prepared.warm, prepared.warm_batch = gridded, {}, {}  # same gradients, a grid
     with_grid = prepared.measure_ratio(Candidate(0.5))
 
     sets = len(plain.eval_sets())
@@ -52,7 +52,7 @@ def test_each_further_rate_costs_one_forward_and_matches_its_own_measurement(
         assert at_planned == pytest.approx(b.loss_change)
     # The grid's own loss change at the planned rate, measured as a plain sweep at that rate.
     high = SweepSpec.model_validate({**body, "learning_rate": grid[1]})
-    prepared.spec, prepared.warm = high, {}
+    prepared.spec, prepared.warm, prepared.warm_batch = high, {}, {}
     at_high = prepared.measure_ratio(Candidate(0.5))
     for a, b in zip(at_high.measurements, with_grid.measurements, strict=True):
         assert b.rate_loss_changes is not None

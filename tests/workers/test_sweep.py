@@ -83,3 +83,36 @@ def test_a_sharded_sweep_refuses_bf16_weights_and_saved_optimizer_state() -> Non
         _check_shardable(torch.bfloat16, None)
     with pytest.raises(DataError, match=r"model\.optimizer_state"):
         _check_shardable(torch.float32, {"step": torch.tensor(1.0)})
+
+
+def test_each_batch_search_starts_from_the_same_batch_of_the_last_ratio(
+    sweep_assets: SweepAssets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.sweep as sweep_module
+
+    spec = SweepSpec.model_validate(sweep_assets.spec(ratios=[0.3, 0.6], batches=2))
+    policy = LoadPolicy(allowed_roots=(sweep_assets.root,), cache_dir=tmp_path / "cache")
+    prepared = prepare(spec, policy, device="cpu", dtype=torch.float32)
+    guesses: list[float] = []
+    real = sweep_module.measure_and_change
+
+    def recording(*args: object, **kwargs: object) -> object:
+        guesses.append(float(kwargs["lr_guess"]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweep_module, "measure_and_change", recording)
+    first = prepared.measure_ratio(Candidate(0.3))
+    guesses.clear()
+    prepared.measure_ratio(Candidate(0.6))
+    # Calls run batch by batch, and within a batch set by set (spec order).
+    expected = [
+        m.per_batch[b].eta_c if m.per_batch[b].status == "ok" else None
+        for b in range(spec.batches)
+        for m in first.measurements
+    ]
+    assert any(e is not None for e in expected)
+    for guess, eta in zip(guesses, expected, strict=True):
+        if eta is not None:
+            assert guess == eta
+    # Batches disagree, so a per-set warm start would have started batch 1 elsewhere.
+    assert len({e for e in expected if e is not None}) > 1
