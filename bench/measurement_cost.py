@@ -1038,6 +1038,16 @@ def summarize(raws: list[Path], out: Path) -> None:
                     )
                 }
             summary[name] = entry | {"machine": report.get("machine"), "run": stem}
+        trained = report.get("trained")
+        if trained and "own" in trained:
+            summary["trained_compensated_rel_diffs"] = {
+                label: {
+                    k: v for k, v in trained[label]["bf16_compensated"].items() if "rel_diff" in k
+                }
+                | {"restored_bit_exactly": trained[label].get("bf16_restored_bit_exactly")}
+                for label in ("own", "relative_ft_to_pt")
+                if label in trained
+            } | {"machine": report.get("machine"), "run": stem}
     out.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
 
