@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from functools import cache
 from typing import Any, no_type_check
 
@@ -95,6 +96,9 @@ _MASKED = -1e30  # a masked score in log2 units; finite, so a fully masked row g
 # Triton decides when it is first imported whether kernels run compiled or interpreted
 # (TRITON_INTERPRET=1); tests/conftest.py sets it on machines without CUDA.
 _INTERPRETED = triton is not None and bool(triton.knobs.runtime.interpret)
+# CUDA devices where the kernel failed to compile or launch (an older GPU without bf16 dots, too
+# little shared memory for the block sizes): their calls go to float32 SDPA from then on.
+_FAILED: dict[str, str] = {}
 
 
 def _mode() -> str:
@@ -106,7 +110,12 @@ def kernel_runs_on(device: torch.device) -> bool:
     tensors with Triton compiling, CPU tensors with Triton interpreting."""
     if triton is None:
         return False
-    return device.type == "cpu" if _INTERPRETED else device.type == "cuda"
+    if _INTERPRETED:
+        return device.type == "cpu"
+    if device.type != "cuda" or str(device) in _FAILED:
+        return False
+    # bf16 tensor-core dots need compute capability 8.0 (A100) or newer.
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 # -- the kernel --------------------------------------------------------------------------------
@@ -340,7 +349,20 @@ def compensated_attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not kernel_runs_on(q.device):
         return float32_attention(q, k, v, causal=causal, scale=scale, mask=mask)
-    return _triton_attention(q, k, v, causal=causal, scale=scale, mask=mask)
+    try:
+        return _triton_attention(q, k, v, causal=causal, scale=scale, mask=mask)
+    except Exception as exc:  # compile or launch: Triton raises several types across versions
+        if _INTERPRETED:
+            raise  # the tests run the kernel itself: a failure must show
+        _FAILED[str(q.device)] = repr(exc)[:300]
+        warnings.warn(
+            f"the compensated attention kernel cannot run on {q.device} ({exc!r:.200}); its "
+            f"attention runs as float32 SDPA from now on (slower, as exact). Set "
+            f"{MODE_VARIABLE}=0 to skip the kernel.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return float32_attention(q, k, v, causal=causal, scale=scale, mask=mask)
 
 
 def float32_attention(

@@ -162,6 +162,41 @@ def test_refuses_what_it_cannot_compute() -> None:
         compensated_attention(q, q, q, mask=torch.ones(2, 1, 8, 8, dtype=torch.bool))
 
 
+def test_a_kernel_that_cannot_run_falls_back_to_float32_sdpa_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A GPU the kernel does not compile for (an old one, too little shared memory): the call is
+    # float32 SDPA with a warning, and the kernel is not tried again on that device.
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> Tensor:
+        calls.append(1)
+        raise RuntimeError("out of resources: shared memory")
+
+    monkeypatch.setattr(attention, "_INTERPRETED", False)
+    monkeypatch.setattr(attention, "_FAILED", {})
+    monkeypatch.setattr(attention, "_triton_attention", broken)
+    monkeypatch.setattr(attention.torch.cuda, "get_device_capability", lambda device: (9, 0))
+    q, k, v = (torch.randn(1, 2, 8, 16) for _ in range(3))
+    device = torch.device("cuda")  # kernel_runs_on only reads the device's type and name here
+    assert kernel_runs_on(device)
+    monkeypatch.setattr(attention, "kernel_runs_on", lambda d: str(d) not in attention._FAILED)
+    with pytest.warns(RuntimeWarning, match="runs as float32 SDPA from now on"):
+        out = compensated_attention(q, k, v)
+    assert torch.equal(out, float32_attention(q, k, v))
+    assert attention._FAILED and len(calls) == 1
+    compensated_attention(q, k, v)
+    assert len(calls) == 1  # not tried again
+
+
+def test_no_kernel_below_compute_capability_8(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention, "_INTERPRETED", False)
+    monkeypatch.setattr(attention.torch.cuda, "get_device_capability", lambda device: (7, 5))
+    assert not kernel_runs_on(torch.device("cuda"))
+    monkeypatch.setattr(attention.torch.cuda, "get_device_capability", lambda device: (8, 0))
+    assert kernel_runs_on(torch.device("cuda"))
+
+
 # -- the hook into transformers models -----------------------------------------------------------
 
 
