@@ -5,8 +5,11 @@ It imports only pydantic and the standard library, so both sides (and the HTTP c
 without loading each other: the API and the database layer on one side, the workers on the
 other. ``tools/check_imports.py`` keeps it that way.
 
-- ``spec``: the request (:class:`SweepSpec`), the roles of its evaluation sets and the
-  operator's :class:`Limits`;
+- ``spec``: the request (:class:`SweepSpec`), built from ``refs`` (the model, the data sets and
+  the roles of the evaluation sets), ``optimizers``, ``plan`` (the planned run's schedule and the
+  trajectories), ``mix`` (k-domain mixes), ``rates`` (the rate grid) and ``quantities`` (the
+  bounded numbers);
+- ``limits``: the operator's :class:`Limits` and :func:`check_limits`;
 - ``paths``: the one rule for a user's local path;
 - ``results``: the measurements and trajectory points a worker hands back, with their status;
 - ``recommendation``: the answer of a finished sweep;
@@ -18,8 +21,10 @@ other. ``tools/check_imports.py`` keeps it that way.
 from __future__ import annotations
 
 from contract.errors import ContractError, LimitError, PathError
+from contract.limits import Limits, check_limits
 from contract.paths import resolve_under_roots
 from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
+from contract.refs import RETENTION_ROLES, Role
 from contract.results import (
     BatchResult,
     DoneTrial,
@@ -30,7 +35,7 @@ from contract.results import (
     TrajectoryResult,
     TrialRecords,
 )
-from contract.spec import RETENTION_ROLES, Limits, Role, SweepSpec, check_limits
+from contract.spec import SweepSpec
 from contract.states import DeliveryState, SweepState, TaskKind, TaskState
 
 __all__ = [

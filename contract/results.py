@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from contract.recommendation import SetForecast
-from contract.spec import Role
+from contract.refs import Role
 
 
 class Status(enum.StrEnum):

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.quantities import Ratio
 from contract.recommendation import Recommendation
-from contract.spec import Ratio
 
 
 class AddCandidates(BaseModel):

@@ -3,15 +3,18 @@ workers (which run it). Plain pydantic models, no web framework.
 
 Ratio means the fraction of pre-training tokens in the mix: 0 is pure fine-tuning data, 1 is pure
 pre-training data (see ../shared/method.md §3).
+
+:class:`SweepSpec` is built from parts with homes of their own, re-exported here so
+``from contract.spec import ...`` reads every name of a request: the model and data sets
+(``contract.refs``), the optimizer (``contract.optimizers``), the planned run and its trajectories
+(``contract.plan``), k-domain mixes (``contract.mix``), the rate grid (``contract.rates``), the
+bounded numbers (``contract.quantities``) and the operator's limits (``contract.limits``).
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
-import math
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -24,165 +27,26 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.config import JsonDict
 
-from contract.errors import LimitError
-from contract.mix import (
-    MixBounds,
-    MixSearch,
-    MixWeights,
-    PretrainingMix,
-    check_mix_spec,
-    omit_unset,
-)
+from contract.limits import Limits, check_limits
+from contract.mix import MixSearch, MixWeights, check_mix_spec, omit_unset
+from contract.optimizers import AdamSpec, AdamWSpec, OptimizerSpec, SGDSpec
+from contract.plan import ScheduleSpec, TrajectorySpec
+from contract.quantities import Beta, NonNegativeFloat, PositiveFloat, Ratio
 from contract.rates import LearningRateRange, check_rate_list, with_planned
-
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-PositiveFloat = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Beta = Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]
-
-
-class Role(enum.StrEnum):
-    """What an evaluation set is in the sweep; a plain string on the wire and in the database."""
-
-    pretraining = "pretraining"
-    finetuning = "finetuning"
-    retention = "retention"
-    target = "target"
-
-
-# The roles whose loss must stay flat: the answer is judged on them.
-RETENTION_ROLES = (Role.pretraining, Role.retention)
+from contract.refs import (
+    RETENTION_ROLES,
+    DataRef,
+    FinetuneRef,
+    ModelRef,
+    Name,
+    PretrainingRef,
+    Role,
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# The one-of rule of `path` and `hub_id`, stated in the schema too (the validators enforce it):
-# exactly one of them is a string, the other absent or null.
-_PATH_OR_HUB_ID: JsonDict = {
-    "oneOf": [
-        {
-            "required": ["path"],
-            "properties": {"path": {"type": "string"}, "hub_id": {"type": "null"}},
-        },
-        {
-            "required": ["hub_id"],
-            "properties": {"hub_id": {"type": "string"}, "path": {"type": "null"}},
-        },
-    ]
-}
-
-
-class ModelRef(_Strict):
-    """A causal LM: a local directory (under the allowed roots) or a hub id with a revision."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
-
-    path: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=4096,
-        description="Local Hugging Face model directory (safetensors weights), absolute or "
-        "relative to an allowed root (SHARPMIX_ALLOWED_ROOTS).",
-        examples=["models/olmo2-1b"],
-    )
-    hub_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="Hugging Face hub id, instead of 'path' (refused when the server is offline).",
-        examples=["allenai/OLMo-2-0425-1B"],
-    )
-    revision: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="Hub revision (branch, tag or commit) to pin 'hub_id' to.",
-    )
-    optimizer_state: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=4096,
-        description="Local safetensors file with AdamW moments, for the direction with state.",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ModelRef:
-        if (self.path is None) == (self.hub_id is None):
-            raise ValueError("give exactly one of 'path' (a local directory) or 'hub_id'")
-        if self.revision is not None and self.hub_id is None:
-            raise ValueError("'revision' goes with 'hub_id'; a local 'path' has no revision")
-        return self
-
-
-class DataRef(_Strict):
-    """One data set: local file or directory (jsonl, json, parquet, csv, txt) or a hub data set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_PATH_OR_HUB_ID)
-
-    name: Name = Field(
-        description="Short unique name of the set; results and plots are labelled with it.",
-        examples=["general"],
-    )
-    path: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=4096,
-        description="Local jsonl, json, parquet, csv or txt file, or a directory of them, "
-        "absolute or relative to an allowed root.",
-        examples=["data/dclm-sample"],
-    )
-    hub_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=256,
-        description="Hugging Face data set id, instead of 'path'.",
-    )
-    config: str | None = Field(
-        default=None, max_length=256, description="The hub data set's configuration name."
-    )
-    split: str = Field(
-        default="train", min_length=1, max_length=64, description="The split to read."
-    )
-    text_field: str = Field(
-        default="text",
-        min_length=1,
-        max_length=128,
-        description="Column holding the text (prompt/completion and chat records are read too).",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataRef:
-        if (self.path is None) == (self.hub_id is None):
-            raise ValueError("give exactly one of 'path' (a local file or directory) or 'hub_id'")
-        return self
-
-
-class PretrainingRef(DataRef, PretrainingMix):
-    """The pre-training (reference) set: the replay data of a mix, and a loss to keep flat; one
-    of several sources when ``pretraining`` is a list (``weight``, ``min``, ``max``, ``share``
-    come from ``contract.mix``)."""
-
-    within_tolerance: bool = Field(
-        default=True,
-        description="Whether this set's drift must stay within the tolerance. Set false when "
-        "the model was trained on these very documents: their drift also counts lost "
-        "memorisation, several times the drift of unseen text of the same kind; then give a "
-        "held-out sample as a retention set, which is always guarded.",
-    )
-
-
-class FinetuneRef(DataRef, MixBounds):
-    """A fine-tuning data set; several are mixed by their weights (bounds from ``contract.mix``
-    for ``mixes`` and ``mix_search``)."""
-
-    weight: PositiveFloat = Field(
-        default=1.0, description="Share of this set among the fine-tuning sets (normalised)."
-    )
 
 
 class RatioRange(_Strict):
@@ -199,152 +63,11 @@ class RatioRange(_Strict):
         return self
 
 
-class AdamWSpec(_Strict):
-    """AdamW (decoupled weight decay) as the fine-tuning run will use it; fresh state unless the
-    model comes with one (``model.optimizer_state``)."""
-
-    name: Literal["adamw"] = Field(default="adamw", description="Selects AdamW.")
-    betas: tuple[Beta, Beta] = Field(
-        default=(0.9, 0.999),
-        description="AdamW's (beta1, beta2), as the fine-tuning run sets them.",
-    )
-    eps: PositiveFloat = Field(default=1e-8, description="AdamW's epsilon.")
-    weight_decay: NonNegativeFloat = Field(
-        default=0.0, description="Decoupled weight decay of the fine-tuning run."
-    )
-    amsgrad: bool = Field(
-        default=False,
-        description="Use the running maximum of the second moment (with a given state, it must "
-        "hold max_exp_avg_sq.<name>).",
-    )
-
-
-class AdamSpec(_Strict):
-    """Adam with coupled (L2) weight decay, added to the gradient before the moments."""
-
-    name: Literal["adam"] = Field(default="adam", description="Selects Adam.")
-    betas: tuple[Beta, Beta] = Field(
-        default=(0.9, 0.999), description="Adam's (beta1, beta2), as the fine-tuning run sets them."
-    )
-    eps: PositiveFloat = Field(default=1e-8, description="Adam's epsilon.")
-    weight_decay: NonNegativeFloat = Field(
-        default=0.0, description="Coupled (L2) weight decay, added to the gradient."
-    )
-    amsgrad: bool = Field(
-        default=False, description="Use the running maximum of the second moment."
-    )
-
-
-class SGDSpec(_Strict):
-    """SGD with optional momentum; buffers start empty unless the model comes with them
-    (``model.optimizer_state`` holding ``momentum_buffer.<name>``)."""
-
-    name: Literal["sgd"] = Field(default="sgd", description="Selects SGD.")
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = Field(
-        default=0.0, description="SGD momentum (its buffer starts empty)."
-    )
-    dampening: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = Field(
-        default=0.0, description="Scales each new gradient by 1 - dampening (not the first)."
-    )
-    nesterov: bool = Field(
-        default=False, description="Nesterov momentum (needs momentum > 0 and dampening 0)."
-    )
-    weight_decay: NonNegativeFloat = Field(
-        default=0.0, description="Coupled weight decay, added to the gradient."
-    )
-
-    @model_validator(mode="after")
-    def _nesterov(self) -> SGDSpec:
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("'nesterov' needs 'momentum' above 0 and 'dampening' 0 (as torch)")
-        return self
-
-
-OptimizerSpec = Annotated[AdamWSpec | AdamSpec | SGDSpec, Field(discriminator="name")]
-
-
 Objective = Literal["flat_pretraining", "balanced", "pareto"]
 
 # The quick screen's candidates when a trajectory sweep is asked to choose its own (`ratios: auto`).
 AUTO_SCREEN_RATIOS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 DEFAULT_TOLERANCE = 0.02  # nats: about 7x the seed noise of a held-out loss seen on real text
-
-
-class ScheduleSpec(_Strict):
-    """The learning-rate schedule of the planned run; its peak is the sweep's `learning_rate`."""
-
-    kind: Literal["constant", "cosine", "linear"] = Field(
-        default="constant",
-        description="constant, or after the warm-up a cosine or linear decay to "
-        "min_lr_ratio x peak at planned_steps.",
-    )
-    warmup_steps: int = Field(
-        default=0, ge=0, le=10_000_000, description="Linear warm-up from 0 to the peak."
-    )
-    min_lr_ratio: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        allow_inf_nan=False,
-        description="Final rate of a decay, as a fraction of the peak.",
-    )
-
-    def lr_at(self, step: int, *, peak: float, total: int) -> float:
-        """The rate of step ``step`` (0-based) of a ``total``-step run peaking at ``peak``."""
-        if step < self.warmup_steps:
-            return peak * (step + 1) / (self.warmup_steps + 1)
-        if self.kind == "constant":
-            return peak
-        span = max(total - self.warmup_steps, 1)
-        progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
-        floor = self.min_lr_ratio
-        if self.kind == "linear":
-            return peak * (floor + (1.0 - floor) * (1.0 - progress))
-        return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-class TrajectorySpec(_Strict):
-    """Real optimizer steps on each candidate mix, measured as they go (method.md §9)."""
-
-    steps: int = Field(
-        ge=1, le=1_000_000, description="K: optimizer steps taken on each candidate mix."
-    )
-    measure_every: int = Field(
-        ge=1,
-        le=1_000_000,
-        description="m: every m steps (and at step 0 and K) the held-out loss, eta_c along the "
-        "optimizer's current update direction and the one-step loss change of every evaluation "
-        "set are recorded.",
-    )
-    ratios: int = Field(
-        default=4,
-        ge=1,
-        le=16,
-        description="With ratios 'auto': how many ratios of the quick screen get a trajectory, "
-        "chosen around its boundary.",
-    )
-    precision: Literal["auto", "float32", "bf16_autocast"] = Field(
-        default="auto",
-        description="How the steps are computed: bf16 autocast over float32 master weights "
-        "(auto on a GPU), or float32 throughout (auto on a CPU).",
-    )
-    accept: Literal["forecast", "interval"] = Field(
-        default="forecast",
-        description="Which forecast must stay within the tolerance for a ratio to be "
-        "recommended: 'forecast', the point forecast of every guarded set's drift at N (the "
-        "best estimate; a warning says when its interval reaches past the tolerance), or "
-        "'interval', the upper end of each forecast's interval (the cautious answer: fewer "
-        "ratios pass, so it tends to more pre-training data than needed).",
-    )
-
-    @model_validator(mode="after")
-    def _every(self) -> TrajectorySpec:
-        if self.measure_every > self.steps:
-            raise ValueError(
-                f"'measure_every' ({self.measure_every}) is above 'steps' ({self.steps}); "
-                "measure at most every K steps"
-            )
-        return self
 
 
 def _pretraining_kind(value: object) -> str:
@@ -727,60 +450,33 @@ def check_url_form(url: str) -> None:
         raise ValueError(f"notify_url has an invalid port: {exc}") from None
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The operator's largest sizes of a sweep, and the setting that raises each one."""
-
-    max_batches: int
-    max_batch_tokens: int
-    max_seq_len: int
-    max_ratios: int
-    max_trajectory_steps: int
-    max_trials: int
-    max_eval_sets: int
-    max_learning_rates: int = 32
-
-
-def check_limits(spec: SweepSpec, limits: Limits) -> None:
-    """Refuse a sweep above the operator's limits, naming the field and the limit.
-
-    Raises:
-        LimitError: when a size is above its ``SHARPMIX_MAX_*`` limit.
-    """
-    checks: list[tuple[str, float, int, str]] = [
-        ("batches", spec.batches, limits.max_batches, "SHARPMIX_MAX_BATCHES"),
-        ("batch_tokens", spec.batch_tokens, limits.max_batch_tokens, "SHARPMIX_MAX_BATCH_TOKENS"),
-        ("seq_len", spec.seq_len, limits.max_seq_len, "SHARPMIX_MAX_SEQ_LEN"),
-        ("ratios", len(spec.screen_ratios), limits.max_ratios, "SHARPMIX_MAX_RATIOS"),
-        (
-            "trajectory.steps",
-            spec.trajectory.steps if spec.trajectory else 0,
-            limits.max_trajectory_steps,
-            "SHARPMIX_MAX_TRAJECTORY_STEPS",
-        ),
-        (
-            "ratio_range.trials",
-            spec.ratio_range.trials if spec.ratio_range else 0,
-            limits.max_trials,
-            "SHARPMIX_MAX_TRIALS",
-        ),
-        ("targets", len(spec.eval_sets()), limits.max_eval_sets, "SHARPMIX_MAX_EVAL_SETS"),
-        (
-            "learning_rate_range.points" if spec.learning_rate_range else "learning_rates",
-            len(spec.rate_grid or []),
-            limits.max_learning_rates,
-            "SHARPMIX_MAX_LEARNING_RATES",
-        ),
-        ("mixes", len(spec.mixes or ()), limits.max_ratios, "SHARPMIX_MAX_RATIOS"),
-        (
-            "mix_search.trials",
-            spec.mix_search.trials if spec.mix_search else 0,
-            limits.max_trials,
-            "SHARPMIX_MAX_TRIALS",
-        ),
-    ]
-    for field, value, limit, variable in checks:
-        if value > limit:
-            raise LimitError(
-                field, f"{value:g} is above this server's limit of {limit} (set by {variable})"
-            )
+# Defined here: SweepSpec, RatioRange, Objective, check_url_form and the constants; the rest
+# re-exported from their homes (see the imports above).
+__all__ = [
+    "AUTO_SCREEN_RATIOS",
+    "DEFAULT_TOLERANCE",
+    "EXAMPLE",
+    "RETENTION_ROLES",
+    "AdamSpec",
+    "AdamWSpec",
+    "Beta",
+    "DataRef",
+    "FinetuneRef",
+    "Limits",
+    "ModelRef",
+    "Name",
+    "NonNegativeFloat",
+    "Objective",
+    "OptimizerSpec",
+    "PositiveFloat",
+    "PretrainingRef",
+    "Ratio",
+    "RatioRange",
+    "Role",
+    "SGDSpec",
+    "ScheduleSpec",
+    "SweepSpec",
+    "TrajectorySpec",
+    "check_limits",
+    "check_url_form",
+]
