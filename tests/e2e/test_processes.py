@@ -110,7 +110,7 @@ def cluster(db_url: str, sweep_assets: SweepAssets, tmp_path: Path) -> Iterator[
     cluster.close()
 
 
-def wait_for_running_task(db_url: str, worker: str, timeout: float = 60) -> None:
+def wait_for_running_task(db_url: str, worker: str, timeout: float = 120) -> None:
     engine = make_engine(db_url)
     sessions = make_session_factory(engine)
     deadline = time.monotonic() + timeout
