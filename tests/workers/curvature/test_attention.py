@@ -10,7 +10,7 @@ SHARPMIX_COMPENSATED_ATTENTION=interpret.
 from __future__ import annotations
 
 import copy
-import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,11 +21,11 @@ from torch import Tensor, nn
 try:
     import triton  # noqa: F401
 except ImportError:
-    # `make test` installs Triton (the dev extra): in CI a missing Triton is a failure, never a
-    # silently skipped kernel test.
-    if os.environ.get("CI"):
-        raise
-    pytest.skip("Triton is not installed (pip install -e '.[dev]')", allow_module_level=True)
+    # The dev extra installs Triton wherever it has wheels (Linux), so there, CI included, a
+    # missing Triton is a broken set-up and fails the module instead of skipping the kernel.
+    if sys.platform == "linux":
+        raise ImportError("Triton is missing: pip install -e '.[dev]' (make test does)") from None
+    pytest.skip("Triton has no wheels for this platform", allow_module_level=True)
 
 from workers.curvature import (
     Perturbation,
