@@ -30,8 +30,8 @@ from typing import Any, Literal, Protocol
 
 from contract.mix import ratio_weights
 from contract.recommendation import RatioRank, Recommendation, SetForecast, TrajectoryVerdict
-from contract.spec import RETENTION_ROLES, SweepSpec
-from workers.rate_region import rate_region
+from contract.spec import SweepSpec
+from workers.rate_region import eta_c_bound, rate_region
 
 WIDE_SPREAD = 2.0  # max/min of per-batch eta_c above this: batches disagree (method.md §7)
 SMALL_BATCH_TOKENS = 16384  # method.md §7: a few thousand tokens per gradient gave noise
@@ -67,8 +67,7 @@ class _Ratio:
 
     def retention_low(self) -> float:
         """Smallest lower bound of eta_c over pre-training and retention sets (0: rises at once)."""
-        lows = [_low(row) for row in self.rows.values() if row.role in RETENTION_ROLES]
-        return min(lows) if lows else 0.0
+        return eta_c_bound(self.rows.values())
 
     def min_eta_c(self) -> float | None:
         values = [_point(row) for row in self.rows.values()]
