@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 
 from contract.recommendation import TrajectoryVerdict
 from contract.spec import SweepSpec
+from tests.workers.rows import Row
 from workers.rate_region import rate_region
 from workers.recommend import recommend
 
@@ -30,19 +29,6 @@ def spec(**extra: object) -> SweepSpec:
             **extra,
         }
     )
-
-
-@dataclass
-class Row:
-    ratio: float
-    eval_set: str
-    role: str
-    eta_c: float | None
-    eta_c_low: float | None
-    loss_change: float | None
-    status: str = "ok"
-    spread: float | None = 1.2
-    rate_loss_changes: list[list[float]] | None = None
 
 
 def rows() -> list[Row]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from contract.spec import SweepSpec
+from tests.workers.rows import Row
 from workers.recommend import recommend
 
 LR = 1e-4
@@ -27,18 +28,6 @@ def spec(objective: str = "flat_pretraining", **extra: object) -> SweepSpec:
             **extra,
         }
     )
-
-
-@dataclass
-class Row:
-    ratio: float
-    eval_set: str
-    role: str
-    eta_c: float | None
-    eta_c_low: float | None
-    loss_change: float | None
-    status: str = "ok"
-    spread: float | None = 1.2
 
 
 def curves() -> list[Row]:
