@@ -208,6 +208,28 @@ def _wait(until: Any, timeout: float, what: str, log: Path) -> Any:
     )
 
 
+def _succeeds_then_stops(
+    proc: subprocess.Popen[bytes], db_url: str, sweep_id: str, timeout: float, log: Path
+) -> None:
+    """Wait for the sweep to end, require success, then SIGTERM the idle launcher: every rank
+    exits, and the launcher with them."""
+    state = _wait(
+        lambda: s if (s := recorded(db_url, sweep_id)["state"]) != SweepState.running else None,
+        timeout,
+        "the sweep did not finish",
+        log,
+    )
+    assert state == SweepState.succeeded, log.read_text()[-4000:]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def _kill_if_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_rank_killed_mid_task_spends_the_group_and_a_fresh_one_completes_the_task_once(
     db_url: str, sweep_assets: SweepAssets, tmp_path: Path, victim: int
@@ -224,19 +246,9 @@ def test_a_rank_killed_mid_task_spends_the_group_and_a_fresh_one_completes_the_t
         # connection), it fails the task as transient and a fresh group takes it up again.
         # Rank 0 killed: rank 1 has nothing to follow; the fresh group's rank 0 requeues the
         # task once its lease (4 s) has run out, and takes it.
-        state = _wait(
-            lambda: s if (s := recorded(db_url, sweep_id)["state"]) != SweepState.running else None,
-            180,
-            "the sweep did not finish",
-            log,
-        )
-        assert state == SweepState.succeeded, log.read_text()[-4000:]
-        proc.send_signal(signal.SIGTERM)  # idle: every rank exits, and the launcher with them
-        assert proc.wait(timeout=30) == 0
+        _succeeds_then_stops(proc, db_url, sweep_id, 180, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_if_running(proc)
     text = log.read_text()
     assert "group 2: ranks" in text, text[-4000:]
     engine = make_engine(db_url)
@@ -273,19 +285,9 @@ def test_a_stalled_rank_times_the_group_out_and_a_fresh_one_completes_the_task(
         os.kill(stalled, signal.SIGSTOP)  # alive, its connections open, silent
         # Rank 0's next collective times out, it fails the task as transient and exits; the
         # launcher kills the stalled rank and starts a fresh group, which completes the sweep.
-        state = _wait(
-            lambda: s if (s := recorded(db_url, sweep_id)["state"]) != SweepState.running else None,
-            timeout + 150,
-            "the sweep did not finish",
-            log,
-        )
-        assert state == SweepState.succeeded, log.read_text()[-4000:]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        _succeeds_then_stops(proc, db_url, sweep_id, timeout + 150, log)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_if_running(proc)
     text = log.read_text()
     assert "starting a fresh one" in text and "group 2: ranks" in text, text[-4000:]
     with pytest.raises(ProcessLookupError):  # the launcher killed it
@@ -314,9 +316,7 @@ def test_sigterm_mid_task_stops_every_rank_and_hands_the_task_back(
         # leave the group and the launcher exits.
         assert proc.wait(timeout=60) == 0, log.read_text()[-4000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _kill_if_running(proc)
     text = log.read_text()
     assert "handed back" in text, text[-4000:]
     assert f"rank 1: task {task} stopped (shutdown)" in text, text[-4000:]
