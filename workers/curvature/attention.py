@@ -47,8 +47,10 @@ Triton's interpreter (3.6 and 3.8) multiplies bf16 blocks as their integer bit p
 truncates float32 -> bf16 casts, so there the parts are carried in float32 (bf16 values are exact
 in float32) and rounded to nearest-even in integer arithmetic: the numbers the GPU forms.
 
-Block sizes are Hopper-sized guesses (`_launch_config`); autotuning is left for a GPU run
-(bench/measurement_cost.py times the call against bf16 and float32 SDPA, and a few block sizes).
+Block sizes (`_launch_config`) are fixed, not autotuned. On one H100 (bench/results/
+measurement_cost_h100.json, `attention` section) the default call cost 4.4x (1.2 B layer shape)
+and 4.2x (8 B) a bf16 SDPA call and a tenth of float32 SDPA's; of five candidates, 3 stages
+instead of 2 was 11% faster at head size 64 and ran out of shared memory at 128.
 
 With a transformers model (`switch_attention`): a `"compensated"` `Perturbation` points every SDPA
 or eager config of the model at `"sharpmix_compensated"`, registered in transformers'
@@ -228,8 +230,8 @@ def _attention_fwd(
 
 
 def _launch_config(head_dim: int) -> dict[str, int]:
-    """Block sizes for Hopper (H100/H200); to be autotuned on the GPU. Compiled offline for sm_90
-    with Triton 3.6 (ptxas -v): 255 registers and no or 24 bytes of spills up to D = 128;
+    """Block sizes for Hopper (H100/H200), timed there (module docstring). Compiled offline for
+    sm_90 with Triton 3.6 (ptxas -v): 255 registers and no or 24 bytes of spills up to D = 128;
     (128, 32, 8 warps) has none at D = 128; D = 256 spills with any of these."""
     if head_dim <= 128:
         return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
