@@ -24,6 +24,15 @@ evaluation batch) is the point `(0, slope)` of that same straight line, so the f
 gives the model: a warm start within about one `tol`-width of the root closes in two probes. The
 slope only places probes; the bracket, and so the answer, still comes from evaluated losses.
 
+Known points (`known=`, `(eta, loss)` pairs the caller evaluated on the same line, e.g. the loss
+change at the planned rate that every sweep measures) enter the bracket before the first probe and
+count as probes for the model and the descent check, but not as forwards. Near the root the loss
+ties L0 within rounding, so a search that closed its bracket there had to spend one more probe
+(at `lower / 2`, below) to see a descent; a known descent makes that probe unnecessary, and a known
+point well below the root is a point of the model's straight line (its `y` is close to the slope).
+On the real-text screen of bench/science (H100, docs/evidence.md "Run 10") the median search fell
+from 4 forwards to 2.
+
 Status semantics: `increases_immediately` when even the search floor `lr_guess * 2**-max_steps`
 raises the loss, or when no probe ever lowered the loss below `L0` (the probes that did not increase
 it only tied `L0`, also one extra probe at `lower/2`: the descent, if any, is below the loss's
@@ -50,7 +59,7 @@ bound on `eta_c`, `sharpness = 2 / lower` an upper bound on `lambda_c`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,6 +118,8 @@ class _Bracket:
         self.lo, self.hi = 0.0, math.inf
         self.loss_lo, self.loss_hi = loss0, math.nan
         self.probes: list[tuple[float, float]] = []
+        self.known = 0  # leading entries of `probes` the caller evaluated (`known=`): no forwards
+        self.fresh = True  # the search has not placed its first probe yet
 
     def probe(self, eta: float) -> bool:
         return self.record(eta, float(self.loss_at(eta)))
@@ -123,6 +134,12 @@ class _Bracket:
             self.lo, self.loss_lo = eta, loss
         return False
 
+    def start(self, lr_guess: float) -> bool:
+        """Whether the search's first probe goes at `lr_guess`: once, and only where it can
+        still narrow the bracket (known probes may already hold it on one side)."""
+        first, self.fresh = self.fresh, False
+        return first and self.lo < lr_guess < self.hi
+
     def closed(self, tol: float) -> bool:
         return self.lo > 0 and math.isfinite(self.hi) and 1 - self.lo / self.hi <= tol
 
@@ -132,18 +149,18 @@ class _Bracket:
 
 
 def _bisect(b: _Bracket, lr_guess: float, tol: float, max_steps: int) -> None:
-    # A bracket seeded with a descent (the tie walk) doubles from there without re-probing it.
-    eta = b.lo if b.probes else lr_guess
-    if not b.probes and b.probe(eta):
-        for _ in range(max_steps):
-            eta /= 2
-            if not b.probe(eta):
-                break
+    # Double or halve from the first probe until the loss changes side. A bracket seeded with a
+    # descent (the tie walk) or known probes that hold the guess on one side start from the
+    # nearest end instead, without re-probing it.
+    if b.start(lr_guess):
+        eta, down = lr_guess, b.probe(lr_guess)
     else:
-        for _ in range(max_steps):
-            eta *= 2
-            if b.probe(eta):
-                break
+        eta, down = (b.lo, False) if b.lo > 0 else (b.hi, True)
+    for _ in range(max_steps):
+        if b.lo > 0 and math.isfinite(b.hi):
+            break
+        eta = eta / 2 if down else eta * 2
+        b.probe(eta)
     if b.lo == 0 or not math.isfinite(b.hi):
         return
     while not b.closed(tol):
@@ -173,10 +190,11 @@ def _quadratic(
     budget = 4 * max_steps + 64  # loose; past it, plain bisection (which always terminates)
     # The known slope is the line's value at eta = 0: (0, dL/deta(0)) in the (eta, y) plane.
     origin = [(0.0, slope)] if slope is not None and math.isfinite(slope) else []
-    # Without a slope, a warm start first steps one tol-width towards the root; with it, the
-    # model is known from the first probe on, and the same rules place the second probe.
-    first = not origin and not b.probes
-    if not b.probes:  # else seeded with a descent by the tie walk
+    # Without a slope or known probes, a warm start first steps one tol-width towards the root;
+    # with them, the model is known from the first probe on, and the same rules place the
+    # second probe.
+    first = not origin and b.fresh and b.known == 0
+    if b.start(lr_guess):  # else seeded by the tie walk, or known probes hold the guess aside
         b.probe(lr_guess)
     while not (b.closed(tol) or _settled_ascent(b)):
         finite = sorted((e, b.slope(e, loss)) for e, loss in b.probes if math.isfinite(loss))
@@ -187,7 +205,8 @@ def _quadratic(
             root = _line_root(ups[-2], ups[-1]) if len(ups) >= 2 else None
             if first:
                 eta = b.lo * q  # warm start: one tol-width towards the root
-            elif root is not None and root > b.lo:
+            elif root is not None and root > b.lo / q:
+                # A root at `lower` itself (its loss tied L0) still means one tol-width up.
                 eta = min(max(root * m, b.lo * q), b.lo * 64)
             else:
                 eta, growth = b.lo * growth, growth * growth
@@ -202,7 +221,7 @@ def _quadratic(
             root = _line_root(pair[0], pair[1]) if len(pair) >= 2 and downs else None
             if first:
                 eta = b.hi / q
-            elif root is not None and root < b.hi:
+            elif root is not None and root < b.hi * q:
                 eta = max(min(root / m, b.hi / q), b.hi / 64)
             else:
                 eta, growth = b.hi / growth, growth * growth
@@ -244,6 +263,7 @@ def critical_lr(
     max_steps: int = 40,
     method: SearchMethod = "quadratic",
     slope: float | None = None,
+    known: Sequence[tuple[float, float]] = (),
 ) -> CriticalLR:
     """Search the smallest step along a line at which the loss rises above `loss0`.
 
@@ -257,13 +277,17 @@ def critical_lr(
         method: `"quadratic"` (model-placed probes, fewer forwards) or `"bisect"` (the baseline).
         slope: `dL/deta` at `eta = 0` (`-g.d`), if known; places the quadratic search's probes
             (ignored by `"bisect"`). It never decides the bracket.
+        known: `(eta, loss)` points of this line that the caller already evaluated, with the
+            same function (e.g. the loss change at the planned rate). They enter the bracket,
+            the model and the descent check like probes, lead `probes`, and cost no forward.
 
     Returns:
         The bracket, the estimate, its status and every probe.
 
     Raises:
         CurvatureError: For a non-finite `loss0`, a non-positive or non-finite `lr_guess`, `tol`
-            outside (0, 1), `max_steps < 1` or an unknown method.
+            outside (0, 1), `max_steps < 1`, an unknown method or a known point whose step is
+            not a finite number > 0.
     """
     if not math.isfinite(loss0):
         raise CurvatureError(f"loss0 must be finite, got {loss0}; check the model and batch")
@@ -277,38 +301,60 @@ def critical_lr(
         raise CurvatureError(f"method must be 'bisect' or 'quadratic', got {method!r}")
     if slope is not None and not math.isfinite(slope):
         raise CurvatureError(f"slope must be a finite number or None, got {slope}")
-
-    def search(b: _Bracket) -> None:
-        if method == "bisect":
-            _bisect(b, lr_guess, tol, max_steps)
-        else:
-            _quadratic(b, lr_guess, tol, max_steps, slope)
-        if b.lo > 0 and math.isfinite(b.hi) and not _descended(b):
-            # Every probe at or below `lower` only tied L0. One more probe below tells a root
-            # that happened to be hit exactly (the loss descends there) from a loss whose descent
-            # is below its rounding resolution (flat there too: increases_immediately).
-            eta = b.lo / 2
-            b.probes.append((eta, float(loss_at(eta))))
-            if _descended(b) and not b.closed(tol):
-                search(b)  # a real descent after all: close the bracket it left open
+    known = [(float(eta), float(loss)) for eta, loss in known]
+    for eta, _ in known:
+        if not (math.isfinite(eta) and eta > 0):
+            raise CurvatureError(
+                f"a known probe's step must be a finite number > 0, got {eta}; leave out the "
+                "loss at eta = 0 (that is loss0)"
+            )
 
     b = _Bracket(loss_at, float(loss0))
-    search(b)
+    for eta, loss in known:
+        b.record(eta, loss)
+    b.known = len(known)
+    _search(b, method, lr_guess, tol, max_steps, slope)
     if not math.isfinite(b.hi) or _descended(b) or _confirmed_increase(b):
         return _result(b)
     # Every increase so far is within rounding of L0: no evidence yet that d ascends.
     earlier = b.probes
     b, verdict = _walk_out_of_ties(b, lr_guess * 2.0**max_steps, slope)
     if verdict == "descent":
-        search(b)
-    elif verdict == "flat":
-        b.probes = earlier + b.probes
+        _search(b, method, lr_guess, tol, max_steps, slope)
+    b.probes, b.known = earlier + b.probes, len(known)
+    if verdict == "flat":
         top = max(e for e, _ in b.probes)
-        return CriticalLR(
-            top, math.inf, top, 2 / top, len(b.probes), "no_increase", b.probes, b.loss0
-        )
-    b.probes = earlier + b.probes
+        n = len(b.probes) - b.known
+        return CriticalLR(top, math.inf, top, 2 / top, n, "no_increase", b.probes, b.loss0)
     return _result(b)
+
+
+def _search(
+    b: _Bracket,
+    method: SearchMethod,
+    lr_guess: float,
+    tol: float,
+    max_steps: int,
+    slope: float | None,
+) -> None:
+    """Run the search on `b` until its bracket stands (a loop, not a recursion: a recursive
+    closure would be a reference cycle that keeps the line function, and through it the
+    perturbed model's direction, alive until the garbage collector runs)."""
+    while True:
+        if method == "bisect":
+            _bisect(b, lr_guess, tol, max_steps)
+        else:
+            _quadratic(b, lr_guess, tol, max_steps, slope)
+        if not (b.lo > 0 and math.isfinite(b.hi) and not _descended(b)):
+            return
+        # Every probe at or below `lower` only tied L0. One more probe below tells a root that
+        # happened to be hit exactly (the loss descends there) from a loss whose descent is
+        # below its rounding resolution (flat there too: increases_immediately).
+        eta = b.lo / 2
+        b.probes.append((eta, float(b.loss_at(eta))))
+        if not (_descended(b) and not b.closed(tol)):
+            return
+        # A real descent after all: close the bracket it left open.
 
 
 def _settled_ascent(b: _Bracket) -> bool:
@@ -365,6 +411,7 @@ def _walk_out_of_ties(
     if slope is not None and slope < 0:
         eta = max(eta, 8 * band / -slope)  # where the first-order change is a few bands
     walk = _Bracket(b.loss_at, b.loss0)
+    walk.fresh = False  # seeded with the walk's descent: the search goes on from there
     while True:
         eta = min(eta, cap)
         loss = float(b.loss_at(eta))
@@ -383,7 +430,7 @@ def _walk_out_of_ties(
 
 
 def _result(b: _Bracket) -> CriticalLR:
-    n = len(b.probes)
+    n = len(b.probes) - b.known
     descended = _descended(b)
     if not math.isfinite(b.hi):
         lower = b.lo

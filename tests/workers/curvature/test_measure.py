@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -194,3 +196,24 @@ def test_slope_keeps_the_answer_and_saves_probes(
     assert known.forwards <= plain.forwards
     if method == "quadratic":
         assert known.forwards == 3  # L(theta) and two probes
+
+
+def test_a_measured_direction_is_freed_without_the_garbage_collector() -> None:
+    # At 8 B a direction is 16 GB: it must go when the caller drops it, not when the cyclic
+    # garbage collector happens to run (a self-referencing closure in the search kept it).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+    def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    direction = [torch.randn_like(p) for p in model.parameters()]
+    refs = [weakref.ref(d) for d in direction]
+    gc.disable()
+    try:
+        measure(model, loss_fn, direction, (x, y), lr_guess=1e-2)
+        del direction
+        assert all(r() is None for r in refs)
+    finally:
+        gc.enable()

@@ -271,3 +271,78 @@ def test_a_descent_behind_a_tie_is_still_found_and_closed(depth_ulps: int) -> No
     assert r.status == "ok"
     assert r.lower <= eta_c * 1.0001 and eta_c * 0.9999 <= r.upper
     assert 1 - r.lower / r.upper <= 1 / 16
+
+
+def _float32_quadratic(eta_c: float, depth_ulps: float, loss0: float = 2.25):  # type: ignore[no-untyped-def]
+    """A float32 loss with its root at `eta_c` whose deepest point (at eta_c / 2) lies
+    `depth_ulps` ulps below L0: near the root every probe ties L0 within rounding."""
+    l0 = float(np.float32(loss0))
+    a = 4 * depth_ulps * float(np.spacing(np.float32(l0))) / eta_c
+    return l0, lambda eta: float(np.float32(l0 - a * eta + a / eta_c * eta * eta))
+
+
+def test_a_known_descent_spares_the_confirming_probe() -> None:
+    # A warm start 1% off a root where the loss only ties L0: the search closes the bracket in
+    # two probes, then spends a third at lower/2 to see a descent. The loss change at the
+    # planned rate (below the root, clearly lower) shows that descent for free.
+    loss0, loss_at = _float32_quadratic(eta_c=1e-3, depth_ulps=12)
+    lr = 3e-4
+    alone = critical_lr(loss_at, loss0=loss0, lr_guess=1.01e-3)
+    known = critical_lr(loss_at, loss0=loss0, lr_guess=1.01e-3, known=[(lr, loss_at(lr))])
+    for r in (alone, known):
+        assert r.status == "ok" and 1 - r.lower / r.upper <= 1 / 16
+        # Rounding blurs the root itself: float32 losses within ~1% of it tie L0.
+        assert r.upper >= 0.98e-3 and r.lower <= 1.02e-3
+    assert alone.forwards == 3
+    assert known.forwards == 2
+    assert known.probes[0] == (lr, loss_at(lr))  # the known point leads, uncounted
+    assert len(known.probes) == known.forwards + 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("seed", range(10))
+def test_known_points_keep_the_bracket(method: SearchMethod, seed: int) -> None:
+    # Known points below, near or above the root, and guesses on either side of them: the
+    # bracket is still right, and the forwards count only what the search evaluated.
+    rng = np.random.default_rng(seed)
+    a, b = 10 ** rng.uniform(-2, 2), 10 ** rng.uniform(-2, 2)
+    true = a / b
+    line = _quadratic(a, b)
+    at = true * 10 ** rng.uniform(-3, 0.5)
+    calls: list[float] = []
+
+    def loss_at(eta: float) -> float:
+        calls.append(eta)
+        return line(eta)
+
+    r = critical_lr(
+        loss_at,
+        loss0=2.0,
+        lr_guess=true * 10 ** rng.uniform(-1, 1),
+        method=method,
+        known=[(at, line(at))],
+    )
+    assert r.status == "ok"
+    assert r.lower <= true <= r.upper and 1 - r.lower / r.upper <= 1 / 16
+    assert r.forwards == len(calls) == len(r.probes) - 1
+    assert at not in calls
+
+
+def test_a_known_increase_bounds_the_search_from_above() -> None:
+    # The planned rate beyond the root: the guess above it is never probed.
+    line = _quadratic(1.0, 2.0)  # eta_c = 0.5
+    calls: list[float] = []
+
+    def loss_at(eta: float) -> float:
+        calls.append(eta)
+        return line(eta)
+
+    r = critical_lr(loss_at, loss0=2.0, lr_guess=2.0, known=[(0.8, line(0.8))])
+    assert r.status == "ok" and r.lower <= 0.5 <= r.upper
+    assert all(eta < 0.8 for eta in calls)
+
+
+@pytest.mark.parametrize("eta", [0.0, -1e-3, math.inf, math.nan])
+def test_a_known_point_needs_a_positive_step(eta: float) -> None:
+    with pytest.raises(CurvatureError, match="known probe"):
+        critical_lr(lambda e: 1.0, loss0=1.0, lr_guess=1e-3, known=[(eta, 1.0)])
