@@ -262,6 +262,7 @@ def sharded_measure(
     loss0: float | None = None,
     params: Sequence[Tensor] | None = None,
     slope: float | None = None,
+    known: Sequence[tuple[float, float]] = (),
 ) -> CriticalLR:
     """`measure` on a sharded model: every rank calls it with the same arguments.
 
@@ -272,7 +273,7 @@ def sharded_measure(
         direction: `d`, one DTensor (or local shard) per parameter in `params`.
         batch: The whole (sequences, seq_len) evaluation batch, the same on every rank.
         ranks: The ranks the model is sharded over (`join`).
-        lr_guess, tol, max_steps, method, loss0, slope: As in `measure`.
+        lr_guess, tol, max_steps, method, loss0, slope, known: As in `measure`.
         params: Parameters the direction belongs to (DTensors or their shards); default: those
             with `requires_grad`, in `model.parameters()` order.
 
@@ -296,6 +297,7 @@ def sharded_measure(
         params=shards,
         precision="exact",
         slope=slope,
+        known=known,
     )
     _check_agreement(result, ranks)
     return result
@@ -341,16 +343,27 @@ def measure_and_change(
     """eta_c along ``direction`` on one batch and the one-step loss change at ``lr``.
 
     On the shards when ``ranks`` is given (every rank calls it alike), else `measure` and
-    `loss_change` in this process. The change reuses the search's ``L(theta)``: one forward.
+    `loss_change` in this process. The change comes first, and its forward is also the search's
+    first probe (`known=`): it shows the descent near which the search's own probes only tie
+    ``L(theta)``, and gives the line's slope when ``lr`` is far below the root.
     """
     if ranks is None:
+        change = loss_change(model, loss_fn, direction, batch, lr, loss0=loss0, params=params)
         result = measure(
-            model, loss_fn, direction, batch, lr_guess=lr_guess, tol=tol, loss0=loss0, params=params
-        )
-        change = loss_change(
-            model, loss_fn, direction, batch, lr, loss0=result.loss0, params=params
+            model,
+            loss_fn,
+            direction,
+            batch,
+            lr_guess=lr_guess,
+            tol=tol,
+            loss0=change.loss0,
+            params=params,
+            known=_as_probe(change),
         )
         return result, change
+    change = sharded_loss_change(
+        model, loss_fn, direction, batch, ranks, lr, loss0=loss0, params=params
+    )
     result = sharded_measure(
         model,
         loss_fn,
@@ -359,13 +372,16 @@ def measure_and_change(
         ranks,
         lr_guess=lr_guess,
         tol=tol,
-        loss0=loss0,
+        loss0=change.loss0,
         params=params,
-    )
-    change = sharded_loss_change(
-        model, loss_fn, direction, batch, ranks, lr, loss0=result.loss0, params=params
+        known=_as_probe(change),
     )
     return result, change
+
+
+def _as_probe(change: LossChange) -> list[tuple[float, float]]:
+    # A change at lr = 0 is L(theta) itself, not a probe of the line.
+    return [(change.lr, change.loss)] if change.lr > 0 else []
 
 
 def sharded_loss(model: nn.Module, loss_fn: LossFn, batch: Tensor, ranks: Ranks) -> float:

@@ -13,6 +13,12 @@ Forward counting: `CriticalLR.forwards` from `measure` includes the `L(theta)` f
 `measure` computed it, and excludes it when the caller passed `loss0` (e.g. `result.loss0` of an
 earlier measurement on the same batch, model and precision).
 
+A point of the line that the caller evaluated anyway (`known=`: the loss change at the planned
+rate, which every sweep measures) enters the search as a probe that costs no forward: it shows
+the descent that an `ok` verdict needs (near the root the loss only ties `L(theta)`, so without it
+the search spends one more probe at `lower / 2`) and, far below the root, it gives the line's
+slope as `(L(lr) - L(theta)) / lr`.
+
 A known slope of the line, `dL/deta = -g.d` at `eta = 0` (`slope=`; `line_slope` from the gradient
 `g` of the evaluation loss, one backward pass per evaluation batch, shared by every direction
 measured on it), lets the search place its probes from the first one (see `search`).
@@ -123,6 +129,7 @@ def measure(
     params: Sequence[Tensor] | None = None,
     precision: Precision = "auto",
     slope: float | None = None,
+    known: Sequence[tuple[float, float]] = (),
 ) -> CriticalLR:
     """Measure the critical learning rate of `model` along `direction` on one batch.
 
@@ -141,6 +148,9 @@ def measure(
         precision: `"auto"`, `"exact"`, `"fp32"`, `"split"` or `"compensated"` (see `perturb`).
         slope: `dL/deta` at `eta = 0`, i.e. `line_slope(grads, direction)` with the gradient of
             `loss_fn` on this batch; places probes only (see `critical_lr`).
+        known: `(eta, loss)` points of this line already evaluated on this batch, model and
+            precision, e.g. `(lr, change.loss)` of a `loss_change`: they enter the search as
+            probes that cost no forward (see `critical_lr`).
 
     Returns:
         The search result; `forwards` includes the `L(theta)` forward when it was computed here.
@@ -169,6 +179,7 @@ def measure(
             max_steps=max_steps,
             method=method,
             slope=slope,
+            known=known,
         )
     return dataclasses.replace(result, forwards=result.forwards + int(own))
 
