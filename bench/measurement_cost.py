@@ -241,6 +241,8 @@ def describe(r: CriticalLR, seconds: float, plain_s: float) -> dict[str, Any]:
         "forwards": r.forwards,
         "seconds": round(seconds, 4),
         "plain_forwards": round(seconds / plain_s, 2),
+        # Every point the search saw (the known loss change first), relative to L(theta).
+        "probes": [[eta, loss - r.loss0] for eta, loss in r.probes],
     }
 
 
@@ -411,26 +413,17 @@ def section_shape(
     report["ratios"] = runs
     refs: list[dict[str, Any]] = []
     report["fp32_reference"] = refs
+    # Warm starts as the product's sweep makes them (workers/sweep.py): the last ratio's eta_c.
+    # `curvature_carry_guess` records what the other rule (eta_c * slope / last slope) would
+    # have tried.
     guess, last_slope = 1e-5, None
     peak = 0.0
     for ratio, slope in zip(ratios, slopes, strict=True):
         d = mixed_direction_bf16(params, grads.grads, ratio, torch.bfloat16)
-        if last_slope is not None and slope / last_slope > 0:
-            guess *= slope / last_slope  # carry the last curvature over to the new slope
+        carry = guess * slope / last_slope if last_slope and slope / last_slope > 0 else None
         reset_peak()
-        secs, r = timed(
-            lambda d=d, g=guess, s=slope: measure(
-                model,
-                lm,
-                d,
-                data["pt_eval"],
-                lr_guess=g,
-                loss0=loss0,
-                params=params,
-                precision="compensated",
-                slope=s,
-            )
-        )
+        # The loss change at the planned rate first: the sweep measures it anyway, and its
+        # forward is the search's first, known probe (workers/curvature/distributed.py).
         lc_s, lc = timed(
             lambda d=d: loss_change(
                 model,
@@ -443,8 +436,24 @@ def section_shape(
                 precision="compensated",
             )
         )
+        known = [(PLAN_LR, lc.loss)]
+        secs, r = timed(
+            lambda d=d, g=guess, s=slope, k=known: measure(
+                model,
+                lm,
+                d,
+                data["pt_eval"],
+                lr_guess=g,
+                loss0=loss0,
+                params=params,
+                precision="compensated",
+                slope=s,
+                known=k,
+            )
+        )
         peak = max(peak, peak_gb())
-        run = {"ratio": ratio, "lr_guess": guess, "slope": slope} | describe(r, secs, plain_s)
+        run = {"ratio": ratio, "lr_guess": guess, "curvature_carry_guess": carry, "slope": slope}
+        run |= describe(r, secs, plain_s)
         run |= {"loss_change_at_plan": lc.delta, "loss_change_s": round(lc_s, 4)}
         runs.append(run)
         print(name, json.dumps(run), flush=True)
@@ -456,7 +465,7 @@ def section_shape(
             # Round one's protocol: a warm guess 10% above eta_c, with and without the slope.
             for key, s in (("warm_10pct_off", slope), ("warm_10pct_off_no_slope", None)):
                 secs10, r10 = timed(
-                    lambda d=d, s=s, e=r.eta: measure(
+                    lambda d=d, s=s, e=r.eta, k=known: measure(
                         model,
                         lm,
                         d,
@@ -466,11 +475,16 @@ def section_shape(
                         params=params,
                         precision="compensated",
                         slope=s,
+                        known=k,
                     )
                 )
                 report[key] = describe(r10, secs10, plain_s)
         if ratio in (0.4, 0.6) and r.status == "ok":
-            refs.append(fp32_reference(model, lm, params, d, data["pt_eval"], run, loss0))
+            try:
+                refs.append(fp32_reference(model, lm, params, d, data["pt_eval"], run, loss0))
+            except torch.cuda.OutOfMemoryError as exc:  # 8 B in float32 on an 80 GB card
+                refs.append({"ratio": ratio, "error": repr(exc)[:200]})
+                free()
         if r.status == "ok":
             guess, last_slope = r.eta, slope
         del d
@@ -482,6 +496,9 @@ def section_shape(
     report["forwards_per_warm_measurement_all"] = [w["forwards"] for w in warm]
     report["plain_forwards_per_warm_measurement"] = round(
         statistics.median(w["plain_forwards"] for w in warm), 2
+    )
+    report["plain_forwards_per_warm_measurement_with_loss_change"] = round(
+        statistics.median((w["seconds"] + w["loss_change_s"]) / plain_s for w in warm), 2
     )
     report["measurement_forward_per_plain"] = round(statistics.median(per_forward) / plain_s, 2)
     report["measurement_forward_mfu"] = round(
@@ -625,29 +642,15 @@ def section_sweep(
     # llama8b section measured on this random-init shape (1.3e-2), not at the plan rate 400x
     # below it: a cold start, but not a pathological one. Every later one is warm.
     guess = dict.fromkeys(sets, first_guess)
-    last_slope: dict[str, float] = {}
+    warm_sets: set[str] = set()
     t_measure = time.perf_counter()
     forwards = 0
     for j, ratio in enumerate(ratios):
         d = mixed_direction_bf16(params, grads.grads, ratio, torch.bfloat16)
         for name, batch in sets.items():
             s = slopes[name][j]
-            if name in last_slope and s / last_slope[name] > 0:
-                guess[name] *= s / last_slope[name]
-            secs, r = timed(
-                lambda d=d, batch=batch, name=name, s=s: measure(
-                    model,
-                    lm,
-                    d,
-                    batch,
-                    lr_guess=guess[name],
-                    tol=TOL,
-                    loss0=loss0[name],
-                    params=params,
-                    precision="compensated",
-                    slope=s,
-                )
-            )
+            # As the product's sweep: the loss change first, its forward the search's first
+            # (known) probe; warm-started from the last ratio's eta_c on this set.
             lc_s, lc = timed(
                 lambda d=d, batch=batch, name=name: loss_change(
                     model,
@@ -660,8 +663,23 @@ def section_sweep(
                     precision="compensated",
                 )
             )
+            secs, r = timed(
+                lambda d=d, batch=batch, name=name, s=s, k=[(PLAN_LR, lc.loss)]: measure(
+                    model,
+                    lm,
+                    d,
+                    batch,
+                    lr_guess=guess[name],
+                    tol=TOL,
+                    loss0=loss0[name],
+                    params=params,
+                    precision="compensated",
+                    slope=s,
+                    known=k,
+                )
+            )
             forwards += r.forwards + lc.forwards
-            run = {"ratio": ratio, "eval_set": name, "warm": name in last_slope}
+            run = {"ratio": ratio, "eval_set": name, "warm": name in warm_sets}
             run |= describe(r, secs, plain_s) | {
                 "loss_change_at_plan": lc.delta,
                 "loss_change_s": round(lc_s, 3),
@@ -669,14 +687,16 @@ def section_sweep(
             runs.append(run)
             print("sweep8b", json.dumps(run), flush=True)
             if r.status == "ok":
-                guess[name], last_slope[name] = r.eta, s
+                guess[name] = r.eta
+                warm_sets.add(name)
             save(out)
         del d
         free()
     sync()
     measure_s = time.perf_counter() - t_measure
     report["peak_gb"] = round(peak_gb(), 2)
-    report["fits_80gb"] = report["peak_gb"] <= 80.0 * 1e9 / 2**30
+    total = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 0
+    report["device_total_gb"] = round(total / 2**30, 2)  # GiB, as peak_gb
     report["measure_wall_s"] = round(measure_s, 2)
     report["measure_forwards"] = forwards
     report["floor_same_plain_forwards_s"] = round(forwards * plain_s, 2)
@@ -1038,6 +1058,28 @@ def summarize(raws: list[Path], out: Path) -> None:
                     )
                 }
             summary[name] = entry | {"machine": report.get("machine"), "run": stem}
+        sweep = report.get("sweep8b")
+        if sweep and "measure_wall_s" in sweep:
+            keys = (
+                "tokens",
+                "plain_forward_s",
+                "setup_one_batch_s",
+                "peak_gb",
+                "measure_forwards",
+                "measure_wall_s",
+                "floor_same_plain_forwards_s",
+                "measure_wall_over_floor",
+                "measurement_forward_mfu",
+                "plain_forward_mfu",
+                "forwards_per_warm_measurement",
+                "extrapolated_default_sweep",
+            )
+            summary["sweep8b"] = {k: sweep.get(k) for k in keys} | {
+                "peak_gb_decimal": round(sweep["peak_gb"] * 2**30 / 1e9, 1),
+                "warm_forwards_all": [m["forwards"] for m in sweep["measurements"] if m["warm"]],
+                "completed_on": report.get("machine"),
+                "run": stem,
+            }
         trained = report.get("trained")
         if trained and "own" in trained:
             summary["trained_compensated_rel_diffs"] = {
