@@ -160,6 +160,9 @@ class Perturbation:
         self._matmul_precision: str | None = None
         self._attention: list[tuple[object, str]] = []  # (transformers config, implementation)
         self._cache: dict[int, Tensor] = {}  # per-search conversions (bf16 D, float32 biases)
+        # The last linear input's split, kept with the input itself (so that its memory cannot
+        # be reused while the key stands): q/k/v and gate/up read one tensor, split once.
+        self._last_split: tuple[tuple[object, ...], Tensor, Tensor, Tensor] | None = None
 
     def __enter__(self) -> Perturbation:
         try:
@@ -180,6 +183,7 @@ class Perturbation:
     def set_step(self, eta: float) -> None:
         """Move the parameters to `theta - eta * d`."""
         self.eta = float(eta)
+        self._last_split = None  # the last probe's activations: free them
         with torch.no_grad():
             for p, theta0, d in self._saved:
                 # theta0 - eta * d in float32 (float64 for float64 params), one rounding to p.dtype.
@@ -310,6 +314,17 @@ class Perturbation:
             self._cache[id(t)] = t.to(torch.float32)
         return self._cache[id(t)]
 
+    def _split(self, x: Tensor, in_features: int) -> tuple[Tensor, Tensor]:
+        """`x` as (M, K) bf16 parts; the same tensor, unchanged (its version counter), is split
+        once however many linear layers read it."""
+        key = (x.data_ptr(), x._version, x.dtype, x.device, tuple(x.shape), tuple(x.stride()))
+        last = self._last_split
+        if last is not None and last[0] == key:
+            return last[2], last[3]
+        hi, lo = split_bf16(x.reshape(-1, in_features).to(torch.float32).contiguous())
+        self._last_split = (key, x, hi, lo)
+        return hi, lo
+
     def _compensated_linear_forward(
         self,
         weight: Tensor,
@@ -321,7 +336,7 @@ class Perturbation:
 
         def forward(x: Tensor) -> Tensor:
             lead = x.shape[:-1]
-            hi, lo = split_bf16(x.reshape(-1, in_features).to(torch.float32))  # (M, K) each
+            hi, lo = self._split(x, in_features)  # (M, K) each
             y = mm_f32(hi, weight)  # (M, N) float32
             addmm_f32_(y, lo, weight)
             if d_weight is not None and self.eta != 0.0:
@@ -347,6 +362,7 @@ class Perturbation:
         restore_attention(self._attention)
         self._saved, self._swapped, self._overridden, self._attention = [], [], [], []
         self._cache = {}
+        self._last_split = None
         if self._matmul_precision is not None:
             torch.set_float32_matmul_precision(self._matmul_precision)
             self._matmul_precision = None

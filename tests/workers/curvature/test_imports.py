@@ -1,5 +1,5 @@
 """The curvature engine imports only torch, transformers, datasets, numpy and the stdlib; Triton
-only in attention.py, and there optionally (the engine imports and runs without it)."""
+only in its two kernel files, and there optionally (the engine imports and runs without it)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[3] / "workers" / "curvature"
 ALLOWED = {"torch", "transformers", "datasets", "numpy", "workers"}
-OPTIONAL = {"triton": "attention.py"}  # module -> the one file that may import it, guarded
+# module -> the files that may import it, guarded
+OPTIONAL = {"triton": {"attention.py", "compensated.py"}}
 
 
 def _guarded(tree: ast.Module, node: ast.stmt) -> bool:
@@ -37,7 +38,7 @@ def test_only_allowed_imports() -> None:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top in OPTIONAL and path.name == OPTIONAL[top]:
+                if top in OPTIONAL and path.name in OPTIONAL[top]:
                     assert _guarded(tree, node), f"{path.name}: {name} outside try/ImportError"
                     continue
                 assert top in ALLOWED or top in sys.stdlib_module_names, f"{path.name}: {name}"
@@ -67,6 +68,9 @@ def test_runs_without_triton() -> None:
         "ref = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)\n"
         "assert not kernel_runs_on(q.device)\n"
         "assert torch.equal(compensated_attention(q, q, q), ref)\n"
+        "from workers.curvature.compensated import split_bf16\n"
+        "hi, lo = split_bf16(q)\n"
+        "assert torch.allclose(hi.float() + lo.float(), q, rtol=2**-16, atol=0)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parents[1]
