@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import gzip
 import importlib.metadata
 import json
 import math
@@ -70,11 +71,15 @@ from workers.curvature import (
 from workers.curvature.compensated import (
     _ADDMM_INPLACE,
     _MM_OUT_DTYPE,
+    _SPLIT_FAILED,
     addmm_f32_,
     mm_f32,
 )
 
 RESULTS: dict[str, Any] = {}
+# `--text DIR --pretrain-seconds S`: the shape and sweep sections train their model on real text
+# first (see `text_domains`, `pretrain`); unset, they measure the random-init model.
+PRETRAIN: dict[str, Any] = {"text": None, "seconds": 0.0}
 START = time.perf_counter()
 H200_BF16_DENSE_TFLOPS = 989.4  # NVIDIA's H200 SXM figure, dense (no sparsity)
 PLAN_LR = 3e-5  # examples/sweep.yaml's planned peak learning rate
@@ -200,6 +205,95 @@ def domains(vocab: int, n: int, seq: int, device: str) -> dict[str, Tensor]:
         out[f"pt_{split}"] = torch.randint(0, vocab, (n, seq), device=device, generator=gen)
         out[f"ft_{split}"] = sample(P, n, seq, gen, min(support, small))
     return out
+
+
+def text_stream(path: Path, length: int) -> Tensor:
+    """The first `length` bytes of a jsonl.gz corpus's texts (documents separated by a zero
+    byte) as token ids 0-255: real text at byte level, no tokenizer needed on the device."""
+    out = bytearray()
+    with gzip.open(path, "rt", encoding="utf-8") as rows:
+        for row in rows:
+            out += json.loads(row)["text"].encode("utf-8") + b"\0"
+            if len(out) >= length:
+                break
+    if len(out) < length:
+        raise ValueError(f"{path} holds {len(out)} bytes of text, {length} needed")
+    return torch.frombuffer(bytearray(out[:length]), dtype=torch.uint8).long()
+
+
+def text_domains(
+    root: Path, n: int, seq: int, device: str, train_tokens: int
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Two real-text domains (bench/science/debian_corpora.py): 'pt' the Debian manuals, 'ft'
+    LaTeX documentation. A direction batch from each training file, held-out batches from the
+    evaluation files, and before the direction batch `train_tokens` of 'pt' to pre-train on."""
+    need = n * seq
+    general = text_stream(root / "general_train.jsonl.gz", train_tokens + need)
+    data = {
+        "pt_dir": general[train_tokens:].view(n, seq),
+        "ft_dir": text_stream(root / "latex_train.jsonl.gz", need).view(n, seq),
+        "pt_eval": text_stream(root / "general_eval.jsonl.gz", need).view(n, seq),
+        "ft_eval": text_stream(root / "latex_eval.jsonl.gz", need).view(n, seq),
+    }
+    return {k: v.to(device) for k, v in data.items()}, general[:train_tokens]
+
+
+def pretrain(
+    model: nn.Module, stream: Tensor, n: int, seq: int, micro: int, seconds: float
+) -> dict[str, Any]:
+    """Train the bf16 model in place for `seconds` on `stream` (cycled), n x seq tokens a step.
+
+    Sign-of-momentum steps (Lion's update with one beta) of 3e-4: no float32 master weights or
+    second moments, so an 8 B model trains on an 80 GB card; 3e-4 is a few bf16 ulps of a
+    weight of 0.02, so the steps survive rounding (norm gains near 1 barely move).
+    """
+    params = list(model.parameters())
+    momentum = [torch.zeros_like(p) for p in params]
+    per_step = n * seq
+    batches = max(len(stream) // per_step, 1)
+    model.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        start = (len(losses) % batches) * per_step
+        ids = stream[start : start + per_step].view(n, seq).to(params[0].device)
+        total = 0.0
+        for chunk in ids.split(micro):
+            loss = model(input_ids=chunk, labels=chunk).loss * (len(chunk) / n)
+            loss.backward()
+            total += float(loss.detach())
+        with torch.no_grad():
+            for p, m in zip(params, momentum, strict=True):
+                if p.grad is not None:
+                    m.mul_(0.9).add_(p.grad, alpha=0.1)
+                    p.add_(m.sign(), alpha=-3e-4)
+                    p.grad = None
+        losses.append(round(total, 4))
+    model.eval()
+    del momentum
+    free()
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "steps": len(losses),
+        "tokens_per_step": per_step,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "losses_every_10": losses[::10],
+    }
+
+
+def shape_data(
+    cfg: LlamaConfig, model: nn.Module, n: int, seq: int, micro: int, device: str
+) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The section's two domains, and the model pre-trained on real text when `--text` says so
+    (else the synthetic domains of a random-init model)."""
+    if PRETRAIN["text"] is None:
+        return domains(cfg.vocab_size, n, seq, device), None
+    tokens = int(PRETRAIN.get("tokens", 4_000_000))
+    data, stream = text_domains(Path(PRETRAIN["text"]), n, seq, device, tokens)
+    # Steps of at most 8 sequences: the 64 k-token sweep batch would allow a handful of steps.
+    steps_of = min(n, 8)
+    return data, pretrain(model, stream, steps_of, seq, max(micro // 2, 1), PRETRAIN["seconds"])
 
 
 def fresh_adamw(param: Tensor, grad: Tensor, dtype: torch.dtype) -> Tensor:
@@ -374,7 +468,8 @@ def section_shape(
     model = build(cfg, device, torch.bfloat16)
     params = list(model.parameters())
     report["params"] = sum(p.numel() for p in params)
-    data = domains(cfg.vocab_size, n, seq, device)
+    data, report["pretrain"] = shape_data(cfg, model, n, seq, micro, device)
+    save(out)
     lm = chunked_loss(micro)
     flops = forward_flops(model, cfg, n, seq)
     with torch.no_grad():
@@ -604,7 +699,8 @@ def section_sweep(
     cfg = llama(spec)
     model = build(cfg, device, torch.bfloat16)
     params = list(model.parameters())
-    data = domains(cfg.vocab_size, n, seq, device)
+    data, report["pretrain"] = shape_data(cfg, model, n, seq, micro, device)
+    save(out)
     lm = chunked_loss(micro)
     flops = forward_flops(model, cfg, n, seq)
     with torch.no_grad():
@@ -742,13 +838,17 @@ def probe_with_and_without_hook(
     plain_s: float,
 ) -> dict[str, Any]:
     """One compensated probe (the loss change at the plan rate, `L(theta)` given) with the
-    attention kernel and with float32 SDPA, on the same direction and batch."""
+    attention kernel and with float32 SDPA, on the same direction and batch; and with the
+    kernel but the bf16 split in PyTorch operations instead of the fused Triton split."""
     before = os.environ.get(attention.MODE_VARIABLE)
     out: dict[str, Any] = {}
     try:
         on = "1" if batch.is_cuda else "interpret"  # on CPU: Triton's interpreter, if imported so
-        for label, mode in (("kernel", on), ("float32_sdpa", "0")):
+        device = str(batch.device)
+        for label, mode in (("kernel", on), ("float32_sdpa", "0"), ("pytorch_split", on)):
             os.environ[attention.MODE_VARIABLE] = mode
+            if label == "pytorch_split":
+                _SPLIT_FAILED.setdefault(device, "turned off by bench/measurement_cost.py")
             loss0 = measure_loss0(model, lm, list(params), batch, "compensated")
 
             def probe(loss0: float = loss0) -> LossChange:
@@ -775,6 +875,8 @@ def probe_with_and_without_hook(
         traceback.print_exc()
         out["error"] = repr(exc)[:400]
     finally:
+        if _SPLIT_FAILED.get(str(batch.device), "").endswith("measurement_cost.py"):
+            del _SPLIT_FAILED[str(batch.device)]
         if before is None:
             os.environ.pop(attention.MODE_VARIABLE, None)
         else:
@@ -784,7 +886,16 @@ def probe_with_and_without_hook(
         out["probe_s_kernel_over_sdpa"] = round(on["probe_s"] / off["probe_s"], 3)
         out["loss0_rel_diff"] = rel(on["loss0"], off["loss0"])
         out["loss_change_rel_diff"] = rel(on["loss_change_at_plan"], off["loss_change_at_plan"])
+    if "kernel" in out and "pytorch_split" in out:
+        fused, plain = out["kernel"], out["pytorch_split"]
+        out["probe_s_fused_split_over_pytorch_split"] = round(
+            fused["probe_s"] / plain["probe_s"], 3
+        )
+        out["split_loss_change_identical"] = (
+            fused["loss_change_at_plan"] == plain["loss_change_at_plan"]
+        )
     out["kernel_ran"] = attention.kernel_runs_on(batch.device)
+    out["fused_split_ran"] = batch.is_cuda and str(batch.device) not in _SPLIT_FAILED
     return out
 
 
@@ -1105,7 +1216,13 @@ def main() -> None:
     parser.add_argument("--sections", default="attention,trained,llama8b,sweep8b,llama1b")
     parser.add_argument("--budget", type=float, default=540.0, help="skip sections past this (s)")
     parser.add_argument("--sweep-ratios", type=int, default=2)
+    parser.add_argument(
+        "--text", type=Path, help="corpora of bench/science/debian_corpora.py: pre-train on them"
+    )
+    parser.add_argument("--pretrain-seconds", type=float, default=60.0)
     args = parser.parse_args()
+    if args.text is not None:
+        PRETRAIN.update(text=str(args.text), seconds=args.pretrain_seconds)
     out = Path(args.out)
     if args.combine:
         combine(*args.combine, out)
@@ -1124,6 +1241,7 @@ def main() -> None:
             "sections_skipped": [],
             "triton": triton_version(),
             "attention_hook": os.environ.get(attention.MODE_VARIABLE, "1"),
+            "pretrain": dict(PRETRAIN),
         }
     )
     if device == "cuda":
