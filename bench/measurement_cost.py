@@ -1155,6 +1155,17 @@ def summarize(raws: list[Path], out: Path) -> None:
             if "error" in shape:
                 entry["stopped"] = shape["error"][:160]
             entry["attention_hook"] = shape.get("attention_hook")
+            failed = [r["error"][:120] for r in shape.get("fp32_reference", []) if "error" in r]
+            if failed and "eta_rel_diff_vs_fp32" not in entry:
+                entry["eta_rel_diff_vs_fp32"] = entry["loss_change_rel_diff_vs_fp32"] = None
+                entry["fp32_reference_failed"] = failed[0]
+            trained = shape.get("pretrain")
+            if trained:  # pre-trained on real text (--text): the figures the issue asks for
+                entry["pretrain"] = {
+                    k: trained.get(k) for k in ("seconds", "steps", "loss_first", "loss_last")
+                }
+            else:
+                name = f"{name}_random_init"
             if name in calls:
                 entry["attention_call"] = {
                     k: calls[name].get(k)
@@ -1185,7 +1196,10 @@ def summarize(raws: list[Path], out: Path) -> None:
                 "forwards_per_warm_measurement",
                 "extrapolated_default_sweep",
             )
-            summary["sweep8b"] = {k: sweep.get(k) for k in keys} | {
+            key = "sweep8b" if sweep.get("pretrain") else "sweep8b_random_init"
+            summary[key] = {k: sweep.get(k) for k in keys} | {
+                "pretrain": sweep.get("pretrain")
+                and {k: sweep["pretrain"].get(k) for k in ("steps", "loss_first", "loss_last")},
                 "peak_gb_decimal": round(sweep["peak_gb"] * 2**30 / 1e9, 1),
                 "warm_forwards_all": [m["forwards"] for m in sweep["measurements"] if m["warm"]],
                 "completed_on": report.get("machine"),
