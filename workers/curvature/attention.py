@@ -74,6 +74,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workers.curvature.compensated import split_bf16
+from workers.curvature.compensated import split_block as _split
+from workers.curvature.compensated import triton_jit as _jit
 from workers.curvature.errors import CurvatureError
 
 try:  # optional: without Triton every call is float32 SDPA
@@ -121,26 +123,6 @@ def kernel_runs_on(device: torch.device) -> bool:
 
 
 # -- the kernel --------------------------------------------------------------------------------
-
-
-def _jit(fn: Any) -> Any:
-    """`triton.jit` where Triton is installed; the plain function (never called) elsewhere."""
-    return triton.jit(fn) if triton is not None else fn
-
-
-@_jit
-@no_type_check
-def _split(x, INTEGER_ROUNDING: tl.constexpr):
-    """A float32 block as `hi + lo`, each a bf16 value held in float32, rounded to nearest even."""
-    if INTEGER_ROUNDING:  # on the bit pattern: bf16 is the top 16 bits of a float32
-        bits = x.to(tl.int32, bitcast=True)
-        hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-        bits = (x - hi).to(tl.int32, bitcast=True)
-        lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-    else:
-        hi = x.to(tl.bfloat16).to(tl.float32)
-        lo = (x - hi).to(tl.bfloat16).to(tl.float32)
-    return hi, lo
 
 
 @_jit

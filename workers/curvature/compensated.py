@@ -19,6 +19,7 @@ falls back to PyTorch with one warning.
 from __future__ import annotations
 
 import warnings
+from typing import Any, no_type_check
 
 import torch
 from torch import Tensor
@@ -29,34 +30,46 @@ try:  # optional: without Triton the split runs as PyTorch elementwise operation
 except ImportError:  # pragma: no cover - CI installs triton
     triton = None
 
-__all__ = ["addmm_f32_", "mm_f32", "split_bf16", "split_bf16_fused"]
+__all__ = ["addmm_f32_", "mm_f32", "split_bf16", "split_bf16_fused", "split_block", "triton_jit"]
 
 _MM_OUT_DTYPE: dict[str, bool] = {}  # device type -> whether the out_dtype= matmuls run there
 _ADDMM_INPLACE: dict[str, bool] = {}  # device type -> whether the accumulating form checked out
 _SPLIT_FAILED: dict[str, str] = {}  # CUDA device -> why the fused split did not run there
 _SPLIT_BLOCK = 4096
 
-if triton is not None:
 
-    @triton.jit
-    def _round_bf16(v):  # type: ignore[no-untyped-def]
-        # float32 -> the nearest bf16 value (ties to even), still as float32: add half an ulp of
-        # bf16 (minus one where the kept bit is even) to the bit pattern and clear the low 16
-        # bits. Written with integers because conversions' rounding differs between Triton's
-        # backends (its interpreter truncates); the kept value then converts exactly.
-        bits = v.to(tl.uint32, bitcast=True)
-        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
-        return tl.where(v != v, v, bits.to(tl.float32, bitcast=True))
+def triton_jit(fn: Any) -> Any:
+    """`triton.jit` where Triton is installed; the plain function (never called) elsewhere."""
+    return triton.jit(fn) if triton is not None else fn
 
-    @triton.jit
-    def _split_kernel(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offsets < n
-        x = tl.load(x_ptr + offsets, mask=mask)
-        hi = _round_bf16(x)
-        lo = _round_bf16(x - hi)  # exact: hi is within half a bf16 ulp of x
-        tl.store(hi_ptr + offsets, hi.to(tl.bfloat16), mask=mask)
-        tl.store(lo_ptr + offsets, lo.to(tl.bfloat16), mask=mask)
+
+@triton_jit
+@no_type_check
+def split_block(x, INTEGER_ROUNDING: tl.constexpr):
+    """A float32 block as `hi + lo`, each a bf16 value held in float32, rounded to nearest even
+    (in Triton kernels: this file's split and attention.py's products)."""
+    if INTEGER_ROUNDING:  # on the bit pattern: bf16 is the top 16 bits of a float32
+        bits = x.to(tl.int32, bitcast=True)
+        hi = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+        bits = (x - hi).to(tl.int32, bitcast=True)
+        lo = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    else:
+        hi = x.to(tl.bfloat16).to(tl.float32)
+        lo = (x - hi).to(tl.bfloat16).to(tl.float32)
+    return hi, lo
+
+
+@triton_jit
+@no_type_check
+def _split_kernel(x_ptr, hi_ptr, lo_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    x = tl.load(x_ptr + offsets, mask=mask)
+    # Rounded on the bit pattern on every backend (Triton's interpreter truncates a float32 ->
+    # bf16 cast); the parts then convert to bf16 exactly. x - hi is exact.
+    hi, lo = split_block(x, True)
+    tl.store(hi_ptr + offsets, hi.to(tl.bfloat16), mask=mask)
+    tl.store(lo_ptr + offsets, lo.to(tl.bfloat16), mask=mask)
 
 
 def split_bf16_fused(x: Tensor) -> tuple[Tensor, Tensor]:
