@@ -44,6 +44,7 @@ ranks' mean losses the batch's mean loss.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -347,34 +348,17 @@ def measure_and_change(
     first probe (`known=`): it shows the descent near which the search's own probes only tie
     ``L(theta)``, and gives the line's slope when ``lr`` is far below the root.
     """
+    search: Callable[..., CriticalLR]
     if ranks is None:
         change = loss_change(model, loss_fn, direction, batch, lr, loss0=loss0, params=params)
-        result = measure(
-            model,
-            loss_fn,
-            direction,
-            batch,
-            lr_guess=lr_guess,
-            tol=tol,
-            loss0=change.loss0,
-            params=params,
-            known=_as_probe(change),
+        search = functools.partial(measure, model, loss_fn, direction, batch)
+    else:
+        change = sharded_loss_change(
+            model, loss_fn, direction, batch, ranks, lr, loss0=loss0, params=params
         )
-        return result, change
-    change = sharded_loss_change(
-        model, loss_fn, direction, batch, ranks, lr, loss0=loss0, params=params
-    )
-    result = sharded_measure(
-        model,
-        loss_fn,
-        direction,
-        batch,
-        ranks,
-        lr_guess=lr_guess,
-        tol=tol,
-        loss0=change.loss0,
-        params=params,
-        known=_as_probe(change),
+        search = functools.partial(sharded_measure, model, loss_fn, direction, batch, ranks)
+    result = search(
+        lr_guess=lr_guess, tol=tol, loss0=change.loss0, params=params, known=_as_probe(change)
     )
     return result, change
 
