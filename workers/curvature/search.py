@@ -88,9 +88,10 @@ class CriticalLR:
         eta: The estimate of `eta_c`: `(lower + upper) / 2` when `status == "ok"`, `lower` for
             `no_increase` (a lower bound), 0 for `increases_immediately`.
         sharpness: `2 / eta` (inf for `increases_immediately`).
-        forwards: Loss evaluations spent; `measure` adds one when it computed `L(theta)` itself.
+        forwards: Loss evaluations spent (known points excluded); `measure` adds one when it
+            computed `L(theta)` itself.
         status: `"ok"`, `"increases_immediately"` or `"no_increase"`.
-        probes: Every `(eta, loss)` evaluated, in order.
+        probes: Every `(eta, loss)` seen, in order: the known points first, then the search's.
         loss0: `L(theta)`, the reference loss.
     """
 
