@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import gzip
 import importlib.metadata
 import json
 import math
@@ -209,13 +208,13 @@ def domains(vocab: int, n: int, seq: int, device: str) -> dict[str, Tensor]:
 
 def text_stream(path: Path, length: int) -> Tensor:
     """The first `length` bytes of a jsonl.gz corpus's texts (documents separated by a zero
-    byte) as token ids 0-255: real text at byte level, no tokenizer needed on the device."""
-    out = bytearray()
-    with gzip.open(path, "rt", encoding="utf-8") as rows:
-        for row in rows:
-            out += json.loads(row)["text"].encode("utf-8") + b"\0"
-            if len(out) >= length:
-                break
+    byte) as token ids 0-255: real text at byte level, no tokenizer needed on the device.
+
+    Only `--text` runs read corpora, and only they need the repository root importable
+    (`PYTHONPATH=.`, as on the device); the other sections run from `bench/` alone."""
+    from bench.science.debian_corpora import read_jsonl_gz
+
+    out = b"".join(text.encode("utf-8") + b"\0" for text in read_jsonl_gz(path, None))
     if len(out) < length:
         raise ValueError(f"{path} holds {len(out)} bytes of text, {length} needed")
     return torch.frombuffer(bytearray(out[:length]), dtype=torch.uint8).long()

@@ -192,6 +192,17 @@ def write_jsonl_gz(path: Path, docs: list[Document]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_jsonl_gz(path: Path, limit: int | None) -> list[str]:
+    """The ``text`` field of each line (at most ``limit`` lines)."""
+    texts = []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            texts.append(json.loads(line)["text"])
+            if limit is not None and len(texts) >= limit:
+                break
+    return texts
+
+
 def install(packages: Iterable[str]) -> None:
     """``apt-get install`` the packages (root; no recommends, so TeX Live stays small)."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

@@ -54,6 +54,7 @@ from torch import Tensor
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.science.common import REPO, _module, setup_torch, sync, write_json, wsd_lr
+from bench.science.debian_corpora import read_jsonl_gz
 from bench.science.stacked_llama import StackedAdamW, StackedLlama
 
 SPLITS = ("general_train", "general_eval", "latex_train", "latex_eval")
@@ -153,17 +154,6 @@ class TruthConfig:
             sweep_batches=2,
             ablation_measure_every=3,
         )
-
-
-def read_jsonl_gz(path: Path, limit: int | None) -> list[str]:
-    """The ``text`` field of each line (at most ``limit`` lines)."""
-    texts = []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            texts.append(json.loads(line)["text"])
-            if limit is not None and len(texts) >= limit:
-                break
-    return texts
 
 
 def load_corpora(folder: Path, limit: int | None) -> dict[str, list[str]]:
