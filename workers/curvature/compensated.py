@@ -10,10 +10,12 @@ On CUDA each product is a bf16 tensor-core matmul with a float32 output
 float32, which gives the same numbers up to summation order (bf16 values are exact in float32).
 
 The split itself is memory-bound: in PyTorch it is four elementwise passes (round, widen,
-subtract, round) over a float32 activation, about 1.2 GB of traffic for one 8 B layer input of
-8 k tokens; on CUDA with Triton it is one kernel that reads `x` once and writes both parts
+subtract, round) over a float32 activation; on CUDA with Triton it is one kernel that reads `x`
+once and writes both parts
 (`_split_kernel`, the same round-to-nearest-even values), and a failure to compile or launch it
-falls back to PyTorch with one warning.
+falls back to PyTorch with one warning. With it (and one split per tensor, perturb.py) a probe
+took 0.91x (1.2 B) and 0.93x (8 B) the time of the PyTorch split on one H100
+(bench/results/measurement_cost_h100.json, `attention_hook`).
 """
 
 from __future__ import annotations

@@ -30,8 +30,10 @@ count as probes for the model and the descent check, but not as forwards. Near t
 ties L0 within rounding, so a search that closed its bracket there had to spend one more probe
 (at `lower / 2`, below) to see a descent; a known descent makes that probe unnecessary, and a known
 point well below the root is a point of the model's straight line (its `y` is close to the slope).
-On the real-text screen of bench/science (H100, docs/evidence.md "Run 10") the median search fell
-from 4 forwards to 2.
+On the real-text screens of bench/science the median search was 2 forwards with it (run 10, H100)
+against 4 without it (run 9, H200, a differently pre-trained model: not an A/B); on the
+deterministic tiny CPU screen, with the same answers, 199 forwards against 226
+(docs/evidence.md, "Known probes").
 
 Status semantics: `increases_immediately` when even the search floor `lr_guess * 2**-max_steps`
 raises the loss, or when no probe ever lowered the loss below `L0` (the probes that did not increase
